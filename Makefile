@@ -1,0 +1,38 @@
+# fraudflow — every target installs what it needs into .venv first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || echo python3)
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench broker evaluate-reference install clean help
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11) <= v <= (3, 12) else "fraudflow needs Python 3.11 or 3.12 (bytewax 0.21 wheels); found %d.%d" % v)'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(STAMP)  ## create .venv with everything (the test broker included)
+
+demo: $(STAMP)  ## run the dataflow on the embedded simulator (about a minute)
+	$(PY) -m bytewax.run dataflows.fraud:flow
+
+test: $(STAMP)  ## run the test suite (starts its own Kafka-compatible broker)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)  ## throughput / latency / scaling benchmarks, results in benchmarks/results/
+	$(PY) -m benchmarks.run
+
+broker: $(STAMP)  ## a local Kafka-compatible broker (tansu, in memory) on 127.0.0.1:9092
+	$(PY) -m connectors.broker --port 9092
+
+evaluate-reference: $(STAMP)  ## the published configuration on 3 seeds vs the handbook baselines
+	$(PY) -m benchmarks.quality
+
+clean:  ## remove .venv and outputs
+	rm -rf $(VENV) fraudflow-output *.egg-info

@@ -1,0 +1,337 @@
+"""The fraud dataflow: ``python -m bytewax.run dataflows.fraud:flow``.
+
+Steps (each a named Bytewax operator)::
+
+    read_events -> parse_validate -> (dead letters) ------------------------------> dlq
+                       |
+                  key_by_account -> account_profile -> key_by_terminal -> terminal_risk
+                                          |  (legitimate labels)                |
+                                          +--> key_by_shard ---------+    key_by_shard
+                                                                     v          v
+                                                               score_then_learn (model shard)
+                                                                     |
+                                              scores <---------------+---> alert_policy -> alerts
+
+* ``account_profile`` (keyed by ``account_id``): account features and the transactions
+  awaiting labels; joins each label to its transaction (labels need no ``terminal_id``).
+* ``terminal_risk`` (keyed by ``terminal_id``): terminal counts and fraud risk from
+  released labels; completes the feature vector.
+* ``score_then_learn`` (keyed by model shard): scores every transaction, learns each
+  label once the shard's event-time watermark has passed it (no look-ahead).
+* ``alert_policy`` (keyed by ``account_id``): threshold and per-card cool-down.
+
+Settings come from ``FRAUDFLOW_*`` variables (see ``dataflows.settings``); a bad one stops
+start-up with a message naming it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+from typing import Any, Callable, Optional
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import Sink
+
+from connectors.events import DeadLetter, Label, Origin, Score, Transaction, encode, format_ts, parse_record
+from connectors.files import FileEventsSource, JsonlSink, truncate
+from connectors.simulator import SimulatorConfig, SimulatorSource
+from dataflows.cluster import process_id, recovery_enabled, shard_keys, total_workers, under_bytewax_run
+from dataflows.progress import RunStats
+from dataflows.settings import Settings, SettingsError, load_settings
+from learners.decision import AlertPolicy, PolicyConfig
+from learners.features import AccountProfile, TerminalProfile
+from learners.pipeline import PipelineConfig, shard_for, terminal_step
+from learners.scoring import ModelConfig, ModelShard, Scored
+
+__all__ = ["FlowParts", "build_flow", "pipeline_config"]
+
+log = logging.getLogger(__name__)
+
+
+def pipeline_config(settings: Settings, shards: int) -> PipelineConfig:
+    model = ModelConfig(
+        kind=settings.model_kind,
+        seed=settings.model_seed,
+        label_mode=settings.effective_label_mode,
+        label_timeout_days=settings.label_timeout_days,
+        allowed_lateness_s=settings.allowed_lateness_s,
+        negative_sampling=settings.negative_sampling,
+        warmup_frauds=settings.warmup_frauds,
+        threshold=settings.threshold,
+        coldstart_alert_rate=settings.coldstart_alert_rate,
+        reasons=settings.reasons,
+    )
+    return PipelineConfig(model=model, risk_delay_days=settings.risk_delay_days, shards=shards)
+
+
+def simulator_config(settings: Settings) -> SimulatorConfig:
+    return SimulatorConfig(
+        customers=settings.sim_customers,
+        terminals=settings.sim_terminals,
+        days=settings.sim_days,
+        start=settings.sim_start,
+        seed=settings.sim_seed,
+        radius=settings.sim_radius,
+        label_delay_days=settings.sim_label_delay_days,
+        labels=settings.sim_labels,
+    )
+
+
+# -- keyed stages --------------------------------------------------------------------------
+class _AccountLogic(StatefulBatchLogic):
+    """account_profile: features, pending transactions, label join."""
+
+    def __init__(self, retention_s: float, stats: RunStats, state: Optional[tuple]) -> None:
+        self.profile = AccountProfile(state)
+        self.retention_s = retention_s
+        self.stats = stats
+
+    def _joined(self, account_id: str, joined, out: list) -> None:
+        if joined.is_fraud:
+            out.append(("fraud", account_id, joined))
+            self.stats.confirm(joined.tx_id)
+        else:
+            out.append(("label", account_id, joined.tx_id, joined.label_ts, False))
+
+    def _orphan_dead_letter(self, account_id: str, orphan: tuple) -> tuple:
+        tx_id, label_ts, is_fraud = orphan
+        raw = encode({"tx_id": tx_id, "account_id": account_id, "ts": format_ts(label_ts), "is_fraud": is_fraud})
+        reason = "label for a transaction this flow never saw (or saw too long ago to keep)"
+        return ("dead", DeadLetter(raw, reason, Origin("labels", -1), step="account_profile"))
+
+    def on_batch(self, values: list) -> tuple[list, bool]:
+        out: list = []
+        profile = self.profile
+        for part, event in values:
+            if type(event) is Transaction:
+                features, joined, expired = profile.on_transaction(event, self.retention_s)
+                out.append(("tx", event, features, part))
+                for j in joined:
+                    self._joined(event.account_id, j, out)
+                for orphan in expired:
+                    out.append(self._orphan_dead_letter(event.account_id, orphan))
+            else:
+                j = profile.join_label(event.tx_id, event.event_ts, event.is_fraud)
+                if j is not None:
+                    self._joined(event.account_id, j, out)
+        return out, False
+
+    def on_eof(self) -> tuple[list, bool]:
+        # End of a bounded input: labels whose transaction never came are dead letters.
+        orphans, self.profile.orphans = self.profile.orphans, []
+        return [self._orphan_dead_letter("?", o) for o in orphans], False
+
+    def snapshot(self) -> tuple:
+        return self.profile.snapshot()
+
+
+class _TerminalLogic(StatefulBatchLogic):
+    """terminal_risk: terminal features; fraud labels update the risk."""
+
+    def __init__(self, delay_days: int, state: Optional[tuple]) -> None:
+        self.profile = TerminalProfile(delay_days, state)
+
+    def on_batch(self, values: list) -> tuple[list, bool]:
+        out: list = []
+        profile = self.profile
+        for item in values:
+            if item[0] == "tx":
+                _, tx, account_features, part = item
+                out.append(("tx", tx, terminal_step(profile, tx, account_features), part))
+            else:
+                _, account_id, joined = item
+                profile.add_fraud(joined.tx_ts, joined.label_ts)
+                out.append(("label", account_id, joined.tx_id, joined.label_ts, True))
+        return out, False
+
+    def snapshot(self) -> tuple:
+        return self.profile.snapshot()
+
+
+class _ShardLogic(StatefulBatchLogic):
+    """score_then_learn: one model shard."""
+
+    def __init__(self, config: ModelConfig, stats: RunStats, state: Optional[bytes]) -> None:
+        self.shard = ModelShard(config, state)
+        self.stats = stats
+
+    def on_batch(self, values: list) -> tuple[list, bool]:
+        out: list = []
+        shard = self.shard
+        for item in values:
+            if item[0] == "tx":
+                _, tx, features, part = item
+                out.append(shard.on_transaction(tx, features, part))
+            else:
+                _, _, tx_id, label_ts, is_fraud = item
+                shard.on_label(tx_id, label_ts, is_fraud)
+        self.stats.scored(out, shard)
+        return out, False
+
+    def snapshot(self) -> bytes:
+        return self.shard.snapshot()
+
+
+class _PolicyLogic(StatefulBatchLogic):
+    """alert_policy: per-card cool-down over the shard's alert candidates."""
+
+    def __init__(self, config: PolicyConfig, stats: RunStats, state: Optional[tuple]) -> None:
+        self.policy = AlertPolicy(config, state)
+        self.stats = stats
+
+    def on_batch(self, values: list) -> tuple[list, bool]:
+        alerts = [a for a in map(self.policy.decide, values) if a is not None]
+        self.stats.alerted(alerts, len(values) - len(alerts))
+        return alerts, False
+
+    def snapshot(self) -> tuple:
+        return self.policy.snapshot()
+
+
+# -- wiring --------------------------------------------------------------------------------
+def _parse(item: tuple[int, Any]) -> tuple[int, Any]:
+    part, record = item
+    if isinstance(record, (Transaction, Label, DeadLetter)):
+        return item
+    raw, origin, kind = record  # raw bytes from a broker
+    return part, parse_record(raw, origin, kind)
+
+
+def _score_record(scored: Scored) -> Score:
+    tx = scored.tx
+    return Score(tx.tx_id, round(scored.score, 6), scored.model, tx.account_id, format_ts(tx.event_ts))
+
+
+class FlowParts:
+    """What :func:`build_flow` built: the flow, its run statistics and its settings."""
+
+    def __init__(self, flow: Dataflow, stats: RunStats, settings: Settings) -> None:
+        self.flow = flow
+        self.stats = stats
+        self.settings = settings
+
+
+def build_flow(
+    settings: Settings,
+    source: Optional[Source] = None,
+    alerts_sink: Optional[Sink] = None,
+    dlq_sink: Optional[Sink] = None,
+    scores_sink: Optional[Sink] = None,
+    shards: Optional[int] = None,
+) -> FlowParts:
+    """Wire the fraud flow from settings; sources and sinks may be passed in (tests)."""
+    workers = total_workers()
+    n_shards = shards or settings.model_shards or workers
+    config = pipeline_config(settings, n_shards)
+    keys = shard_keys(n_shards, workers)
+    stats = RunStats(progress=settings.progress)
+
+    if source is None:
+        source = _default_source(settings)
+    if alerts_sink is None or dlq_sink is None or (scores_sink is None and (settings.scores or settings.emit_scores)):
+        default_alerts, default_dlq, default_scores = _default_sinks(settings)
+        alerts_sink = alerts_sink or default_alerts
+        dlq_sink = dlq_sink or default_dlq
+        scores_sink = scores_sink or default_scores
+
+    flow = Dataflow("fraudflow")
+    inp = op.input("read_events", flow, source)
+    parsed = op.map("parse_validate", inp, _parse)
+    valid = op.branch("split_dead_letters", parsed, lambda pe: type(pe[1]) is not DeadLetter)
+    by_account = op.map("key_by_account", valid.trues, lambda pe: (pe[1].account_id, pe))
+    retention = config.retention_s
+    account_out = op.stateful_batch(
+        "account_profile", by_account, lambda state: _AccountLogic(retention, stats, state)
+    )
+    to_terminal = op.branch("terminal_bound", op.key_rm("unkey_account", account_out),
+                            lambda v: v[0] in ("tx", "fraud"))
+    by_terminal = op.map("key_by_terminal", to_terminal.trues,
+                         lambda v: (v[1].terminal_id if v[0] == "tx" else v[2].terminal_id, v))
+    delay = config.risk_delay_days
+    terminal_out = op.stateful_batch("terminal_risk", by_terminal, lambda state: _TerminalLogic(delay, state))
+    rest = op.branch("labels_or_dead", to_terminal.falses, lambda v: v[0] == "label")
+
+    def shard_key(v: tuple) -> tuple[str, tuple]:
+        account_id = v[1].account_id if v[0] == "tx" else v[1]
+        return keys[shard_for(account_id, n_shards)], v
+
+    to_shard = op.merge("to_shard", op.key_rm("unkey_terminal", terminal_out), rest.trues)
+    by_shard = op.map("key_by_shard", to_shard, shard_key)
+    model_config = config.model
+    scored = op.key_rm("unkey_shard", op.stateful_batch(
+        "score_then_learn", by_shard, lambda state: _ShardLogic(model_config, stats, state)
+    ))
+    if scores_sink is not None:
+        op.output("write_scores", op.map("score_record", scored, _score_record), scores_sink)
+    candidates = op.filter("alert_candidates", scored, lambda s: s.reasons is not None)
+    policy_config = PolicyConfig(cooldown_s=settings.cooldown_hours * 3600.0)
+    alerts = op.stateful_batch(
+        "alert_policy",
+        op.map("key_candidates", candidates, lambda s: (s.tx.account_id, s)),
+        lambda state: _PolicyLogic(policy_config, stats, state),
+    )
+    op.output("write_alerts", op.key_rm("unkey_alerts", alerts), alerts_sink)
+    dead = op.merge(
+        "dead_letters",
+        op.map("parse_dead", valid.falses, lambda pe: pe[1]),
+        op.map("join_dead", rest.falses, lambda v: v[1]),
+    )
+    op.output("write_dlq", op.inspect("count_dead", dead, lambda _s, _d: stats.dead()), dlq_sink)
+    return FlowParts(flow, stats, settings)
+
+
+def _default_source(settings: Settings) -> Source:
+    if settings.source == "simulator":
+        return SimulatorSource(simulator_config(settings), partitions=settings.sim_partitions)
+    if settings.source == "files":
+        return FileEventsSource(settings.transactions_file, settings.labels_file)
+    from connectors.kafka import kafka_source
+
+    return kafka_source(settings)
+
+
+def _default_sinks(settings: Settings) -> tuple[Sink, Sink, Optional[Sink]]:
+    if settings.source == "kafka":
+        from connectors.kafka import kafka_sinks
+
+        return kafka_sinks(settings)
+    scores = JsonlSink(settings.scores) if settings.scores else None
+    return JsonlSink(settings.alerts), JsonlSink(settings.dlq), scores
+
+
+def _prepare_outputs(settings: Settings) -> None:
+    """A fresh run (no recovery) starts with empty output files, written by process 0."""
+    if settings.source == "kafka" or recovery_enabled() or process_id() != 0:
+        return
+    for path in (settings.alerts, settings.dlq, settings.scores):
+        truncate(path)
+
+
+def _module_flow() -> Dataflow:
+    logging.basicConfig(level=os.environ.get("FRAUDFLOW_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        parts = build_flow(settings)
+    except SettingsError as exc:
+        sys.exit(f"fraudflow: bad setting: {exc}")
+    if under_bytewax_run():
+        _prepare_outputs(settings)
+        if settings.progress:
+            atexit.register(parts.stats.print_summary, settings)
+    return parts.flow
+
+
+def __getattr__(name: str) -> Any:
+    # ``flow`` is built on first access (``python -m bytewax.run dataflows.fraud:flow``),
+    # so importing this module for ``build_flow`` reads no settings.
+    if name == "flow":
+        value = globals()["flow"] = _module_flow()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

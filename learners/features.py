@@ -1,0 +1,364 @@
+"""Event-time features for one transaction, from the account's and the terminal's history.
+
+Two small stateful classes hold what the features need and nothing else:
+
+* :class:`AccountProfile` (keyed by ``account_id``): daily spend buckets over the last 30
+  days, robust running amount statistics, the previous transaction time, recently used
+  terminals, and the transactions still awaiting a label (to join labels that lack
+  ``terminal_id``).
+* :class:`TerminalProfile` (keyed by ``terminal_id``): daily transaction counts and the
+  fraud labels released so far, each with the time it became known.
+
+Features are computed *before* the transaction updates the state (history excludes the
+transaction itself), and terminal risk only counts labels whose ``event_ts`` is not later
+than the transaction's (no look-ahead), whatever order the labels arrived in.
+
+>>> from connectors.events import Transaction
+>>> acct = AccountProfile()
+>>> day0 = 1522540800.0  # 2018-04-01T00:00:00Z, a Sunday
+>>> for i, amount in enumerate([20.0, 22.0, 18.0, 21.0]):
+...     _ = acct.observe(Transaction(f"t-{i}", "c-1", day0 + 3600 * (i + 8), amount, "m-1"))
+>>> f = acct.observe(Transaction("t-9", "c-1", day0 + 3600 * 13, 100.0, "m-2"))
+>>> f[ACCOUNT_FEATURES.index("acct_nb_tx_1d")], round(f[ACCOUNT_FEATURES.index("acct_avg_amount_1d")], 2)
+(4.0, 20.25)
+>>> f[ACCOUNT_FEATURES.index("acct_new_terminal")]
+1.0
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from array import array
+from typing import NamedTuple, Optional
+
+__all__ = [
+    "ACCOUNT_FEATURES",
+    "FEATURE_NAMES",
+    "TERMINAL_FEATURES",
+    "TX_FEATURES",
+    "AccountProfile",
+    "JoinedLabel",
+    "PendingTx",
+    "TerminalProfile",
+    "transaction_features",
+]
+
+DAY = 86_400.0
+WINDOWS = (1, 7, 30)
+_HORIZON = 31  # daily buckets kept per account: today + 30 days back
+
+TX_FEATURES = ("amount", "log_amount", "tx_during_weekend", "tx_during_night")
+ACCOUNT_FEATURES = (
+    *(f"acct_nb_tx_{w}d" for w in WINDOWS),
+    *(f"acct_avg_amount_{w}d" for w in WINDOWS),
+    "acct_amount_log_ratio_30d",
+    "acct_amount_log_ratio_median",
+    "acct_amount_robust_z",
+    "acct_log_secs_since_prev",
+    "acct_new_terminal",
+    "acct_history_days",
+)
+TERMINAL_FEATURES = (
+    *(f"term_nb_tx_{w}d" for w in WINDOWS),
+    *(f"term_risk_{w}d" for w in WINDOWS),
+    "term_log_known_frauds_30d",
+    "term_nb_tx_today",
+)
+FEATURE_NAMES = TX_FEATURES + ACCOUNT_FEATURES + TERMINAL_FEATURES
+
+
+def _day(event_ts: float) -> int:
+    return int(event_ts // DAY)
+
+
+def transaction_features(amount: float, event_ts: float) -> tuple[float, ...]:
+    """Amount, its log, weekend and night flags (UTC clock, night = before 07:00).
+
+    >>> transaction_features(57.16, 1522541276.0)  # Sunday 00:07:56Z
+    (57.16, 4.063198...e+00, 1.0, 1.0)
+    """
+    weekday = (_day(event_ts) + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+    hour = (event_ts % DAY) // 3600
+    return (amount, math.log1p(amount), 1.0 if weekday >= 5 else 0.0, 1.0 if hour <= 6 else 0.0)
+
+
+def _median(ordered: list[float]) -> float:
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def _term_hash(terminal_id: str) -> int:
+    return zlib.crc32(terminal_id.encode())
+
+
+PendingTx = tuple[str, float, str]  # (tx_id, event_ts, terminal_id)
+
+
+class AccountProfile:
+    """Per-account state; ``snapshot()`` is a small tuple of plain values (≈ 0.5–1 KB).
+
+    The account's habit is the median and median absolute deviation of its last
+    ``RECENT_AMOUNTS`` amounts: robust statistics, so a stolen card's burst of unusual
+    spending does not become the card's new normal until it is most of its history.
+    """
+
+    __slots__ = ("day", "counts", "sums", "amounts", "n_seen", "first_ts", "last_ts", "terms", "pending", "orphans")
+
+    RECENT_AMOUNTS = 16
+    RECENT_TERMINALS = 24
+    MAX_PENDING = 256
+
+    def __init__(self, state: Optional[tuple] = None) -> None:
+        if state is None:
+            self.day = -1
+            self.counts = array("H", bytes(2 * _HORIZON))
+            self.sums = array("f", bytes(4 * _HORIZON))
+            self.amounts = array("f")
+            self.n_seen = 0
+            self.first_ts = 0.0
+            self.last_ts = 0.0
+            self.terms = array("I")
+            self.pending: list[PendingTx] = []
+            self.orphans: list[tuple[str, float, bool]] = []  # labels that came before their transaction
+        else:
+            (self.day, counts, sums, amounts, self.n_seen, self.first_ts, self.last_ts, terms, pending,
+             orphans) = state
+            self.amounts = array("f", amounts)
+            self.counts = array("H", counts)
+            self.sums = array("f", sums)
+            self.terms = array("I", terms)
+            self.pending = list(pending)
+            self.orphans = list(orphans)
+
+    def snapshot(self) -> tuple:
+        return (self.day, self.counts.tobytes(), self.sums.tobytes(), self.amounts.tobytes(), self.n_seen,
+                self.first_ts, self.last_ts, self.terms.tobytes(), tuple(self.pending), tuple(self.orphans))
+
+    def _advance(self, day: int) -> None:
+        """Roll the daily ring forward to ``day`` (older days fall out)."""
+        if day <= self.day:
+            return
+        gap = day - self.day if self.day >= 0 else _HORIZON
+        for d in range(min(gap, _HORIZON)):
+            slot = (day - d) % _HORIZON
+            self.counts[slot] = 0
+            self.sums[slot] = 0.0
+        self.day = day
+
+    def _window(self, w: int, day: int) -> tuple[int, float]:
+        n, s = 0, 0.0
+        counts, sums = self.counts, self.sums
+        lo = max(day - w + 1, self.day - _HORIZON + 1)
+        for d in range(lo, min(day, self.day) + 1):
+            slot = d % _HORIZON
+            n += counts[slot]
+            s += sums[slot]
+        return n, s
+
+    def features(self, tx) -> tuple[float, ...]:
+        """Account features for ``tx`` from history before it (state unchanged)."""
+        day = _day(tx.event_ts)
+        out_n: list[float] = []
+        out_avg: list[float] = []
+        for w in WINDOWS:
+            n, s = self._window(w, day)
+            out_n.append(float(n))
+            out_avg.append(s / n if n else 0.0)
+        n30, avg30 = out_n[2], out_avg[2]
+        amount = tx.amount
+        ratio = math.log((amount + 1.0) / (avg30 + 1.0)) if n30 else 0.0
+        if len(self.amounts) >= 3:
+            ordered = sorted(self.amounts)
+            median = _median(ordered)
+            mad = _median(sorted(abs(a - median) for a in ordered))
+            median_ratio = math.log((amount + 1.0) / (median + 1.0))
+            robust_z = max(-20.0, min(20.0, (amount - median) / (1.4826 * mad + 0.05 * median + 1.0)))
+        else:
+            median_ratio = robust_z = 0.0
+        since_prev = math.log1p(max(0.0, tx.event_ts - self.last_ts)) if self.n_seen else -1.0
+        new_terminal = 0.0 if _term_hash(tx.terminal_id) in self.terms else 1.0
+        history_days = min(30.0, (tx.event_ts - self.first_ts) / DAY) if self.n_seen else 0.0
+        return (*out_n, *out_avg, ratio, median_ratio, robust_z, since_prev, new_terminal, history_days)
+
+    def update(self, tx) -> None:
+        """Add ``tx`` to the history and to the transactions awaiting a label."""
+        day = _day(tx.event_ts)
+        self._advance(day)
+        if day > self.day - _HORIZON:
+            slot = day % _HORIZON
+            if self.counts[slot] < 65535:
+                self.counts[slot] += 1
+            self.sums[slot] += tx.amount
+        if self.n_seen == 0:
+            self.first_ts = tx.event_ts
+        self.amounts.append(tx.amount)
+        if len(self.amounts) > self.RECENT_AMOUNTS:
+            del self.amounts[0]
+        self.n_seen += 1
+        self.last_ts = max(self.last_ts, tx.event_ts)
+        h = _term_hash(tx.terminal_id)
+        terms = self.terms
+        if h in terms:
+            terms.remove(h)
+        terms.append(h)
+        if len(terms) > self.RECENT_TERMINALS:
+            del terms[0]
+        self.pending.append((tx.tx_id, tx.event_ts, tx.terminal_id))
+        if len(self.pending) > self.MAX_PENDING:
+            del self.pending[0]
+
+    def observe(self, tx) -> tuple[float, ...]:
+        """Features for ``tx``, then learn it: the per-transaction step of the flow."""
+        f = self.features(tx)
+        self.update(tx)
+        return f
+
+    def take_pending(self, tx_id: str) -> Optional[PendingTx]:
+        """Remove and return the pending record for ``tx_id`` (label join)."""
+        for i, rec in enumerate(self.pending):
+            if rec[0] == tx_id:
+                del self.pending[i]
+                return rec
+        return None
+
+    def join_label(self, tx_id: str, label_ts: float, is_fraud: bool) -> Optional["JoinedLabel"]:
+        """Join a label to its pending transaction; hold it if the transaction is not here yet."""
+        rec = self.take_pending(tx_id)
+        if rec is None:
+            self.orphans.append((tx_id, label_ts, is_fraud))
+            return None
+        return JoinedLabel(tx_id, rec[1], rec[2], label_ts, is_fraud)
+
+    def on_transaction(self, tx, retention_s: float) -> tuple[tuple[float, ...], list["JoinedLabel"], list]:
+        """Features for ``tx``, then learn it; also join any label that arrived before it.
+
+        Returns (features, joined labels, expired orphan labels). Pending records and
+        orphan labels older than ``retention_s`` (event time) are dropped.
+        """
+        f = self.features(tx)
+        self.update(tx)
+        joined: list[JoinedLabel] = []
+        expired: list = []
+        if self.orphans:
+            still = []
+            for orphan in self.orphans:
+                if orphan[0] == tx.tx_id:
+                    self.pending.pop()
+                    joined.append(JoinedLabel(tx.tx_id, tx.event_ts, tx.terminal_id, orphan[1], orphan[2]))
+                elif orphan[1] < tx.event_ts - retention_s:
+                    expired.append(orphan)
+                else:
+                    still.append(orphan)
+            self.orphans = still
+        pending = self.pending
+        if pending and pending[0][1] < tx.event_ts - retention_s:
+            self.pending = [p for p in pending if p[1] >= tx.event_ts - retention_s]
+        return f, joined, expired
+
+
+class JoinedLabel(NamedTuple):
+    """A label joined to its transaction at the account stage."""
+
+    tx_id: str
+    tx_ts: float
+    terminal_id: str
+    label_ts: float
+    is_fraud: bool
+
+
+class TerminalProfile:
+    """Per-terminal state: daily transaction counts and released fraud labels.
+
+    Risk over ``w`` days follows the handbook: frauds among the terminal's transactions in
+    the ``w`` days that end ``delay_days`` before the transaction's day. A fraud counts
+    only once its label is known (label ``event_ts`` ≤ transaction ``event_ts``).
+
+    >>> t = TerminalProfile(delay_days=7)
+    >>> d0 = 1522540800.0
+    >>> for i in range(4):
+    ...     t.observe(d0 + i * 3600)  # four transactions on day 0
+    ...     # doctest: +ELLIPSIS
+    (...)
+    (...)
+    (...)
+    (...)
+    >>> t.add_fraud(tx_ts=d0, label_ts=d0 + 7 * DAY)
+    >>> f = t.features(d0 + 7 * DAY + 60)
+    >>> f[TERMINAL_FEATURES.index("term_risk_1d")]
+    0.25
+    >>> t.features(d0 + 7 * DAY - 60)[TERMINAL_FEATURES.index("term_risk_1d")]  # label not yet known
+    0.0
+    """
+
+    __slots__ = ("delay", "day", "counts", "frauds")
+
+    def __init__(self, delay_days: int = 7, state: Optional[tuple] = None) -> None:
+        self.delay = delay_days
+        horizon = self._horizon
+        if state is None:
+            self.day = -1
+            self.counts = array("I", bytes(4 * horizon))
+            self.frauds: list[tuple[int, float]] = []  # (tx day, label event_ts)
+        else:
+            self.day, counts, frauds = state
+            self.counts = array("I", counts)
+            self.frauds = list(frauds)
+
+    @property
+    def _horizon(self) -> int:
+        return self.delay + max(WINDOWS) + 1
+
+    def snapshot(self) -> tuple:
+        return (self.day, self.counts.tobytes(), tuple(self.frauds))
+
+    def _count(self, lo: int, hi: int) -> int:
+        horizon = self._horizon
+        lo = max(lo, self.day - horizon + 1)
+        hi = min(hi, self.day)
+        counts = self.counts
+        return sum(counts[d % horizon] for d in range(lo, hi + 1))
+
+    def features(self, event_ts: float) -> tuple[float, ...]:
+        day = _day(event_ts)
+        end = day - self.delay
+        n_out: list[float] = []
+        risk_out: list[float] = []
+        known = [fd for fd, lts in self.frauds if lts <= event_ts]
+        for w in WINDOWS:
+            n = self._count(end - w + 1, end)
+            lo = end - w + 1
+            f = sum(1 for fd in known if lo <= fd <= end)
+            n_out.append(float(n))
+            risk_out.append(min(1.0, f / n) if n else 0.0)
+        known_30 = sum(1 for fd in known if day - 30 - self.delay <= fd <= day)
+        today = float(self._count(day, day))
+        return (*n_out, *risk_out, math.log1p(known_30), today)
+
+    def update(self, event_ts: float) -> None:
+        day = _day(event_ts)
+        horizon = self._horizon
+        if day > self.day:
+            gap = day - self.day if self.day >= 0 else horizon
+            for d in range(min(gap, horizon)):
+                self.counts[(day - d) % horizon] = 0
+            self.day = day
+            oldest = day - horizon
+            if self.frauds and self.frauds[0][0] < oldest:
+                self.frauds = [f for f in self.frauds if f[0] >= oldest]
+        if day > self.day - horizon:
+            self.counts[day % horizon] += 1
+
+    def observe(self, event_ts: float) -> tuple[float, ...]:
+        f = self.features(event_ts)
+        self.update(event_ts)
+        return f
+
+    def add_fraud(self, tx_ts: float, label_ts: float) -> None:
+        """Record a released fraud label for a transaction on this terminal."""
+        fd = _day(tx_ts)
+        if self.day >= 0 and fd < self.day - self._horizon:
+            return  # too old to matter to any window
+        self.frauds.append((fd, label_ts))
+        self.frauds.sort()

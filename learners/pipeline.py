@@ -1,0 +1,107 @@
+"""The fraud pipeline's steps as plain functions over keyed state, and a sequential driver.
+
+The dataflow (``dataflows.fraud``) calls exactly these steps from its keyed Bytewax stages;
+:class:`SequentialPipeline` calls them in a bare Python loop. Benchmarks compare the two,
+and tests use the loop as the reference the dataflow must agree with.
+
+Per transaction: account features (then the account learns it) -> terminal features (then
+the terminal counts it) -> the model shard scores it. Per label: the account joins it to the
+pending transaction (recovering ``terminal_id``) -> a fraud updates the terminal's risk ->
+the shard learns it once released.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional
+
+from connectors.events import Label, Transaction
+from learners.features import AccountProfile, JoinedLabel, TerminalProfile, transaction_features
+from learners.scoring import ModelConfig, ModelShard, Scored
+
+__all__ = ["PipelineConfig", "SequentialPipeline", "account_step", "shard_for", "terminal_step"]
+
+DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    risk_delay_days: int = 7  # terminal risk windows end this many days back (label delay)
+    shards: int = 1
+
+    @property
+    def retention_s(self) -> float:
+        """How long the account keeps a transaction awaiting its label (event time)."""
+        return self.model.label_timeout_days * DAY
+
+
+def shard_for(account_id: str, shards: int) -> int:
+    """Stable shard of an account (the same in every process and run)."""
+    return zlib.crc32(account_id.encode()) % shards if shards > 1 else 0
+
+
+def account_step(profile: AccountProfile, tx: Transaction, retention_s: float):
+    """Account stage for a transaction: (features, labels joined now, orphans expired)."""
+    return profile.on_transaction(tx, retention_s)
+
+
+def terminal_step(profile: TerminalProfile, tx: Transaction, account_features: tuple) -> tuple[float, ...]:
+    """Terminal stage for a transaction: the full feature vector."""
+    return transaction_features(tx.amount, tx.event_ts) + account_features + profile.observe(tx.event_ts)
+
+
+class SequentialPipeline:
+    """Runs the pipeline steps in one loop, in arrival order."""
+
+    def __init__(self, config: PipelineConfig = PipelineConfig()) -> None:
+        self.config = config
+        self.accounts: dict[str, AccountProfile] = {}
+        self.terminals: dict[str, TerminalProfile] = {}
+        self.shards = [ModelShard(config.model) for _ in range(config.shards)]
+        self.unmatched_labels = 0
+
+    def _terminal(self, terminal_id: str) -> TerminalProfile:
+        t = self.terminals.get(terminal_id)
+        if t is None:
+            t = self.terminals[terminal_id] = TerminalProfile(self.config.risk_delay_days)
+        return t
+
+    def _joined(self, account_id: str, joined: JoinedLabel) -> None:
+        if joined.is_fraud:
+            self._terminal(joined.terminal_id).add_fraud(joined.tx_ts, joined.label_ts)
+        self.shards[shard_for(account_id, self.config.shards)].on_label(joined.tx_id, joined.label_ts, joined.is_fraud)
+
+    def on_transaction(self, tx: Transaction, part: int = 0) -> Scored:
+        acct = self.accounts.get(tx.account_id)
+        if acct is None:
+            acct = self.accounts[tx.account_id] = AccountProfile()
+        account_features, joined, expired = account_step(acct, tx, self.config.retention_s)
+        self.unmatched_labels += len(expired)
+        features = terminal_step(self._terminal(tx.terminal_id), tx, account_features)
+        scored = self.shards[shard_for(tx.account_id, self.config.shards)].on_transaction(tx, features, part)
+        for j in joined:
+            self._joined(tx.account_id, j)
+        return scored
+
+    def on_label(self, label: Label) -> None:
+        acct = self.accounts.get(label.account_id)
+        if acct is None:
+            acct = self.accounts[label.account_id] = AccountProfile()
+        joined = acct.join_label(label.tx_id, label.event_ts, label.is_fraud)
+        if joined is not None:
+            self._joined(label.account_id, joined)
+
+    def run(self, events: Iterable[Transaction | Label]) -> Iterator[Scored]:
+        for event in events:
+            if isinstance(event, Transaction):
+                yield self.on_transaction(event)
+            else:
+                self.on_label(event)
+
+
+def scores_of(events: Iterable[Transaction | Label], config: PipelineConfig = PipelineConfig(),
+              keep: Optional[set] = None) -> dict[str, float]:
+    """tx_id -> score for a whole stream (tests and experiments)."""
+    return {s.tx.tx_id: s.score for s in SequentialPipeline(config).run(events)}
