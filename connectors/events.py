@@ -135,7 +135,7 @@ class Alert(msgspec.Struct, frozen=True, omit_defaults=True):
     threshold: float
     model: str
     reasons: list[tuple[str, float]]
-    currency: str = "EUR"
+    currency: str
     extra: Optional[dict] = None
 
 

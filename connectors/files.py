@@ -24,6 +24,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.events import DeadLetter, Label, Origin, Transaction, encode, parse_record
+from connectors.sources import EventTimeBatcher
 
 __all__ = ["FileEventsSource", "JsonlSink", "read_events", "write_jsonl"]
 
@@ -81,16 +82,25 @@ class _MergedFiles:
 
     def __next__(self) -> Any:
         heads = self.heads
-        live = [h for h in heads if h is not None]
+        live = [k for k in range(2) if heads[k] is not None]
         if not live:
             raise StopIteration
         # Labels (stream 1) win ties with transactions: a label known at t may inform t.
-        i = min(range(2), key=lambda k: (heads[k][0], -heads[k][1]) if heads[k] is not None else (float("inf"), 0))
+        i = min(live, key=lambda k: (heads[k][0], -heads[k][1]))
         _, _, event = heads[i]
         reader = self.readers[i]
         self._positions[i] = (reader.offset, reader.lineno)
         heads[i] = reader.next()
         return event
+
+    def peek(self) -> Any:
+        """The record ``next()`` would return, or None at the end (nothing is consumed)."""
+        heads = self.heads
+        live = [k for k in range(2) if heads[k] is not None]
+        if not live:
+            return None
+        i = min(live, key=lambda k: (heads[k][0], -heads[k][1]))
+        return heads[i][2]
 
     def position(self) -> tuple:
         """Where to resume so the next record returned is the next one not yet emitted."""
@@ -103,21 +113,13 @@ def read_events(transactions_path: str, labels_path: str) -> Iterator[Transactio
 
 
 class _FilePartition(StatefulSourcePartition[tuple[int, Any], tuple]):
-    def __init__(self, tx_path: str, label_path: str, batch_size: int, state: Optional[tuple]) -> None:
+    def __init__(self, tx_path: str, label_path: str, batch_size: int, max_span_s: float,
+                 state: Optional[tuple]) -> None:
         self._merged = _MergedFiles(tx_path, label_path, state)
-        self._batch_size = batch_size
+        self._batch = EventTimeBatcher(batch_size, max_span_s)
 
     def next_batch(self) -> list[tuple[int, Any]]:
-        batch = []
-        merged = self._merged
-        for _ in range(self._batch_size):
-            try:
-                batch.append((0, next(merged)))
-            except StopIteration:
-                if batch:
-                    return batch
-                raise
-        return batch
+        return self._batch.take(0, self._merged)
 
     def snapshot(self) -> tuple:
         return self._merged.position()
@@ -126,16 +128,19 @@ class _FilePartition(StatefulSourcePartition[tuple[int, Any], tuple]):
 class FileEventsSource(FixedPartitionedSource[tuple[int, Any], tuple]):
     """Recorded transactions and labels as one event-time-ordered partition."""
 
-    def __init__(self, transactions_path: str, labels_path: str, batch_size: int = 1000) -> None:
+    def __init__(self, transactions_path: str, labels_path: str, batch_size: int = 1000,
+                 max_batch_span_s: float = 3600.0) -> None:
         self.transactions_path = transactions_path
         self.labels_path = labels_path
         self.batch_size = batch_size
+        self.max_batch_span_s = max_batch_span_s
 
     def list_parts(self) -> list[str]:
         return ["files"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[tuple]) -> _FilePartition:
-        return _FilePartition(self.transactions_path, self.labels_path, self.batch_size, resume_state)
+        return _FilePartition(self.transactions_path, self.labels_path, self.batch_size, self.max_batch_span_s,
+                              resume_state)
 
 
 # -- sinks -------------------------------------------------------------------------------

@@ -28,13 +28,13 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
-from itertools import islice
 from typing import Iterator, Optional, Union
 
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.events import Label, Transaction
+from connectors.sources import EventTimeBatcher
 
 __all__ = ["SimulatorConfig", "Simulation", "SimulatorSource", "simulate", "SimulatedFraud"]
 
@@ -252,19 +252,16 @@ class _SimulatorPartition(StatefulSourcePartition[tuple[int, SimEvent], int]):
     """One slice of the accounts; resumes by regenerating and skipping what was emitted."""
 
     def __init__(self, cfg: SimulatorConfig, partition: int, partitions: int, batch_size: int,
-                 emitted: int) -> None:
+                 emitted: int, max_batch_span_s: float) -> None:
         self._part = partition
         self._events = Simulation(cfg, partition, partitions).events()
         self._emitted = emitted
-        self._batch_size = batch_size
+        self._batch = EventTimeBatcher(batch_size, max_batch_span_s)
         for _ in range(emitted):
             next(self._events)
 
     def next_batch(self) -> list[tuple[int, SimEvent]]:
-        part = self._part
-        batch = [(part, e) for e in islice(self._events, self._batch_size)]
-        if not batch:
-            raise StopIteration
+        batch = self._batch.take(self._part, self._events)
         self._emitted += len(batch)
         return batch
 
@@ -275,14 +272,17 @@ class _SimulatorPartition(StatefulSourcePartition[tuple[int, SimEvent], int]):
 class SimulatorSource(FixedPartitionedSource[tuple[int, SimEvent], int]):
     """The simulator as a Bytewax source of ``(partition, event)``; partitions split accounts."""
 
-    def __init__(self, cfg: SimulatorConfig, partitions: int = 1, batch_size: int = 1000) -> None:
+    def __init__(self, cfg: SimulatorConfig, partitions: int = 1, batch_size: int = 1000,
+                 max_batch_span_s: float = 3600.0) -> None:
         self.cfg = cfg
         self.partitions = partitions
         self.batch_size = batch_size
+        self.max_batch_span_s = max_batch_span_s
 
     def list_parts(self) -> list[str]:
         return [f"sim-{i}" for i in range(self.partitions)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> _SimulatorPartition:
         index = int(for_part.rsplit("-", 1)[1])
-        return _SimulatorPartition(self.cfg, index, self.partitions, self.batch_size, resume_state or 0)
+        return _SimulatorPartition(self.cfg, index, self.partitions, self.batch_size, resume_state or 0,
+                                   self.max_batch_span_s)

@@ -134,8 +134,8 @@ class _AccountLogic(StatefulBatchLogic):
 class _TerminalLogic(StatefulBatchLogic):
     """terminal_risk: terminal features; fraud labels update the risk."""
 
-    def __init__(self, delay_days: int, state: Optional[tuple]) -> None:
-        self.profile = TerminalProfile(delay_days, state)
+    def __init__(self, delay_days: int, step_s: float, state: Optional[tuple]) -> None:
+        self.profile = TerminalProfile(delay_days, state, label_step_s=step_s)
 
     def on_batch(self, values: list) -> tuple[list, bool]:
         out: list = []
@@ -162,16 +162,8 @@ class _ShardLogic(StatefulBatchLogic):
         self.stats = stats
 
     def on_batch(self, values: list) -> tuple[list, bool]:
-        out: list = []
-        shard = self.shard
-        for item in values:
-            if item[0] == "tx":
-                _, tx, features, part = item
-                out.append(shard.on_transaction(tx, features, part))
-            else:
-                _, _, tx_id, label_ts, is_fraud = item
-                shard.on_label(tx_id, label_ts, is_fraud)
-        self.stats.scored(out, shard)
+        out = self.shard.on_batch(values)
+        self.stats.scored(out, self.shard)
         return out, False
 
     def snapshot(self) -> bytes:
@@ -253,8 +245,9 @@ def build_flow(
                             lambda v: v[0] in ("tx", "fraud"))
     by_terminal = op.map("key_by_terminal", to_terminal.trues,
                          lambda v: (v[1].terminal_id if v[0] == "tx" else v[2].terminal_id, v))
-    delay = config.risk_delay_days
-    terminal_out = op.stateful_batch("terminal_risk", by_terminal, lambda state: _TerminalLogic(delay, state))
+    delay, step = config.risk_delay_days, config.model.allowed_lateness_s
+    terminal_out = op.stateful_batch("terminal_risk", by_terminal,
+                                     lambda state: _TerminalLogic(delay, step, state))
     rest = op.branch("labels_or_dead", to_terminal.falses, lambda v: v[0] == "label")
 
     def shard_key(v: tuple) -> tuple[str, tuple]:

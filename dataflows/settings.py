@@ -122,8 +122,9 @@ class Settings:
         _at_least(0)))
     risk_delay_days: int = field(default=7, metadata=_meta(
         "terminal risk windows end this many days back (typical label delay)", _at_least(0)))
-    allowed_lateness_s: float = field(default=0.0, metadata=_meta(
-        "event-time slack before a label is released to the model", _at_least(0)))
+    allowed_lateness_s: float = field(default=21_600.0, metadata=_meta(
+        "event-time disorder the flow absorbs (s); the model learns labels in steps of this size, so a "
+        "label is used 1 to 2 steps after it is known", _at_least(1)))
     negative_sampling: float = field(default=1.0, metadata=_meta(
         "share of legitimate labels the model learns from", _between(0.001, 1.0)))
     warmup_frauds: int = field(default=25, metadata=_meta(

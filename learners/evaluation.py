@@ -29,7 +29,7 @@ __all__ = [
     "card_precision_at_k",
     "evaluate",
     "roc_auc",
-    "test_mask",
+    "evaluation_mask",
 ]
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def _day_index(d: date | str) -> int:
     return int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp() // DAY)
 
 
-def test_mask(data: EvaluationData, test_start: date | str, test_days: int = 7, delay_days: int = 7,
+def evaluation_mask(data: EvaluationData, test_start: date | str, test_days: int = 7, delay_days: int = 7,
               known_lookback_days: int = 7) -> np.ndarray:
     """Rows in the test window, minus cards already known compromised on their day."""
     start = _day_index(test_start)
@@ -165,7 +165,7 @@ def test_mask(data: EvaluationData, test_start: date | str, test_days: int = 7, 
 def evaluate(data: EvaluationData, test_start: date | str, test_days: int = 7, delay_days: int = 7,
              known_lookback_days: int = 7, k: int = 100) -> dict:
     """The three handbook metrics over the test window, as a JSON-ready dict."""
-    mask = test_mask(data, test_start, test_days, delay_days, known_lookback_days)
+    mask = evaluation_mask(data, test_start, test_days, delay_days, known_lookback_days)
     y, s = data.y[mask], data.score[mask]
     cp, per_day = card_precision_at_k(data.day[mask], data.cards[mask], y, s, k=k)
     start = date.fromisoformat(test_start) if isinstance(test_start, str) else test_start

@@ -63,7 +63,8 @@ TERMINAL_FEATURES = (
     *(f"term_nb_tx_{w}d" for w in WINDOWS),
     *(f"term_risk_{w}d" for w in WINDOWS),
     "term_log_known_frauds_30d",
-    "term_nb_tx_today",
+    "term_days_since_first_known_fraud",
+    "term_days_since_last_known_fraud",
 )
 FEATURE_NAMES = TX_FEATURES + ACCOUNT_FEATURES + TERMINAL_FEATURES
 
@@ -76,7 +77,7 @@ def transaction_features(amount: float, event_ts: float) -> tuple[float, ...]:
     """Amount, its log, weekend and night flags (UTC clock, night = before 07:00).
 
     >>> transaction_features(57.16, 1522541276.0)  # Sunday 00:07:56Z
-    (57.16, 4.063198...e+00, 1.0, 1.0)
+    (57.16, 4.0632, 1.0, 1.0)
     """
     weekday = (_day(event_ts) + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
     hour = (event_ts % DAY) // 3600
@@ -272,8 +273,11 @@ class TerminalProfile:
     """Per-terminal state: daily transaction counts and released fraud labels.
 
     Risk over ``w`` days follows the handbook: frauds among the terminal's transactions in
-    the ``w`` days that end ``delay_days`` before the transaction's day. A fraud counts
-    only once its label is known (label ``event_ts`` ≤ transaction ``event_ts``).
+    the ``w`` days that end ``delay_days`` before the transaction's day. A fraud counts only
+    once its label is known, and — as for the model (``learners.scoring``) — known for one
+    step of ``label_step_s``: it must be older than ``(floor(t / step) - 1) * step``, so
+    labels still in flight between workers cannot change a feature (the default step of 0
+    uses every label known at ``t``).
 
     >>> t = TerminalProfile(delay_days=7)
     >>> d0 = 1522540800.0
@@ -292,10 +296,11 @@ class TerminalProfile:
     0.0
     """
 
-    __slots__ = ("delay", "day", "counts", "frauds")
+    __slots__ = ("delay", "step", "day", "counts", "frauds")
 
-    def __init__(self, delay_days: int = 7, state: Optional[tuple] = None) -> None:
+    def __init__(self, delay_days: int = 7, state: Optional[tuple] = None, label_step_s: float = 0.0) -> None:
         self.delay = delay_days
+        self.step = label_step_s
         horizon = self._horizon
         if state is None:
             self.day = -1
@@ -325,16 +330,21 @@ class TerminalProfile:
         end = day - self.delay
         n_out: list[float] = []
         risk_out: list[float] = []
-        known = [fd for fd, lts in self.frauds if lts <= event_ts]
+        step = self.step
+        cutoff = (math.floor(event_ts / step) - 1) * step if step > 0 else event_ts
+        known = [fd for fd, lts in self.frauds if lts <= cutoff]
         for w in WINDOWS:
             n = self._count(end - w + 1, end)
             lo = end - w + 1
             f = sum(1 for fd in known if lo <= fd <= end)
             n_out.append(float(n))
             risk_out.append(min(1.0, f / n) if n else 0.0)
-        known_30 = sum(1 for fd in known if day - 30 - self.delay <= fd <= day)
-        today = float(self._count(day, day))
-        return (*n_out, *risk_out, math.log1p(known_30), today)
+        recent = [fd for fd in known if day - 30 - self.delay <= fd <= day]
+        if recent:
+            since_first, since_last = float(day - min(recent)), float(day - max(recent))
+        else:
+            since_first = since_last = -1.0
+        return (*n_out, *risk_out, math.log1p(len(recent)), since_first, since_last)
 
     def update(self, event_ts: float) -> None:
         day = _day(event_ts)

@@ -65,7 +65,8 @@ class SequentialPipeline:
     def _terminal(self, terminal_id: str) -> TerminalProfile:
         t = self.terminals.get(terminal_id)
         if t is None:
-            t = self.terminals[terminal_id] = TerminalProfile(self.config.risk_delay_days)
+            t = self.terminals[terminal_id] = TerminalProfile(
+                self.config.risk_delay_days, label_step_s=self.config.model.allowed_lateness_s)
         return t
 
     def _joined(self, account_id: str, joined: JoinedLabel) -> None:

@@ -1,14 +1,24 @@
 """Score, then learn: one model shard with delayed-label handling and no look-ahead.
 
-A :class:`ModelShard` owns one River classifier (and the cold-start anomaly detector). It
-scores every transaction as it arrives and keeps the transaction's feature vector until
-its label is *released*: a label is learned only once the shard's event-time watermark
-has reached the label's ``event_ts``, so a label can never influence the score of a
-transaction that happened before it became known, whatever order the streams arrive in.
+A :class:`ModelShard` owns one River classifier and the cold-start anomaly detector. It
+scores every transaction the moment it arrives and keeps its feature vector until its label
+comes. Learning happens in *steps* of event time, in a canonical order, so scores do not
+depend on how the streams were batched, interleaved or split across workers:
 
-The watermark is the minimum, over the transaction source partitions seen, of the latest
-transaction time from each, minus an allowed lateness. With frauds-only label feeds, a
-transaction with no label ``label_timeout`` after it is learned as legitimate.
+* the model is a sequence of versions; version ``B`` has learned exactly the labels whose
+  ``event_ts`` is before ``B`` (``B`` a multiple of the step ``L = allowed_lateness_s``),
+  in ``(event_ts, tx_id)`` order;
+* a transaction at time ``t`` is scored by version ``(floor(t / L) - 1) * L``: every label
+  it sees became known at least ``L`` (at most ``2 L``) before it (**no look-ahead**), and
+  that version is final as soon as the transaction arrives, provided the streams are out
+  of order by at most ``L`` (the *allowed lateness*);
+* the watermark is the minimum, over the transaction source partitions seen, of each one's
+  latest transaction time; a version is built only once the watermark has passed it by ``L``.
+
+A transaction older than the kept versions, or a label older than the built version, is
+*late*: it is still scored (or learned) and counted, so the metric shows when the allowed
+lateness is too small. With frauds-only label feeds a transaction with no label
+``label_timeout`` after it is learned as legitimate, in the same canonical order.
 """
 
 from __future__ import annotations
@@ -23,10 +33,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import msgspec
-
-from learners.features import FEATURE_NAMES
 from river import stats
 
+from learners.features import FEATURE_NAMES
 from learners.models import ANOMALY_FEATURES, build_anomaly_detector, build_classifier, reasons_for
 
 __all__ = ["ModelConfig", "ModelShard", "Scored"]
@@ -35,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DAY = 86_400.0
 _PACK = struct.Struct(f"<{len(FEATURE_NAMES)}f")
+_ANOMALY_INDEX = [FEATURE_NAMES.index(name) for name in ANOMALY_FEATURES]
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ class ModelConfig:
     seed: int = 0
     label_mode: str = "all"  # "all": every transaction gets a label; "frauds": frauds only
     label_timeout_days: float = 8.0  # frauds mode: no fraud label by then => legitimate
-    allowed_lateness_s: float = 0.0
+    allowed_lateness_s: float = 6 * 3600.0  # event-time disorder absorbed; the learning step
     negative_sampling: float = 1.0  # share of legitimate labels learned
     warmup_frauds: int = 25  # frauds learned before the supervised score takes over
     threshold: float = 0.5
@@ -58,7 +68,7 @@ class ModelConfig:
 
 
 class Scored(msgspec.Struct, frozen=True, gc=False):
-    """A transaction with its score; ``reasons`` only for scores at or above threshold."""
+    """A transaction with its score; ``reasons`` only for alert candidates."""
 
     tx: Any  # connectors.events.Transaction
     score: float
@@ -72,8 +82,23 @@ def _keep_negative(tx_id: str, rate: float) -> bool:
     return rate >= 1.0 or (zlib.crc32(tx_id.encode()) & 0xFFFF) < rate * 65536
 
 
+class _Version:
+    """What scoring needs from one model version (the live one, or a kept copy)."""
+
+    __slots__ = ("built_to", "model", "detector", "anomaly_threshold", "supervised")
+
+    def __init__(self, built_to: float, model: Any, detector: Any, anomaly_threshold: float, supervised: bool):
+        self.built_to = built_to
+        self.model = model
+        self.detector = detector
+        self.anomaly_threshold = anomaly_threshold
+        self.supervised = supervised
+
+
 class ModelShard:
-    """One model partition: scores transactions, holds labels until released, learns."""
+    """One model partition: scores transactions, learns released labels in event-time steps."""
+
+    COLDSTART_MIN_SEEN = 1000  # no cold-start alerts before the detector has learned this many
 
     def __init__(self, config: ModelConfig, state: Optional[bytes] = None) -> None:
         self.config = config
@@ -84,19 +109,21 @@ class ModelShard:
         self.model = build_classifier(config.kind, config.seed)
         self.detector = build_anomaly_detector(config.seed)
         self.anomaly_quantile = stats.Quantile(1.0 - config.coldstart_alert_rate)
+        self.built_to = -math.inf  # labels before this are in self.model
+        self.previous: Optional[tuple[float, bytes]] = None  # the version before, for stragglers
         self.pending: dict[str, tuple[float, bytes]] = {}  # tx_id -> (event_ts, packed features)
-        self.held: list[tuple[float, str, bool]] = []  # heap of unreleased labels
-        self.orphans: dict[str, tuple[float, bool]] = {}  # released labels whose features are in flight
+        self.held: list[tuple[float, str, Optional[bool]]] = []  # labels to learn (heap); None: implicit
+        self.unlearned: list[tuple[float, str, bytes]] = []  # cold start: detector's backlog
         self.clocks: dict[int, float] = {}  # source partition -> latest transaction time
-        self.watermark = -math.inf
-        self.released_to = -math.inf  # labels up to here have been learned
         self.counts = {
             "scored": 0,
             "labels_learned": 0,
             "frauds_learned": 0,
             "implicit_negatives": 0,
             "late_transactions": 0,
+            "late_labels": 0,
             "labels_unmatched": 0,
+            "detector_learned": 0,
         }
         self.first_ts = math.inf
         self.last_ts = -math.inf
@@ -104,45 +131,79 @@ class ModelShard:
 
     # -- state -------------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        state = {k: v for k, v in self.__dict__.items() if k != "config"}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("config", "_previous_cache")}
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     @property
     def supervised(self) -> bool:
         return self.counts["frauds_learned"] >= self.config.warmup_frauds
 
-    # -- event time --------------------------------------------------------------------
-    def _advance(self, part: int, event_ts: float) -> None:
-        clocks = self.clocks
-        if event_ts > clocks.get(part, -math.inf):
-            clocks[part] = event_ts
-            wm = min(clocks.values()) - self.config.allowed_lateness_s
-            if wm > self.watermark:
-                self.watermark = wm
-                self._release()
+    @property
+    def watermark(self) -> float:
+        return min(self.clocks.values()) if self.clocks else -math.inf
 
-    def _release(self) -> None:
-        held, wm = self.held, self.watermark
-        while held and held[0][0] <= wm:
+    def _live(self) -> _Version:
+        return _Version(self.built_to, self.model, self.detector, self.anomaly_quantile.get() or 1.0, self.supervised)
+
+    # -- learning in event-time steps ----------------------------------------------------
+    def _boundary(self, event_ts: float) -> float:
+        step = self.config.allowed_lateness_s
+        return (math.floor(event_ts / step) - 1) * step if step > 0 else event_ts
+
+    def _final_boundary(self) -> float:
+        """The newest version all labels have arrived for (watermark minus lateness)."""
+        step = self.config.allowed_lateness_s
+        wm = self.watermark
+        return (math.floor(wm / step) - 1) * step if step > 0 else wm
+
+    def _build(self, boundary: float) -> None:
+        """Learn everything known before ``boundary``, in (event_ts, tx_id) order."""
+        supervised = self.supervised
+        self.previous = (self.built_to, pickle.dumps(
+            (self.model, None if supervised else self.detector, self.anomaly_quantile.get() or 1.0, supervised),
+            protocol=pickle.HIGHEST_PROTOCOL))
+        self._previous_cache = None
+        cfg = self.config
+        held = self.held
+        if cfg.label_mode == "frauds":
+            self._queue_implicit_negatives(boundary - cfg.label_timeout_days * DAY)
+        if not self.supervised and self.unlearned:
+            self._learn_detector(boundary)
+        while held and held[0][0] < boundary:
             label_ts, tx_id, is_fraud = heapq.heappop(held)
-            self._learn_label(tx_id, is_fraud, label_ts)
-        if self.config.label_mode == "frauds":
-            self._expire_negatives(wm - self.config.label_timeout_days * DAY)
-        self.released_to = max(self.released_to, wm)
+            self._learn_label(tx_id, is_fraud)
+        self.built_to = boundary
 
-    def _expire_negatives(self, before: float) -> None:
-        pending = self.pending
-        while pending:
-            tx_id = next(iter(pending))
-            event_ts, packed = pending[tx_id]
-            if event_ts >= before:
+    def _queue_implicit_negatives(self, before: float) -> None:
+        """Frauds-only feeds: a transaction with no fraud label by ``before + timeout`` is legitimate."""
+        pending, timeout = self.pending, self.config.label_timeout_days * DAY
+        tolerance = before + self.config.allowed_lateness_s  # arrival order is event order within this
+        expired = []
+        for tx_id, (event_ts, _) in pending.items():
+            if event_ts >= tolerance:
                 break
-            del pending[tx_id]
-            self.counts["implicit_negatives"] += 1
-            if _keep_negative(tx_id, self.config.negative_sampling):
-                self._learn(packed, False)
+            if event_ts < before:
+                expired.append((event_ts + timeout, tx_id))
+        for label_ts, tx_id in expired:
+            heapq.heappush(self.held, (label_ts, tx_id, None))
 
-    # -- learning ----------------------------------------------------------------------
+    def _learn_detector(self, boundary: float) -> None:
+        """Cold start: the anomaly detector learns transactions before ``boundary`` in order."""
+        due = sorted(u for u in self.unlearned if u[0] < boundary)
+        if not due:
+            return
+        self.unlearned = [u for u in self.unlearned if u[0] >= boundary]
+        detector, quantile, threshold = self.detector, self.anomaly_quantile, self.anomaly_quantile.get() or 1.0
+        for _, _, packed in due:
+            values = _PACK.unpack(packed)
+            ax = {name: values[i] for name, i in zip(ANOMALY_FEATURES, _ANOMALY_INDEX)}
+            score = detector.score_one(ax)
+            quantile.update(score)
+            if score < threshold:  # do not learn what looks like an attack
+                detector.learn_one(ax)
+            self.means = [m + 0.01 * (v - m) for m, v in zip(self.means, values)]
+        self.counts["detector_learned"] += len(due)
+
     def _learn(self, packed: bytes, is_fraud: bool) -> None:
         values = _PACK.unpack(packed)
         self.model.learn_one(dict(zip(FEATURE_NAMES, values)), is_fraud)
@@ -151,70 +212,99 @@ class ModelShard:
         if is_fraud:
             self.counts["frauds_learned"] += 1
 
-    def _learn_label(self, tx_id: str, is_fraud: bool, label_ts: float) -> None:
+    def _learn_label(self, tx_id: str, is_fraud: Optional[bool]) -> None:
         entry = self.pending.pop(tx_id, None)
-        if entry is None:
-            # The label overtook its transaction's features on the way here.
-            self.orphans[tx_id] = (label_ts, is_fraud)
+        if is_fraud is None:  # implicit negative: unless a fraud label came meanwhile
+            if entry is None:
+                return
+            self.counts["implicit_negatives"] += 1
+            is_fraud = False
+        elif entry is None:
+            self.counts["labels_unmatched"] += 1  # its transaction never reached this shard
             return
         if is_fraud or _keep_negative(tx_id, self.config.negative_sampling):
             self._learn(entry[1], is_fraud)
 
     def on_label(self, tx_id: str, label_ts: float, is_fraud: bool) -> None:
-        """A label joined to its transaction upstream; learned once released."""
-        if label_ts <= self.watermark:
-            self._learn_label(tx_id, is_fraud, label_ts)
+        """A label joined to its transaction upstream; learned at the next step after it."""
+        if label_ts < self.built_to:
+            self.counts["late_labels"] += 1
+            self._learn_label(tx_id, is_fraud)
         else:
             heapq.heappush(self.held, (label_ts, tx_id, is_fraud))
 
     # -- scoring -----------------------------------------------------------------------
-    COLDSTART_MIN_SEEN = 1000  # no cold-start alerts before the detector has seen this many
-
-    def _coldstart(self, x: dict[str, float], features: tuple[float, ...]):
-        """Anomaly score before enough labels: half-space trees, alerting on the top
-        ``coldstart_alert_rate`` share of scores (a running quantile), learning only from
-        transactions that are not flagged."""
-        ax = {k: x[k] for k in ANOMALY_FEATURES}
-        score = self.detector.score_one(ax)
-        quantile = self.anomaly_quantile
-        threshold = quantile.get() or 1.0
-        candidate = self.counts["scored"] >= self.COLDSTART_MIN_SEEN and score >= threshold
-        quantile.update(score)
-        if not candidate:
-            self.detector.learn_one(ax)
-        self.means = [m + 0.01 * (v - m) for m, v in zip(self.means, features)]
-        return score, threshold, candidate, ax
+    def _version_for(self, event_ts: float) -> _Version:
+        wanted = self._boundary(event_ts)
+        if wanted > self.built_to:
+            final = self._final_boundary()
+            if final > self.built_to:
+                self._build(min(wanted, final))
+            if wanted > self.built_to:
+                return self._live()  # newer labels are not final yet: an older version, no look-ahead
+        if wanted >= self.built_to:
+            return self._live()
+        if self.previous is not None and wanted >= self.previous[0]:
+            cached = getattr(self, "_previous_cache", None)
+            if cached is None:
+                model, detector, threshold, supervised = pickle.loads(self.previous[1])
+                cached = self._previous_cache = _Version(self.previous[0], model, detector, threshold, supervised)
+            return cached
+        self.counts["late_transactions"] += 1  # older than every kept version
+        return self._live()
 
     def on_transaction(self, tx: Any, features: tuple[float, ...], part: int = 0) -> Scored:
-        """Release due labels, score ``tx``, keep its features for the label to come."""
+        """Score ``tx`` with the version its event time allows; keep its features for its label."""
         event_ts = tx.event_ts
-        if event_ts < self.released_to:
-            # Labels newer than this transaction were already learned (a straggler).
-            self.counts["late_transactions"] += 1
-        self._advance(part, event_ts)
-        x = dict(zip(FEATURE_NAMES, features))
+        if event_ts > self.clocks.get(part, -math.inf):
+            self.clocks[part] = event_ts
+        version = self._version_for(event_ts)
         cfg = self.config
-        if self.supervised:
-            score = self.model.predict_proba_one(x).get(True, 0.0)
-            threshold, name, model = cfg.threshold, cfg.model_name, self.model
+        x = dict(zip(FEATURE_NAMES, features))
+        if version.supervised:
+            model = version.model
+            score = model.predict_proba_one(x).get(True, 0.0)
+            threshold, name = cfg.threshold, cfg.model_name
             scorer = lambda z: model.predict_proba_one(z).get(True, 0.0)  # noqa: E731
             candidate = score >= threshold
         else:
-            score, threshold, candidate, x = self._coldstart(x, features)
-            name, model, scorer = "coldstart-hst", self.detector, self.detector.score_one
+            model = version.detector
+            x = {name: x[name] for name in ANOMALY_FEATURES}
+            score = model.score_one(x)
+            threshold, name, scorer = version.anomaly_threshold, "coldstart-hst", model.score_one
+            candidate = self.counts["detector_learned"] >= self.COLDSTART_MIN_SEEN and score >= threshold
         reasons = None
         if candidate:
             means = dict(zip(FEATURE_NAMES, self.means))
             reasons = reasons_for(model, x, scorer, top=cfg.reasons, means=means)
         packed = _PACK.pack(*features)
-        orphan = self.orphans.pop(tx.tx_id, None)
-        if orphan is not None:
-            if orphan[1] or _keep_negative(tx.tx_id, cfg.negative_sampling):
-                self._learn(packed, orphan[1])
-        else:
-            self.pending[tx.tx_id] = (event_ts, packed)
+        self.pending[tx.tx_id] = (event_ts, packed)
+        if not self.supervised:
+            self.unlearned.append((event_ts, tx.tx_id, packed))
+        elif self.unlearned:
+            self.unlearned = []
         self.counts["scored"] += 1
         self.first_ts = min(self.first_ts, event_ts)
         self.last_ts = max(self.last_ts, event_ts)
         return Scored(tx, score, threshold, name, reasons)
 
+    def on_batch(self, items: list) -> list[Scored]:
+        """Process a batch of ("tx", tx, features, part) and ("label", ...) items.
+
+        Items are taken in event-time order (labels first on ties), which undoes most of
+        the reordering that keyed exchanges introduce before they reach the shard.
+        """
+        items.sort(key=_event_order)
+        out = []
+        for item in items:
+            if item[0] == "tx":
+                out.append(self.on_transaction(item[1], item[2], item[3]))
+            else:
+                self.on_label(item[2], item[3], item[4])
+        return out
+
+
+def _event_order(item: tuple) -> tuple:
+    if item[0] == "tx":
+        return (item[1].event_ts, 1, item[1].tx_id)
+    return (item[3], 0, item[2])

@@ -1,0 +1,135 @@
+"""The fraud dataflow end to end on the Bytewax runtime (in-process workers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+
+from connectors.events import DeadLetter, Label, Transaction, label_to_json, transaction_to_json
+from connectors.files import FileEventsSource
+from connectors.sources import EventListSource
+from dataflows.fraud import build_flow
+from dataflows.settings import Settings
+from learners.evaluation import average_precision, roc_auc
+from learners.pipeline import SequentialPipeline
+
+DAY = 86_400
+
+
+def run_flow(events, settings: Settings | None = None, workers: int = 1, source=None):
+    settings = settings or Settings(progress=False)
+    alerts, dlq, scores = [], [], []
+    parts = build_flow(settings, source=source or EventListSource(events),
+                       alerts_sink=TestingSink(alerts), dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores),
+                       shards=workers)
+    if workers == 1:
+        run_main(parts.flow)
+    else:
+        cluster_main(parts.flow, [], 0, worker_count_per_proc=workers)
+    return alerts, dlq, scores, parts.stats
+
+
+@pytest.fixture(scope="module")
+def one_worker(small_stream):
+    events, _ = small_stream
+    return run_flow(events)
+
+
+def _quality(scores, truth, after_ts):
+    rows = [(truth[s.tx_id].is_fraud, s.score) for s in scores if s.ts >= after_ts]
+    y, s = zip(*rows)
+    return roc_auc(y, s), average_precision(y, s)
+
+
+def test_every_transaction_scored_exactly_once(one_worker, small_stream):
+    events, _ = small_stream
+    _, dlq, scores, _ = one_worker
+    tx_ids = [e.tx_id for e in events if isinstance(e, Transaction)]
+    assert sorted(s.tx_id for s in scores) == sorted(tx_ids)
+    assert dlq == []
+
+
+def test_alerts_reach_the_sink_with_reasons(one_worker, small_stream):
+    events, truth = small_stream
+    alerts, _, _, stats = one_worker
+    assert len(alerts) > 50
+    supervised = [a for a in alerts if a.model == "logreg"]
+    assert supervised and all(a.reasons for a in supervised)
+    assert all(a.score >= a.threshold for a in alerts)
+    assert len({a.alert_id for a in alerts}) == len(alerts)
+    precision = np.mean([truth[a.tx_id].is_fraud for a in supervised])
+    base_rate = np.mean([t.is_fraud for t in truth.values()])
+    assert precision > 10 * base_rate  # alerts are mostly frauds, not noise
+    assert stats.alerts == len(alerts) and stats.alerts_confirmed > 0
+
+
+def test_frauds_rank_well_above_legitimate(one_worker, small_stream, small_config):
+    _, truth = small_stream
+    _, _, scores, _ = one_worker
+    # After three weeks of labels. Bounds from measurement on this stream: AUC 0.93, AP 0.60.
+    auc, ap = _quality(scores, truth, _iso(small_config.start_ts + 21 * DAY))
+    assert auc > 0.88, auc
+    assert ap > 0.45, ap
+
+
+def _iso(ts: float) -> str:
+    from connectors.events import format_ts
+
+    return format_ts(ts)
+
+
+def test_flow_gives_the_bare_loop_scores(one_worker, small_stream):
+    events, _ = small_stream
+    _, _, scores, _ = one_worker
+    loop = {s.tx.tx_id: round(s.score, 6) for s in SequentialPipeline().run(events)}
+    flow = {s.tx_id: s.score for s in scores}
+    assert flow == loop
+
+
+def test_no_look_ahead_labels_first_gives_the_same_scores(one_worker, small_stream):
+    """Every label fed before any transaction: the flow holds them until their time."""
+    events, _ = small_stream
+    _, _, scores, _ = one_worker
+    labels = [e for e in events if isinstance(e, Label)]
+    txs = [e for e in events if isinstance(e, Transaction)]
+    _, dlq, early_scores, _ = run_flow(labels + txs)
+    assert {s.tx_id: s.score for s in early_scores} == {s.tx_id: s.score for s in scores}
+    assert dlq == []
+
+
+def test_two_workers_score_once_and_detect_as_well(one_worker, small_stream, small_config):
+    events, truth = small_stream
+    _, _, scores1, _ = one_worker
+    alerts2, dlq2, scores2, _ = run_flow(events, workers=2)
+    assert sorted(s.tx_id for s in scores2) == sorted(s.tx_id for s in scores1)
+    after = _iso(small_config.start_ts + 21 * DAY)
+    auc1, ap1 = _quality(scores1, truth, after)
+    auc2, ap2 = _quality(scores2, truth, after)
+    assert abs(ap2 - ap1) < 0.05 and abs(auc2 - auc1) < 0.02, (ap1, ap2, auc1, auc2)
+    assert alerts2 and dlq2 == []
+
+
+def test_malformed_lines_go_to_the_dead_letter_sink(tmp_path: Path, small_stream):
+    events, _ = small_stream
+    events = events[:14000]  # includes a week of labels
+    tx_lines = [json.dumps(transaction_to_json(e)) for e in events if isinstance(e, Transaction)]
+    label_lines = [json.dumps(label_to_json(e)) for e in events if isinstance(e, Label)]
+    bad = ['{"tx_id": "t-x", "account_id": "c-1", "ts": "2018-04-02T00:00:00Z", "amount": -5, '
+           '"currency": "EUR", "terminal_id": "m-1"}', "not json at all", "[1, 2, 3]", ""]
+    tx_lines[10:10] = bad
+    label_lines.insert(3, '{"tx_id": "t-000000001", "account_id": "c-1", "ts": "2018-04-08T00:00:00Z"}')
+    (tmp_path / "tx.jsonl").write_text("\n".join(tx_lines) + "\n")
+    (tmp_path / "labels.jsonl").write_bytes("\n".join(label_lines).encode() + b"\n\xff\xfe\n")
+    source = FileEventsSource(str(tmp_path / "tx.jsonl"), str(tmp_path / "labels.jsonl"))
+    _, dlq, scores, _ = run_flow([], source=source)
+    assert len(scores) == sum(isinstance(e, Transaction) for e in events)
+    assert len(dlq) == 5  # three bad transactions, one label without is_fraud, one non-UTF-8 line
+    assert all(isinstance(d, DeadLetter) and d.reason for d in dlq)
+    lines = sorted((d.origin.source.rsplit("/", 1)[-1], d.origin.position) for d in dlq)
+    assert len(label_lines) > 1000
+    assert lines == [("labels.jsonl", 4), ("labels.jsonl", len(label_lines) + 1), ("tx.jsonl", 11),
+                     ("tx.jsonl", 12), ("tx.jsonl", 13)]

@@ -1,0 +1,160 @@
+"""Features against hand-computed examples, event-time semantics, and state size."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import pytest
+
+from connectors.events import Transaction
+from learners.features import (
+    ACCOUNT_FEATURES, DAY, FEATURE_NAMES, TERMINAL_FEATURES, AccountProfile, TerminalProfile, transaction_features,
+)
+
+D0 = 1522540800.0  # 2018-04-01T00:00:00Z, a Sunday
+
+
+def tx(i: int, ts: float, amount: float, terminal: str = "m-1", account: str = "c-1") -> Transaction:
+    return Transaction(f"t-{i}", account, ts, amount, terminal)
+
+
+def feat(values: tuple, name: str, names=ACCOUNT_FEATURES) -> float:
+    return values[names.index(name)]
+
+
+def test_transaction_features_weekend_and_night():
+    monday_noon = D0 + DAY + 12 * 3600
+    assert transaction_features(10.0, monday_noon)[2:] == (0.0, 0.0)
+    saturday_3am = D0 + 6 * DAY + 3 * 3600
+    assert transaction_features(10.0, saturday_3am)[2:] == (1.0, 1.0)
+    assert transaction_features(10.0, D0 + DAY + 7 * 3600)[3] == 0.0  # 07:00 is day time
+    assert transaction_features(0.0, D0)[1] == 0.0
+
+
+def test_account_windows_count_and_mean_by_day():
+    acct = AccountProfile()
+    # day 0: 10, 20 ; day 3: 30 ; day 20: 40 ; then a transaction on day 25 of 50
+    for i, (d, amount) in enumerate([(0, 10.0), (0, 20.0), (3, 30.0), (20, 40.0)]):
+        acct.observe(tx(i, D0 + d * DAY + 3600, amount))
+    f = acct.features(tx(9, D0 + 25 * DAY + 7200, 50.0))
+    assert feat(f, "acct_nb_tx_1d") == 0.0 and feat(f, "acct_avg_amount_1d") == 0.0
+    assert feat(f, "acct_nb_tx_7d") == 1.0 and feat(f, "acct_avg_amount_7d") == 40.0  # days 19..25
+    assert feat(f, "acct_nb_tx_30d") == 4.0 and feat(f, "acct_avg_amount_30d") == 25.0  # days -4..25
+    later = acct.features(tx(10, D0 + 33 * DAY, 50.0))  # day 33 window 4..33 drops day 0 and 3
+    assert feat(later, "acct_nb_tx_30d") == 1.0 and feat(later, "acct_avg_amount_30d") == 40.0
+
+
+def test_account_robust_amount_signals():
+    acct = AccountProfile()
+    amounts = [20.0, 22.0, 18.0, 21.0, 19.0]  # median 20, MAD 1
+    for i, amount in enumerate(amounts):
+        acct.observe(tx(i, D0 + i * 3600, amount))
+    f = acct.features(tx(9, D0 + 10 * 3600, 100.0))
+    assert feat(f, "acct_amount_log_ratio_median") == pytest.approx(math.log(101 / 21))
+    # (100 - 20) / (1.4826 * 1 + 0.05 * 20 + 1) = 23.6, clipped at 20
+    assert feat(f, "acct_amount_robust_z") == 20.0
+    normal = acct.features(tx(10, D0 + 10 * 3600, 21.0))
+    assert feat(normal, "acct_amount_robust_z") == pytest.approx(1 / 3.4826, rel=1e-6)
+
+
+def test_robust_profile_is_not_taken_over_by_a_burst_of_fraud():
+    acct = AccountProfile()
+    for i in range(12):
+        acct.observe(tx(i, D0 + i * 3600, 20.0 + (i % 3)))
+    for i in range(12, 16):  # four stolen-card transactions at five times the habit
+        acct.observe(tx(i, D0 + i * 3600, 105.0))
+    f = acct.features(tx(99, D0 + 20 * 3600, 105.0))
+    assert feat(f, "acct_amount_robust_z") > 10  # still far from the (robust) habit
+
+
+def test_previous_transaction_and_new_terminal():
+    acct = AccountProfile()
+    first = acct.observe(tx(0, D0, 5.0, "m-1"))
+    assert feat(first, "acct_log_secs_since_prev") == -1.0 and feat(first, "acct_new_terminal") == 1.0
+    f = acct.observe(tx(1, D0 + 600, 5.0, "m-1"))
+    assert feat(f, "acct_log_secs_since_prev") == pytest.approx(math.log1p(600))
+    assert feat(f, "acct_new_terminal") == 0.0
+    assert feat(acct.features(tx(2, D0 + 700, 5.0, "m-2")), "acct_new_terminal") == 1.0
+
+
+def test_terminal_risk_counts_only_released_labels():
+    term = TerminalProfile(delay_days=7)
+    for i in range(4):
+        term.observe(D0 + i * 3600)  # 4 transactions on day 0
+    term.observe(D0 + 2 * DAY)  # 1 on day 2
+    term.add_fraud(tx_ts=D0, label_ts=D0 + 7 * DAY)
+    term.add_fraud(tx_ts=D0 + 2 * DAY, label_ts=D0 + 9 * DAY)
+
+    def risk(t: float, w: int) -> float:
+        return term.features(t)[TERMINAL_FEATURES.index(f"term_risk_{w}d")]
+
+    at_day7 = D0 + 7 * DAY + 60
+    assert risk(at_day7, 1) == 0.25  # window = day 0: 1 fraud of 4
+    assert risk(at_day7, 7) == 0.25  # days -6..0
+    at_day9 = D0 + 9 * DAY + 60
+    assert risk(at_day9, 1) == 1.0  # day 2: 1 of 1
+    assert risk(at_day9, 7) == 2 / 5  # days -4..2
+    assert risk(D0 + 9 * DAY - 60, 7) == 0.25  # day 8: window ends on day 1; second label not known
+    n7 = term.features(at_day9)[TERMINAL_FEATURES.index("term_nb_tx_7d")]
+    assert n7 == 5.0
+    since = term.features(at_day9)
+    assert since[TERMINAL_FEATURES.index("term_days_since_first_known_fraud")] == 9.0
+    assert since[TERMINAL_FEATURES.index("term_days_since_last_known_fraud")] == 7.0
+
+
+def test_label_arrival_order_does_not_change_terminal_features():
+    early, late = TerminalProfile(7), TerminalProfile(7)
+    early.add_fraud(tx_ts=D0, label_ts=D0 + 7 * DAY)  # label first (no look-ahead must hold)
+    for t in (early, late):
+        for i in range(3):
+            t.observe(D0 + i * 600)
+    late.add_fraud(tx_ts=D0, label_ts=D0 + 7 * DAY)
+    for t_query in (D0 + 3 * DAY, D0 + 7 * DAY - 1, D0 + 7 * DAY, D0 + 8 * DAY):
+        assert early.features(t_query) == late.features(t_query)
+
+
+def test_label_join_and_orphans():
+    acct = AccountProfile()
+    assert acct.join_label("t-5", D0 + 7 * DAY, True) is None  # label before its transaction
+    f, joined, expired = acct.on_transaction(tx(5, D0, 10.0, "m-7"), retention_s=8 * DAY)
+    assert [(j.tx_id, j.terminal_id, j.is_fraud, j.tx_ts) for j in joined] == [("t-5", "m-7", True, D0)]
+    assert acct.pending == [] and expired == []
+    acct.on_transaction(tx(6, D0 + 60, 10.0, "m-8"), retention_s=8 * DAY)
+    j = acct.join_label("t-6", D0 + 7 * DAY, False)
+    assert j.terminal_id == "m-8" and not j.is_fraud
+
+
+def test_stale_pending_and_orphans_expire():
+    acct = AccountProfile()
+    acct.join_label("t-unknown", D0, True)
+    acct.on_transaction(tx(1, D0, 10.0), retention_s=DAY)
+    _, _, expired = acct.on_transaction(tx(2, D0 + 2 * DAY, 10.0), retention_s=DAY)
+    assert [o[0] for o in expired] == ["t-unknown"]
+    assert [p[0] for p in acct.pending] == ["t-2"]  # t-1 waited longer than the retention
+
+
+def test_snapshot_round_trip_and_size_per_account(small_stream):
+    """Per-account state stays at or below 1 KB pickled (DESIGN: tens of millions of accounts)."""
+    events, _ = small_stream
+    profiles: dict[str, AccountProfile] = {}
+    sizes = []
+    for e in events:
+        if isinstance(e, Transaction):
+            p = profiles.setdefault(e.account_id, AccountProfile())
+            p.on_transaction(e, retention_s=8 * DAY)
+        else:
+            profiles[e.account_id].join_label(e.tx_id, e.event_ts, e.is_fraud)
+    for p in profiles.values():
+        blob = pickle.dumps(p.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
+        sizes.append(len(blob))
+        restored = AccountProfile(pickle.loads(blob))
+        probe = tx(999, p.last_ts + 60, 42.0, "m-3")
+        assert restored.features(probe) == p.features(probe)
+    sizes.sort()
+    assert sizes[len(sizes) // 2] <= 1024, f"median {sizes[len(sizes) // 2]} B"
+    assert sizes[int(len(sizes) * 0.95)] <= 1024, f"p95 {sizes[int(len(sizes) * 0.95)]} B"
+
+
+def test_feature_vector_has_unique_names():
+    assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
