@@ -24,7 +24,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.events import DeadLetter, Label, Origin, Transaction, encode, parse_record
-from connectors.sources import EventTimeBatcher
+from connectors.sources import MAX_BATCH_SPAN_S, EventTimeBatcher
 
 __all__ = ["FileEventsSource", "JsonlSink", "read_events", "write_jsonl"]
 
@@ -129,7 +129,7 @@ class FileEventsSource(FixedPartitionedSource[tuple[int, Any], tuple]):
     """Recorded transactions and labels as one event-time-ordered partition."""
 
     def __init__(self, transactions_path: str, labels_path: str, batch_size: int = 1000,
-                 max_batch_span_s: float = 3600.0) -> None:
+                 max_batch_span_s: float = MAX_BATCH_SPAN_S) -> None:
         self.transactions_path = transactions_path
         self.labels_path = labels_path
         self.batch_size = batch_size

@@ -34,7 +34,7 @@ import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.events import Label, Transaction
-from connectors.sources import EventTimeBatcher
+from connectors.sources import MAX_BATCH_SPAN_S, EventTimeBatcher
 
 __all__ = ["SimulatorConfig", "Simulation", "SimulatorSource", "simulate", "SimulatedFraud"]
 
@@ -273,7 +273,7 @@ class SimulatorSource(FixedPartitionedSource[tuple[int, SimEvent], int]):
     """The simulator as a Bytewax source of ``(partition, event)``; partitions split accounts."""
 
     def __init__(self, cfg: SimulatorConfig, partitions: int = 1, batch_size: int = 1000,
-                 max_batch_span_s: float = 3600.0) -> None:
+                 max_batch_span_s: float = MAX_BATCH_SPAN_S) -> None:
         self.cfg = cfg
         self.partitions = partitions
         self.batch_size = batch_size

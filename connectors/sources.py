@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence
+import math
+import threading
+import time
+from typing import Any, Hashable, Iterator, Optional, Sequence
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-__all__ = ["EventListSource", "EventTimeBatcher"]
+__all__ = ["MAX_BATCH_SPAN_S", "EventListSource", "EventTimeBatcher", "EventTimePacer"]
+
+# Event time one source batch may span. Keyed steps reorder what they process together, so this
+# bounds the disorder the model shards see; it must stay well below ``allowed_lateness_s``.
+MAX_BATCH_SPAN_S = 900.0
 
 
 class EventTimeBatcher:
@@ -52,6 +59,51 @@ class EventTimeBatcher:
 
 
 
+class EventTimePacer:
+    """Keeps the partitions of one source, in one process, within ``max_lead_s`` of each other
+    in event time.
+
+    Partitions read independently (Kafka topic-partitions, simulator slices) drift apart: a
+    partition whose fetch is slow for a second falls hours of event time behind when a backlog
+    is replayed at full speed. The model would then wait for it (its watermark is the slowest
+    partition) and labels from a fast labels partition would reach features early or late.
+    A partition may emit an event only if it is at most ``max_lead_s`` ahead of every other
+    *active* partition: one with data pending, or that saw data in the last ``idle_after_s``
+    seconds of wall time (an idle, caught-up partition never holds the others back). For
+    ``startup_grace_s`` after it registers, a partition that has not seen data yet counts as
+    active, so a fresh start (or a resume) begins aligned.
+    """
+
+    def __init__(self, max_lead_s: float = MAX_BATCH_SPAN_S, idle_after_s: float = 1.0,
+                 startup_grace_s: float = 2.0) -> None:
+        self.max_lead_s = max_lead_s
+        self.idle_after_s = idle_after_s
+        self.startup_grace_s = startup_grace_s
+        self._lock = threading.Lock()
+        self._head: dict[Hashable, float] = {}  # next event time (or last emitted) per partition
+        self._active_until: dict[Hashable, float] = {}
+
+    def register(self, part: Hashable) -> None:
+        with self._lock:
+            self._head[part] = -math.inf
+            self._active_until[part] = time.monotonic() + self.startup_grace_s
+
+    def unregister(self, part: Hashable) -> None:
+        with self._lock:
+            self._head.pop(part, None)
+            self._active_until.pop(part, None)
+
+    def limit(self, part: Hashable, head_ts: Optional[float]) -> float:
+        """Record this partition's next event time; return how far it may emit."""
+        now = time.monotonic()
+        with self._lock:
+            if head_ts is not None:
+                self._head[part] = head_ts
+                self._active_until[part] = now + self.idle_after_s
+            others = [h for p, h in self._head.items() if p != part and self._active_until[p] > now]
+        return min(others) + self.max_lead_s if others else math.inf
+
+
 class _ListPartition(StatefulSourcePartition[tuple[int, Any], int]):
     def __init__(self, events: Sequence[Any], start: int, batcher: EventTimeBatcher) -> None:
         self._events = events
@@ -88,7 +140,7 @@ class _Cursor:
 class EventListSource(FixedPartitionedSource[tuple[int, Any], int]):
     """Events from a list, in the given order, one partition (tests, embedding)."""
 
-    def __init__(self, events: Sequence[Any], batch_size: int = 1000, max_batch_span_s: float = 3600.0) -> None:
+    def __init__(self, events: Sequence[Any], batch_size: int = 1000, max_batch_span_s: float = MAX_BATCH_SPAN_S) -> None:
         self.events = events
         self.batch_size = batch_size
         self.max_batch_span_s = max_batch_span_s

@@ -70,10 +70,12 @@ class RunStats:
     def counts(self) -> dict[str, Any]:
         shards = list(self.shards.values())
         learned = sum(s.counts["labels_learned"] for s in shards)
+        received = sum(s.counts["labels_received"] for s in shards)
         frauds = sum(s.counts["frauds_learned"] for s in shards)
         elapsed = time.monotonic() - self.started
         return {
             "transactions_scored": self.transactions,
+            "labels_received": received,
             "labels_learned": learned,
             "frauds_learned": frauds,
             "implicit_negatives": sum(s.counts["implicit_negatives"] for s in shards),
@@ -93,9 +95,9 @@ class RunStats:
         self._next_report = time.monotonic() + self.REPORT_EVERY_S
         c = self.counts()
         log.info(
-            "progress: %s transactions scored (%s/s), event time %s, %s labels learned, %s alerts, %s dead letters",
+            "progress: %s transactions scored (%s/s), event time %s, %s labels, %s alerts, %s dead letters",
             f"{c['transactions_scored']:,}", f"{c['transactions_per_s']:,}", c["event_time"],
-            f"{c['labels_learned']:,}", f"{c['alerts']:,}", f"{c['dead_letters']:,}",
+            f"{c['labels_received']:,}", f"{c['alerts']:,}", f"{c['dead_letters']:,}",
         )
 
     def summary(self) -> str:
@@ -104,8 +106,8 @@ class RunStats:
         lines = [
             "fraudflow summary" + ("" if len(self.shards) <= 1 else f" (this process: {len(self.shards)} shards)"),
             f"  transactions scored   {c['transactions_scored']:>12,}   up to {c['event_time']}",
-            f"  labels learned        {c['labels_learned']:>12,}   ({c['frauds_learned']:,} frauds,"
-            f" {c['implicit_negatives']:,} inferred legitimate)",
+            f"  labels received       {c['labels_received']:>12,}   (learned from {c['labels_learned']:,}: "
+            f"{c['frauds_learned']:,} frauds, a sample of the legitimate; {c['implicit_negatives']:,} inferred)",
             f"  alerts                {c['alerts']:>12,}   ({c['alerts_suppressed_by_cooldown']:,} more folded"
             " into open alerts by the cool-down)",
             f"  alerts confirmed      {c['alerts_confirmed_fraud']:>12,}{share} by fraud labels released so far",

@@ -14,7 +14,7 @@ resumed run learn the same weights). Until then it passes standardised values on
 >>> for v in (1.0, 2.0, 3.0, 4.0):
 ...     binner.learn_one({"amount": v})
 >>> sorted(binner.transform_one({"amount": 3.5}).items())
-[('amount', 0.67...), ('amount#1', 1.0)]
+[('amount', 0.894...), ('amount#1', 1.0)]
 """
 
 from __future__ import annotations

@@ -274,8 +274,8 @@ class TerminalProfile:
 
     Risk over ``w`` days follows the handbook: frauds among the terminal's transactions in
     the ``w`` days that end ``delay_days`` before the transaction's day. A fraud counts only
-    once its label is known, and — as for the model (``learners.scoring``) — known for one
-    step of ``label_step_s``: it must be older than ``(floor(t / step) - 1) * step``, so
+    once its label is known, and — as for the model (``learners.scoring``) — known for a
+    step of ``label_step_s``: it must be older than ``(floor(t / step) - 2) * step``, so
     labels still in flight between workers cannot change a feature (the default step of 0
     uses every label known at ``t``).
 
@@ -331,7 +331,7 @@ class TerminalProfile:
         n_out: list[float] = []
         risk_out: list[float] = []
         step = self.step
-        cutoff = (math.floor(event_ts / step) - 1) * step if step > 0 else event_ts
+        cutoff = (math.floor(event_ts / step) - 2) * step if step > 0 else event_ts
         known = [fd for fd, lts in self.frauds if lts <= cutoff]
         for w in WINDOWS:
             n = self._count(end - w + 1, end)

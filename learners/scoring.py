@@ -8,16 +8,20 @@ depend on how the streams were batched, interleaved or split across workers:
 * the model is a sequence of versions; version ``B`` has learned exactly the labels whose
   ``event_ts`` is before ``B`` (``B`` a multiple of the step ``L = allowed_lateness_s``),
   in ``(event_ts, tx_id)`` order;
-* a transaction at time ``t`` is scored by version ``(floor(t / L) - 1) * L``: every label
-  it sees became known at least ``L`` (at most ``2 L``) before it (**no look-ahead**), and
-  that version is final as soon as the transaction arrives, provided the streams are out
-  of order by at most ``L`` (the *allowed lateness*);
+* a transaction at time ``t`` is scored by version ``(floor(t / L) - 2) * L``: every label
+  it sees became known at least ``L`` (at most ``3 L``) before it (**no look-ahead**), and
+  that version is final as soon as the transaction arrives, provided the streams (and the
+  input partitions) are out of order by at most ``L`` (the *allowed lateness*);
 * the watermark is the minimum, over the transaction source partitions seen, of each one's
   latest transaction time; a version is built only once the watermark has passed it by ``L``.
+  A partition more than ``IDLE_PARTITION_S`` (a day) of event time behind the newest is
+  left out, so one quiet Kafka partition cannot stop the model learning.
 
-A transaction older than the kept versions, or a label older than the built version, is
-*late*: it is still scored (or learned) and counted, so the metric shows when the allowed
-lateness is too small. With frauds-only label feeds a transaction with no label
+The last ``KEPT_VERSIONS`` versions are kept for stragglers. A transaction older than all of
+them, or a label older than the built version, is *late*: it is still scored (by the oldest
+kept version) or learned, and counted, so the metric shows when the allowed lateness is too
+small. Independent input partitions read at different speeds can make a few transactions see
+an older version than a replay would (never a newer one). With frauds-only label feeds a transaction with no label
 ``label_timeout`` after it is learned as legitimate, in the same canonical order.
 """
 
@@ -55,8 +59,8 @@ class ModelConfig:
     seed: int = 0
     label_mode: str = "all"  # "all": every transaction gets a label; "frauds": frauds only
     label_timeout_days: float = 8.0  # frauds mode: no fraud label by then => legitimate
-    allowed_lateness_s: float = 6 * 3600.0  # event-time disorder absorbed; the learning step
-    negative_sampling: float = 1.0  # share of legitimate labels learned
+    allowed_lateness_s: float = 3600.0  # event-time disorder absorbed; the learning step
+    negative_sampling: float = 0.1  # share of legitimate labels learned (balances the classes)
     warmup_frauds: int = 25  # frauds learned before the supervised score takes over
     threshold: float = 0.5
     coldstart_alert_rate: float = 0.005  # cold start: alert on this share, the most anomalous
@@ -99,6 +103,8 @@ class ModelShard:
     """One model partition: scores transactions, learns released labels in event-time steps."""
 
     COLDSTART_MIN_SEEN = 1000  # no cold-start alerts before the detector has learned this many
+    KEPT_VERSIONS = 4
+    IDLE_PARTITION_S = 86_400.0
 
     def __init__(self, config: ModelConfig, state: Optional[bytes] = None) -> None:
         self.config = config
@@ -110,13 +116,14 @@ class ModelShard:
         self.detector = build_anomaly_detector(config.seed)
         self.anomaly_quantile = stats.Quantile(1.0 - config.coldstart_alert_rate)
         self.built_to = -math.inf  # labels before this are in self.model
-        self.previous: Optional[tuple[float, bytes]] = None  # the version before, for stragglers
+        self.previous: list[tuple[float, bytes]] = []  # older versions (newest last), for stragglers
         self.pending: dict[str, tuple[float, bytes]] = {}  # tx_id -> (event_ts, packed features)
         self.held: list[tuple[float, str, Optional[bool]]] = []  # labels to learn (heap); None: implicit
         self.unlearned: list[tuple[float, str, bytes]] = []  # cold start: detector's backlog
         self.clocks: dict[int, float] = {}  # source partition -> latest transaction time
         self.counts = {
             "scored": 0,
+            "labels_received": 0,
             "labels_learned": 0,
             "frauds_learned": 0,
             "implicit_negatives": 0,
@@ -131,7 +138,7 @@ class ModelShard:
 
     # -- state -------------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("config", "_previous_cache")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("config", "_versions_cache")}
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     @property
@@ -140,7 +147,10 @@ class ModelShard:
 
     @property
     def watermark(self) -> float:
-        return min(self.clocks.values()) if self.clocks else -math.inf
+        if not self.clocks:
+            return -math.inf
+        newest = max(self.clocks.values())
+        return min(c for c in self.clocks.values() if c >= newest - self.IDLE_PARTITION_S)
 
     def _live(self) -> _Version:
         return _Version(self.built_to, self.model, self.detector, self.anomaly_quantile.get() or 1.0, self.supervised)
@@ -148,7 +158,7 @@ class ModelShard:
     # -- learning in event-time steps ----------------------------------------------------
     def _boundary(self, event_ts: float) -> float:
         step = self.config.allowed_lateness_s
-        return (math.floor(event_ts / step) - 1) * step if step > 0 else event_ts
+        return (math.floor(event_ts / step) - 2) * step if step > 0 else event_ts
 
     def _final_boundary(self) -> float:
         """The newest version all labels have arrived for (watermark minus lateness)."""
@@ -159,10 +169,10 @@ class ModelShard:
     def _build(self, boundary: float) -> None:
         """Learn everything known before ``boundary``, in (event_ts, tx_id) order."""
         supervised = self.supervised
-        self.previous = (self.built_to, pickle.dumps(
+        self.previous.append((self.built_to, pickle.dumps(
             (self.model, None if supervised else self.detector, self.anomaly_quantile.get() or 1.0, supervised),
-            protocol=pickle.HIGHEST_PROTOCOL))
-        self._previous_cache = None
+            protocol=pickle.HIGHEST_PROTOCOL)))
+        del self.previous[: -self.KEPT_VERSIONS]
         cfg = self.config
         held = self.held
         if cfg.label_mode == "frauds":
@@ -227,6 +237,7 @@ class ModelShard:
 
     def on_label(self, tx_id: str, label_ts: float, is_fraud: bool) -> None:
         """A label joined to its transaction upstream; learned at the next step after it."""
+        self.counts["labels_received"] += 1
         if label_ts < self.built_to:
             self.counts["late_labels"] += 1
             self._learn_label(tx_id, is_fraud)
@@ -244,14 +255,24 @@ class ModelShard:
                 return self._live()  # newer labels are not final yet: an older version, no look-ahead
         if wanted >= self.built_to:
             return self._live()
-        if self.previous is not None and wanted >= self.previous[0]:
-            cached = getattr(self, "_previous_cache", None)
-            if cached is None:
-                model, detector, threshold, supervised = pickle.loads(self.previous[1])
-                cached = self._previous_cache = _Version(self.previous[0], model, detector, threshold, supervised)
-            return cached
-        self.counts["late_transactions"] += 1  # older than every kept version
+        # A straggler: the newest kept version built no later than it wants.
+        for built_to, blob in reversed(self.previous):
+            if built_to <= wanted:
+                return self._kept(built_to, blob)
+        self.counts["late_transactions"] += 1  # older than every kept version: the oldest we have
+        if self.previous:
+            return self._kept(*self.previous[0])
         return self._live()
+
+    def _kept(self, built_to: float, blob: bytes) -> _Version:
+        cache = self.__dict__.setdefault("_versions_cache", {})
+        version = cache.get(built_to)
+        if version is None:
+            model, detector, threshold, supervised = pickle.loads(blob)
+            version = _Version(built_to, model, detector, threshold, supervised)
+            cache.clear()  # stragglers cluster around one version at a time
+            cache[built_to] = version
+        return version
 
     def on_transaction(self, tx: Any, features: tuple[float, ...], part: int = 0) -> Scored:
         """Score ``tx`` with the version its event time allows; keep its features for its label."""
@@ -262,10 +283,13 @@ class ModelShard:
         cfg = self.config
         x = dict(zip(FEATURE_NAMES, features))
         if version.supervised:
-            model = version.model
-            score = model.predict_proba_one(x).get(True, 0.0)
+            model, rate = version.model, cfg.negative_sampling
+
+            def scorer(z: dict, model=model, rate=rate) -> float:
+                return _unsample(model.predict_proba_one(z).get(True, 0.0), rate)
+
+            score = scorer(x)
             threshold, name = cfg.threshold, cfg.model_name
-            scorer = lambda z: model.predict_proba_one(z).get(True, 0.0)  # noqa: E731
             candidate = score >= threshold
         else:
             model = version.detector
@@ -302,6 +326,21 @@ class ModelShard:
             else:
                 self.on_label(item[2], item[3], item[4])
         return out
+
+
+def _unsample(p: float, rate: float) -> float:
+    """Undo negative subsampling: the model saw ``rate`` of the legitimate examples, so its
+    odds are ``1 / rate`` too high. Monotone, so rankings are unchanged.
+
+    >>> round(_unsample(0.5, 0.1), 4)
+    0.0909
+    """
+    if rate >= 1.0 or p <= 0.0:
+        return p
+    if p >= 1.0:
+        return 1.0
+    odds = p / (1.0 - p) * rate
+    return odds / (1.0 + odds)
 
 
 def _event_order(item: tuple) -> tuple:

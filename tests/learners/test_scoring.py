@@ -29,17 +29,18 @@ def tx(i: int, ts: float, amount: float = 10.0) -> Transaction:
 
 def make_shard(**kw) -> ModelShard:
     kw.setdefault("allowed_lateness_s", L)
+    kw.setdefault("negative_sampling", 1.0)
     return ModelShard(ModelConfig(warmup_frauds=0, **kw))
 
 
-def test_label_is_used_one_to_two_steps_after_it_is_known():
+def test_label_is_used_two_to_three_steps_after_it_is_known():
     shard = make_shard()
     shard.on_transaction(tx(1, D0), features(500.0))
     shard.on_label("t-1", D0 + 7 * DAY, True)
     assert shard.counts["labels_learned"] == 0 and len(shard.held) == 1
-    before = shard.on_transaction(tx(2, D0 + 7 * DAY + 2 * L - 1), features(500.0)).score
+    before = shard.on_transaction(tx(2, D0 + 7 * DAY + 3 * L - 1), features(500.0)).score
     assert shard.counts["labels_learned"] == 0  # scored by the version built to D0 + 7d: label not before it
-    after = shard.on_transaction(tx(3, D0 + 7 * DAY + 2 * L), features(500.0)).score
+    after = shard.on_transaction(tx(3, D0 + 7 * DAY + 3 * L), features(500.0)).score
     assert shard.counts["labels_learned"] == 1 and shard.counts["frauds_learned"] == 1
     assert after > before  # learned the fraud, then scored
 
@@ -75,24 +76,36 @@ def test_watermark_is_the_slowest_source_partition():
     shard = make_shard()
     shard.on_transaction(tx(1, D0), features(10.0), part=0)
     shard.on_transaction(tx(2, D0), features(10.0), part=1)
-    shard.on_label("t-1", D0 + DAY, False)
-    shard.on_transaction(tx(3, D0 + 3 * DAY), features(10.0), part=0)  # partition 0 runs ahead
+    shard.on_label("t-1", D0 + 4 * L, False)
+    shard.on_transaction(tx(3, D0 + 12 * L), features(10.0), part=0)  # partition 0 runs ahead
     assert shard.counts["labels_learned"] == 0  # partition 1 is still at D0
-    shard.on_transaction(tx(4, D0 + 2 * DAY), features(10.0), part=1)
+    shard.on_transaction(tx(4, D0 + 7 * L), features(10.0), part=1)
     assert shard.counts["labels_learned"] == 1
     assert shard.counts["late_transactions"] == 0
+
+
+def test_a_partition_quiet_for_a_day_of_event_time_does_not_stop_learning():
+    shard = make_shard()
+    shard.on_transaction(tx(1, D0), features(10.0), part=0)
+    shard.on_transaction(tx(2, D0), features(10.0), part=1)  # partition 1 then goes quiet
+    shard.on_label("t-1", D0 + 4 * L, False)
+    shard.on_transaction(tx(3, D0 + 20 * L), features(10.0), part=0)
+    assert shard.counts["labels_learned"] == 0  # 20 h behind: still waited for
+    shard.on_transaction(tx(4, D0 + 25 * L), features(10.0), part=0)
+    assert shard.counts["labels_learned"] == 1  # more than a day behind: idle
 
 
 def test_stragglers_within_a_step_use_the_previous_version_beyond_it_are_late():
     shard = make_shard()
     shard.on_transaction(tx(0, D0), features(300.0))
     shard.on_label("t-0", D0 + 10 * L, True)
-    first = shard.on_transaction(tx(1, D0 + 11.5 * L), features(300.0)).score  # version D0+10L: no label yet
-    shard.on_transaction(tx(2, D0 + 12.2 * L), features(300.0))  # version D0+11L: learns it
+    first = shard.on_transaction(tx(1, D0 + 11.5 * L), features(300.0)).score  # version D0+9L: no label yet
+    shard.on_transaction(tx(2, D0 + 13.2 * L), features(300.0))  # version D0+11L: learns it
     assert shard.counts["frauds_learned"] == 1
     straggler = shard.on_transaction(tx(3, D0 + 11.5 * L), features(300.0)).score
-    assert straggler == first and shard.counts["late_transactions"] == 0  # the kept previous version
-    shard.on_transaction(tx(4, D0 + 20 * L), features(300.0))
+    assert straggler == first and shard.counts["late_transactions"] == 0  # a kept version
+    for i, step in enumerate(range(14, 22)):  # eight more steps: only the last four versions are kept
+        shard.on_transaction(tx(10 + i, D0 + step * L + 1), features(300.0))
     shard.on_transaction(tx(5, D0 + 11.5 * L), features(300.0))
     assert shard.counts["late_transactions"] == 1
 
@@ -117,9 +130,9 @@ def test_frauds_only_feed_learns_silence_as_legitimate():
     shard.on_transaction(tx(1, D0), features(10.0))
     shard.on_transaction(tx(2, D0 + 60), features(400.0))
     shard.on_label("t-2", D0 + 7 * DAY, True)
-    shard.on_transaction(tx(3, D0 + 7 * DAY + 2 * L), features(10.0))
+    shard.on_transaction(tx(3, D0 + 7 * DAY + 3 * L), features(10.0))
     assert (shard.counts["frauds_learned"], shard.counts["implicit_negatives"]) == (1, 0)
-    shard.on_transaction(tx(4, D0 + 8 * DAY + 2 * L), features(10.0))
+    shard.on_transaction(tx(4, D0 + 8 * DAY + 3 * L), features(10.0))
     assert shard.counts["implicit_negatives"] == 1  # t-1: no fraud label within 8 days
     assert shard.counts["labels_learned"] == 2 and shard.counts["labels_unmatched"] == 0
     assert "t-2" not in shard.pending and "t-1" not in shard.pending

@@ -1,0 +1,82 @@
+"""Events per second of the dataflow (1 worker) against a bare Python loop running the same
+feature and model code over the same events, in one run.
+
+    python -m benchmarks.throughput [--days 60] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from benchmarks.common import in_subprocess, load, peak_rss_mb, repeat, save, workload
+
+
+def bare_loop(path: str, model_kind: str = "logreg") -> dict:
+    from learners.pipeline import PipelineConfig, SequentialPipeline
+    from learners.scoring import ModelConfig
+
+    events = load(path)
+    pipe = SequentialPipeline(PipelineConfig(model=ModelConfig(kind=model_kind)))
+    started = time.perf_counter()
+    scored = sum(1 for _ in pipe.run(events))
+    elapsed = time.perf_counter() - started
+    return {"events": len(events), "transactions": scored, "seconds": round(elapsed, 3),
+            "events_per_s": round(len(events) / elapsed), "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def dataflow(path: str, model_kind: str = "logreg", workers: int = 1) -> dict:
+    from bytewax.testing import TestingSink, cluster_main, run_main
+
+    from connectors.sources import EventListSource
+    from dataflows.fraud import build_flow
+    from dataflows.settings import Settings
+
+    events = load(path)
+    alerts, dlq, scores = [], [], []
+    settings = Settings(progress=False, model_kind=model_kind)
+    parts = build_flow(settings, source=EventListSource(events), alerts_sink=TestingSink(alerts),
+                       dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores), shards=workers)
+    started = time.perf_counter()
+    if workers == 1:
+        run_main(parts.flow)
+    else:
+        cluster_main(parts.flow, [], 0, worker_count_per_proc=workers)
+    elapsed = time.perf_counter() - started
+    assert len(scores) == sum(1 for e in events if type(e).__name__ == "Transaction")
+    return {"events": len(events), "transactions": len(scores), "alerts": len(alerts), "seconds": round(elapsed, 3),
+            "events_per_s": round(len(events) / elapsed), "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=2_000)
+    parser.add_argument("--terminals", type=int, default=4_000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--model", default="logreg")
+    args = parser.parse_args(argv)
+    path = str(workload(args.customers, args.terminals, args.days))
+    loop = repeat(args.repeat, lambda: in_subprocess("benchmarks.throughput", "bare_loop", path, args.model),
+                  "events_per_s")
+    flow = repeat(args.repeat, lambda: in_subprocess("benchmarks.throughput", "dataflow", path, args.model),
+                  "events_per_s")
+    result = {
+        "workload": {"customers": args.customers, "terminals": args.terminals, "days": args.days,
+                     "events": loop["events"], "transactions": loop["transactions"]},
+        "model": args.model,
+        "bare_loop": loop,
+        "dataflow_1_worker": flow,
+        "ratio_dataflow_to_loop": round(flow["events_per_s_median"] / loop["events_per_s_median"], 3),
+        "target_ratio": 0.6,
+    }
+    path_out = save(f"throughput-{args.model}", result)
+    print(json.dumps({k: result[k] for k in ("workload", "ratio_dataflow_to_loop")} | {
+        "loop_events_per_s": loop["events_per_s_median"], "dataflow_events_per_s": flow["events_per_s_median"],
+        "results": str(path_out)}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Kafka wiring: the transactions and labels topics in, alerts / dead letters / scores out.
+
+The data path uses bytewax's Kafka connector (confluent-kafka underneath):
+
+* :class:`EventsKafkaSource` is bytewax's ``KafkaSource`` over both input topics. Each
+  topic-partition is an input partition with its offset as resume state; partitions are
+  assigned without consumer groups. Messages are decoded in the source (a bad one becomes a
+  dead letter with its topic, partition and offset) and cut into batches of bounded event
+  time, like the other sources. Broker-level errors (an unreachable broker) are logged and
+  retried by librdkafka; they never move the resume offset.
+* :class:`CheckedKafkaSink` is bytewax's ``KafkaSink`` with a producer that waits for every
+  delivery report: a failed delivery fails the batch (and the flow, which then resumes from
+  recovery) instead of losing an alert. With the default ``message.timeout.ms=0`` a broker
+  outage stalls the flow instead of dropping messages.
+
+Every librdkafka option in ``settings.kafka_options`` (``security.protocol``, ``sasl.*``,
+``ssl.*``, …) is passed to every client unchanged; they are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+
+from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource
+from bytewax.inputs import StatefulSourcePartition
+from bytewax.outputs import StatelessSinkPartition
+from confluent_kafka import OFFSET_BEGINNING, Producer
+
+from connectors.events import DeadLetter, Origin, encode, parse_record
+from connectors.sources import MAX_BATCH_SPAN_S, EventTimePacer
+
+__all__ = ["CheckedKafkaSink", "EventsKafkaSource", "kafka_sinks", "kafka_source"]
+
+log = logging.getLogger(__name__)
+
+
+class _EventsPartition(StatefulSourcePartition[tuple[int, Any], Optional[int]]):
+    """One topic-partition: decoded events in event-time-bounded batches."""
+
+    def __init__(self, inner: StatefulSourcePartition, topic: str, partition: int, kind: str,
+                 start_offset: int, max_span_s: float, pacer: EventTimePacer) -> None:
+        self._inner = inner
+        self._pacer = pacer
+        self._key = (topic, partition)
+        pacer.register(self._key)
+        self._paced_until = 0.0
+        self._topic = topic
+        self._partition = partition
+        self._kind = kind
+        self._next_offset = start_offset  # resume here: the first message not yet emitted
+        self._max_span_s = max_span_s
+        self._carry: list[tuple[int, Any]] = []  # (offset, event) decoded but not yet emitted
+        self._exhausted = False
+        self._last_warning = 0.0
+
+    def _decode(self, messages: list) -> None:
+        for msg in messages:
+            if isinstance(msg, KafkaError):
+                inner_msg = msg.msg
+                offset = inner_msg.offset
+                if offset is not None and offset >= 0 and inner_msg.partition is not None and inner_msg.partition >= 0:
+                    raw = inner_msg.value or b""
+                    dead = DeadLetter(raw, f"kafka error: {msg.err}", Origin(self._topic, offset, self._partition),
+                                      step="read_events")
+                    self._carry.append((offset, dead))
+                else:
+                    now = time.monotonic()
+                    if now - self._last_warning > 10:
+                        self._last_warning = now
+                        log.warning("kafka %s[%d]: %s (librdkafka retries)", self._topic, self._partition, msg.err)
+                continue
+            origin = Origin(msg.topic or self._topic, msg.offset, msg.partition)
+            if msg.value is None:
+                event: Any = DeadLetter(b"", "empty message (no value)", origin, step="read_events")
+            else:
+                event = parse_record(msg.value, origin, self._kind)
+            self._carry.append((msg.offset, event))
+
+    def next_batch(self) -> list[tuple[int, Any]]:
+        if not self._carry:
+            if self._exhausted:
+                raise StopIteration
+            try:
+                self._decode(self._inner.next_batch())
+            except StopIteration:
+                self._exhausted = True
+                self._pacer.unregister(self._key)
+                raise
+        carry, part, span = self._carry, self._partition, self._max_span_s
+        head = next((getattr(e, "event_ts", None) for _, e in carry if getattr(e, "event_ts", None) is not None),
+                    None)
+        limit = self._pacer.limit(self._key, head)
+        first_ts: Optional[float] = None
+        n = 0
+        for _, event in carry:
+            ts = getattr(event, "event_ts", None)
+            if ts is not None:
+                if ts > limit:
+                    break  # ahead of the other partitions: wait for them
+                if first_ts is None:
+                    first_ts = ts
+                elif ts - first_ts > span:
+                    break
+            n += 1
+        self._paced_until = time.monotonic() + 0.002 if n == 0 and carry else 0.0
+        batch = [(part, event) for _, event in carry[:n]]
+        if n:
+            self._next_offset = carry[n - 1][0] + 1
+        del carry[:n]
+        return batch
+
+    def next_awake(self):
+        if self._paced_until:
+            return datetime.fromtimestamp(time.time() + 0.002, timezone.utc)
+        return None
+
+    def snapshot(self) -> Optional[int]:
+        if self._carry:
+            return self._carry[0][0]
+        return self._next_offset
+
+    def close(self) -> None:
+        self._pacer.unregister(self._key)
+        self._inner.close()
+
+
+class EventsKafkaSource(KafkaSource):
+    """Both input topics through bytewax's KafkaSource, decoded into contract events."""
+
+    def __init__(self, brokers: list[str], transactions_topic: str, labels_topic: str, *, tail: bool = True,
+                 add_config: Optional[dict[str, str]] = None, batch_size: int = 2000,
+                 max_batch_span_s: float = MAX_BATCH_SPAN_S) -> None:
+        super().__init__(brokers, [transactions_topic, labels_topic], tail=tail, starting_offset=OFFSET_BEGINNING,
+                         add_config=dict(add_config or {}), batch_size=batch_size, raise_on_errors=False)
+        self.kinds = {transactions_topic: "transaction", labels_topic: "label"}
+        self.max_batch_span_s = max_batch_span_s
+        self.pacer = EventTimePacer(max_batch_span_s)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> _EventsPartition:
+        idx, topic = for_part.split("-", 1)
+        inner = super().build_part(step_id, for_part, resume_state)
+        start = resume_state if resume_state is not None else OFFSET_BEGINNING
+        return _EventsPartition(inner, topic, int(idx), self.kinds[topic], start, self.max_batch_span_s, self.pacer)
+
+
+class _CheckedPartition(StatelessSinkPartition[Any]):
+    def __init__(self, producer: Producer, topic: str, to_message: Callable[[Any], tuple[Optional[bytes], bytes]]):
+        self._producer = producer
+        self._topic = topic
+        self._to_message = to_message
+        self._failed: list[str] = []
+
+    def _delivered(self, err, msg) -> None:
+        if err is not None:
+            self._failed.append(str(err))
+
+    def write_batch(self, items: list[Any]) -> None:
+        producer, topic = self._producer, self._topic
+        for item in items:
+            key, value = self._to_message(item)
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key, on_delivery=self._delivered)
+                    break
+                except BufferError:  # local queue full (e.g. broker down): wait for room
+                    producer.poll(0.1)
+            producer.poll(0)
+        producer.flush()
+        if self._failed:
+            failed, self._failed = self._failed, []
+            raise RuntimeError(f"{len(failed)} messages to {topic!r} were not delivered: {failed[0]}")
+
+    def close(self) -> None:
+        self._producer.flush()
+
+
+class CheckedKafkaSink(KafkaSink):
+    """bytewax's KafkaSink, with delivery reports checked; items are contract records."""
+
+    def __init__(self, brokers: list[str], topic: str, add_config: Optional[dict[str, str]] = None,
+                 key: Callable[[Any], Optional[str]] = lambda item: None) -> None:
+        config = {"message.timeout.ms": "0", "linger.ms": "5"}
+        config.update(add_config or {})
+        super().__init__(brokers, topic, config)
+        self.key = key
+
+    def _to_message(self, item: Any) -> tuple[Optional[bytes], bytes]:
+        if isinstance(item, KafkaSinkMessage):
+            return item.key, item.value
+        key = self.key(item)
+        return (key.encode() if key is not None else None), encode(item)
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CheckedPartition:
+        config = {"bootstrap.servers": ",".join(self._brokers)}
+        config.update(self._add_config)
+        return _CheckedPartition(Producer(config), self._topic, self._to_message)
+
+
+def _brokers(settings: Any) -> list[str]:
+    return [b.strip() for b in settings.kafka_brokers.split(",") if b.strip()]
+
+
+def kafka_source(settings: Any) -> EventsKafkaSource:
+    return EventsKafkaSource(
+        _brokers(settings), settings.kafka_topic_transactions, settings.kafka_topic_labels,
+        tail=not settings.kafka_stop_at_end, add_config=dict(settings.kafka_options),
+        batch_size=settings.kafka_batch_size,
+    )
+
+
+def kafka_sinks(settings: Any) -> tuple[CheckedKafkaSink, CheckedKafkaSink, Optional[CheckedKafkaSink]]:
+    brokers, opts = _brokers(settings), dict(settings.kafka_options)
+    alerts = CheckedKafkaSink(brokers, settings.kafka_topic_alerts, opts, key=lambda a: a.account_id)
+    dlq = CheckedKafkaSink(brokers, settings.kafka_topic_dlq, opts)
+    scores = (CheckedKafkaSink(brokers, settings.kafka_topic_scores, opts, key=lambda s: s.account_id)
+              if settings.emit_scores else None)
+    return alerts, dlq, scores

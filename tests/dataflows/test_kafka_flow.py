@@ -1,0 +1,161 @@
+"""The flow against a real Kafka-compatible broker (tansu), as `python -m bytewax.run`
+processes: end to end, crash and resume, broker outage, and scaling across processes.
+
+kafka-python is the independent client that produces inputs and reads outputs."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from connectors.events import Transaction
+from connectors.simulator import SimulatorConfig, simulate
+from learners.evaluation import average_precision
+from tests.kafka_helpers import FlowCluster, approx_count, by_tx, init_recovery, produce_stream, read_topic
+
+pytestmark = pytest.mark.broker
+
+STREAM = SimulatorConfig(customers=500, terminals=1_000, days=40, seed=11)
+
+
+@pytest.fixture(scope="module")
+def stream_events():
+    truth: dict = {}
+    events = list(simulate(STREAM, truth=truth))
+    return events, truth
+
+
+def _ap(scores: dict[str, float], truth: dict, after_ts: float, tx_ts: dict[str, float]) -> float:
+    rows = [(truth[t].is_fraud, s) for t, s in scores.items() if tx_ts[t] >= after_ts]
+    return average_precision(*zip(*rows))
+
+
+@pytest.fixture(scope="module")
+def tx_times(stream_events):
+    events, _ = stream_events
+    return {e.tx_id: e.event_ts for e in events if isinstance(e, Transaction)}
+
+
+def test_end_to_end_scores_alerts_and_dead_letters(broker, stream_events, tmp_path):
+    events, truth = stream_events
+    stream = produce_stream(broker.bootstrap, events, truth, partitions=2)
+    cluster = FlowCluster(stream.env(FRAUDFLOW_KAFKA_STOP_AT_END="1"), log_dir=tmp_path).start()
+    assert cluster.wait(timeout=300) == [0], cluster.logs()
+    scores = read_topic(broker.bootstrap, stream.topics["scores"], expect=len(stream.tx_ids))
+    per_tx = by_tx(scores)
+    assert sorted(per_tx) == sorted(stream.tx_ids)
+    assert all(len(v) == 1 for v in per_tx.values()), "a transaction was scored twice"
+    alerts = read_topic(broker.bootstrap, stream.topics["alerts"])
+    assert len(alerts) > 50 and len({a["alert_id"] for a in alerts}) == len(alerts)
+    supervised = [a for a in alerts if a["model"] == "logreg"]
+    assert np.mean([truth[a["tx_id"]].is_fraud for a in supervised]) > 0.5  # measured 0.79
+    dlq = read_topic(broker.bootstrap, stream.topics["dlq"], expect=stream.malformed)
+    assert len(dlq) == stream.malformed
+    for dead in dlq:
+        assert dead["reason"] and set(dead["origin"]) == {"topic", "partition", "offset"}
+        assert dead["origin"]["topic"] in (stream.topics["transactions"], stream.topics["labels"])
+    assert {d["encoding"] for d in dlq} == {"utf-8", "base64"}
+    assert "fraudflow summary" in cluster.logs()
+
+
+@pytest.fixture(scope="module")
+def long_stream_events():
+    truth: dict = {}
+    events = list(simulate(STREAM.with_(days=90), truth=truth))
+    return events, truth
+
+
+def test_crash_of_a_two_process_cluster_resumes_from_recovery(broker, long_stream_events, tmp_path):
+    events, truth = long_stream_events
+    stream = produce_stream(broker.bootstrap, events, truth, partitions=2)
+    recovery = init_recovery(tmp_path / "recovery", 2)
+    env = stream.env(FRAUDFLOW_KAFKA_STOP_AT_END="1", FRAUDFLOW_MODEL_SHARDS="2")
+    first = FlowCluster(env, processes=2, recovery_dir=recovery, log_dir=tmp_path).start()
+    total = len(stream.tx_ids)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # let it get well into the stream (and past the cold start)
+        if approx_count(broker.bootstrap, stream.topics["scores"]) > 0.4 * total:
+            break
+        time.sleep(0.2)
+    first.kill()  # SIGKILL both processes mid-stream
+    before = read_topic(broker.bootstrap, stream.topics["scores"], quiet_s=1.0)
+    assert 0.2 * total < len(before) < total, f"kill was not mid-stream: {len(before)} of {total}"
+
+    second = FlowCluster(env, processes=2, recovery_dir=recovery, log_dir=tmp_path).start()
+    assert second.wait(timeout=300) == [0, 0], second.logs()
+    scores = read_topic(broker.bootstrap, stream.topics["scores"], expect=total, quiet_s=3.0)
+    per_tx = by_tx(scores)
+    assert sorted(per_tx) == sorted(stream.tx_ids), "a transaction was never scored"
+    seen_before = {s["_at"] for s in before}
+    after = [s for s in scores if s["_at"] not in seen_before]
+    # Duplicates come only from replaying what followed the last snapshot.
+    replayed = {s["tx_id"] for s in after} & {s["tx_id"] for s in before}
+    assert 0 < len(replayed) < 0.6 * total
+    assert {t for t, v in per_tx.items() if len(v) > 1} <= replayed
+    differ = [t for t in replayed if len(set(per_tx[t])) > 1]
+    spread = max((max(per_tx[t]) - min(per_tx[t]) for t in differ), default=0.0)
+    print(f"replayed {len(replayed)}, scored differently on replay {len(differ)}, max difference {spread:.4f}")
+    # The model continued from its recovered state: the first scores after the restart come
+    # from the supervised model (a fresh model would be on the cold-start anomaly score).
+    first_after = [s for s in after if s["tx_id"] not in replayed][:200]
+    assert first_after and all(s["model"] == "logreg" for s in first_after)
+    alerts = read_topic(broker.bootstrap, stream.topics["alerts"])
+    ids: dict[str, set] = {}
+    for a in alerts:
+        ids.setdefault(a["tx_id"], set()).add(a["alert_id"])
+    assert all(len(v) == 1 for v in ids.values()), "a duplicate alert is not identifiable by alert_id"
+    # Detection is what an uninterrupted run gives: the same pipeline, sequentially, 2 shards.
+    from learners.pipeline import PipelineConfig, SequentialPipeline
+
+    reference = {s.tx.tx_id: s.score for s in SequentialPipeline(PipelineConfig(shards=2)).run(events)}
+    tx_ts = {e.tx_id: e.event_ts for e in events if isinstance(e, Transaction)}
+    after_ts = STREAM.start_ts + 14 * 86_400
+    resumed_ap = _ap({t: v[-1] for t, v in per_tx.items()}, truth, after_ts, tx_ts)
+    reference_ap = _ap(reference, truth, after_ts, tx_ts)
+    assert abs(resumed_ap - reference_ap) < 0.01, (resumed_ap, reference_ap)
+
+
+def test_broker_outage_is_survived_without_loss(broker, stream_events, tmp_path):
+    events, truth = stream_events
+    stream = produce_stream(broker.bootstrap, events, truth, partitions=2)
+    cluster = FlowCluster(stream.env(FRAUDFLOW_KAFKA_STOP_AT_END="1"), log_dir=tmp_path).start()
+    time.sleep(4)  # mid-stream
+    broker.pause()
+    try:
+        time.sleep(6)
+        assert all(p.poll() is None for p in cluster.procs), "the flow died during the outage"
+    finally:
+        broker.resume()
+    assert cluster.wait(timeout=300) == [0], cluster.logs()
+    per_tx = by_tx(read_topic(broker.bootstrap, stream.topics["scores"], expect=len(stream.tx_ids)))
+    assert sorted(per_tx) == sorted(stream.tx_ids)
+
+
+SCALING_STREAM = SimulatorConfig(customers=1_000, terminals=2_000, days=60, seed=11)
+
+
+def test_one_and_two_processes_detect_equally(broker, tmp_path):
+    """Scaling out moves model shards between processes; with the shard count fixed (as in
+    production, FRAUDFLOW_MODEL_SHARDS) detection must not change.
+
+    Individual scores can differ: two processes read their partitions at independent speeds, so
+    some transactions see an older model version (measured: 7–19 % of them on this stream). AP
+    does not move (measured: 0.4222 / 0.4223 for 1 and 2 processes, 0.4221 sequentially); a
+    smaller stream (600 frauds evaluated) let it wander by ±0.015.
+    """
+    truth: dict = {}
+    events = list(simulate(SCALING_STREAM, truth=truth))
+    tx_times = {e.tx_id: e.event_ts for e in events if isinstance(e, Transaction)}
+    after = SCALING_STREAM.start_ts + 14 * 86_400
+    results = {}
+    for processes in (1, 2):
+        stream = produce_stream(broker.bootstrap, events, truth, partitions=2, malformed=False)
+        env = stream.env(FRAUDFLOW_KAFKA_STOP_AT_END="1", FRAUDFLOW_MODEL_SHARDS="2")
+        cluster = FlowCluster(env, processes=processes, log_dir=tmp_path).start()
+        assert cluster.wait(timeout=300) == [0] * processes, cluster.logs()
+        per_tx = by_tx(read_topic(broker.bootstrap, stream.topics["scores"], expect=len(stream.tx_ids)))
+        assert sorted(per_tx) == sorted(stream.tx_ids)
+        results[processes] = _ap({t: v[0] for t, v in per_tx.items()}, truth, after, tx_times)
+    assert abs(results[1] - results[2]) < 0.01, results
