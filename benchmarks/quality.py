@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 
@@ -43,7 +42,7 @@ def one_seed(seed: str, model: str, labels: str, workers: str, days: str = "183"
     truth: dict = {}
     events = list(simulate(cfg, truth=truth))
     settings = Settings.from_values({"model_kind": model, "label_mode": labels, "progress": False,
-                                     **json.loads(extra)})
+                                     "snapshot_dir": "off", **json.loads(extra)})
     alerts, dlq, scores = [], [], []
     parts = build_flow(settings, source=EventListSource(events), alerts_sink=TestingSink(alerts),
                        dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores), shards=int(workers))

@@ -35,7 +35,7 @@ def dataflow(path: str, model_kind: str = "logreg", workers: int = 1) -> dict:
 
     events = load(path)
     alerts, dlq, scores = [], [], []
-    settings = Settings(progress=False, model_kind=model_kind)
+    settings = Settings(progress=False, model_kind=model_kind, snapshot_dir="off")
     parts = build_flow(settings, source=EventListSource(events), alerts_sink=TestingSink(alerts),
                        dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores), shards=workers)
     started = time.perf_counter()

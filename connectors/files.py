@@ -12,7 +12,6 @@ interleaving lines.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 import sys

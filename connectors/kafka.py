@@ -30,7 +30,7 @@ from bytewax.outputs import StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Producer
 
 from connectors.events import DeadLetter, Origin, encode, parse_record
-from connectors.sources import MAX_BATCH_SPAN_S, EventTimePacer
+from connectors.sources import MAX_BATCH_SPAN_S, EventTimePacer, beat
 
 __all__ = ["CheckedKafkaSink", "EventsKafkaSource", "kafka_sinks", "kafka_source"]
 
@@ -80,6 +80,7 @@ class _EventsPartition(StatefulSourcePartition[tuple[int, Any], Optional[int]]):
             self._carry.append((msg.offset, event))
 
     def next_batch(self) -> list[tuple[int, Any]]:
+        beat()
         if not self._carry:
             if self._exhausted:
                 raise StopIteration
@@ -132,12 +133,25 @@ class EventsKafkaSource(KafkaSource):
 
     def __init__(self, brokers: list[str], transactions_topic: str, labels_topic: str, *, tail: bool = True,
                  add_config: Optional[dict[str, str]] = None, batch_size: int = 2000,
-                 max_batch_span_s: float = MAX_BATCH_SPAN_S) -> None:
+                 max_batch_span_s: float = MAX_BATCH_SPAN_S, process: int = 0, processes: int = 1) -> None:
+        self.process = process
+        self.processes = max(1, processes)
         super().__init__(brokers, [transactions_topic, labels_topic], tail=tail, starting_offset=OFFSET_BEGINNING,
                          add_config=dict(add_config or {}), batch_size=batch_size, raise_on_errors=False)
         self.kinds = {transactions_topic: "transaction", labels_topic: "label"}
         self.max_batch_span_s = max_batch_span_s
         self.pacer = EventTimePacer(max_batch_span_s)
+
+    def list_parts(self) -> list[str]:
+        """This process's share of the topic-partitions: partition ``p`` of *both* topics goes
+        to process ``p % processes``.
+
+        The topics are co-partitioned (same partition count, keyed by ``account_id``), so an
+        account's transactions and labels are read by one process, which paces them together;
+        read by two processes they could drift apart by days of event time in a backfill.
+        """
+        processes, me = self.processes, self.process
+        return [p for p in super().list_parts() if int(p.split("-", 1)[0]) % processes == me % processes]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> _EventsPartition:
         idx, topic = for_part.split("-", 1)
@@ -203,11 +217,11 @@ def _brokers(settings: Any) -> list[str]:
     return [b.strip() for b in settings.kafka_brokers.split(",") if b.strip()]
 
 
-def kafka_source(settings: Any) -> EventsKafkaSource:
+def kafka_source(settings: Any, process: int = 0, processes: int = 1) -> EventsKafkaSource:
     return EventsKafkaSource(
         _brokers(settings), settings.kafka_topic_transactions, settings.kafka_topic_labels,
         tail=not settings.kafka_stop_at_end, add_config=dict(settings.kafka_options),
-        batch_size=settings.kafka_batch_size,
+        batch_size=settings.kafka_batch_size, process=process, processes=processes,
     )
 
 

@@ -9,7 +9,19 @@ from typing import Any, Hashable, Iterator, Optional, Sequence
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-__all__ = ["MAX_BATCH_SPAN_S", "EventListSource", "EventTimeBatcher", "EventTimePacer"]
+__all__ = ["MAX_BATCH_SPAN_S", "EventListSource", "EventTimeBatcher", "EventTimePacer", "beat", "last_poll"]
+
+_LAST_POLL = [0.0]
+
+
+def beat() -> None:
+    """Sources call this on every poll, data or not: the liveness probe's heartbeat."""
+    _LAST_POLL[0] = time.monotonic()
+
+
+def last_poll() -> float:
+    """``time.monotonic()`` of the latest poll of any source in this process (0: none yet)."""
+    return _LAST_POLL[0]
 
 # Event time one source batch may span. Keyed steps reorder what they process together, so this
 # bounds the disorder the model shards see; it must stay well below ``allowed_lateness_s``.
@@ -31,6 +43,7 @@ class EventTimeBatcher:
 
     def take(self, part: int, events: Iterator) -> list:
         """The next batch; ``events`` may offer ``peek()`` so nothing is taken but not emitted."""
+        beat()
         batch = []
         first_ts: Optional[float] = None
         peek = getattr(events, "peek", None)

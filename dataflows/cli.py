@@ -308,4 +308,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main: as `python -m dataflows.cli` this file is loaded twice
+    # (as __main__ and as dataflows.cli) and commands raise dataflows.cli.UserError.
+    from dataflows.cli import main as _main
+
+    sys.exit(_main())

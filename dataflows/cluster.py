@@ -16,7 +16,7 @@ import sys
 from functools import lru_cache
 from typing import Optional, Sequence
 
-__all__ = ["process_id", "recovery_enabled", "shard_keys", "total_workers", "under_bytewax_run", "worker_of"]
+__all__ = ["process_count", "process_id", "recovery_enabled", "shard_keys", "total_workers", "under_bytewax_run", "worker_of"]
 
 _M64 = 0xFFFFFFFFFFFFFFFF
 
@@ -68,7 +68,12 @@ def worker_of(key: str, workers: int) -> int:
 
 @lru_cache(maxsize=None)
 def shard_keys(shards: int, workers: Optional[int] = None) -> tuple[str, ...]:
-    """Names for ``shards`` model shards, shard ``i`` routed to worker ``i % workers``."""
+    """Names for ``shards`` model shards, shard ``i`` routed to worker ``i % workers``.
+
+    The flow names its shards for ``workers == shards`` whatever the cluster's size, so the
+    names (and the models recovered under them) survive rescaling; with as many workers as
+    shards, each worker holds one.
+    """
     workers = workers or shards
     keys = []
     for i in range(shards):
@@ -121,6 +126,18 @@ def _arg_value(argv: Sequence[str], short: str, long: str) -> Optional[str]:
         if arg.startswith(short) and len(arg) > len(short) and not arg.startswith("--"):
             return arg[len(short):]
     return None
+
+
+def process_count(argv: Sequence[str] = tuple(sys.argv), environ=os.environ) -> int:
+    """Processes in the cluster (``-a`` / ``BYTEWAX_ADDRESSES`` / hostfile), 1 alone."""
+    addresses = _arg_value(argv, "-a", "--addresses") or environ.get("BYTEWAX_ADDRESSES")
+    if addresses is None and environ.get("BYTEWAX_HOSTFILE_PATH"):
+        try:
+            with open(environ["BYTEWAX_HOSTFILE_PATH"]) as fh:
+                addresses = ";".join(line.strip() for line in fh if line.strip())
+        except OSError:
+            addresses = None
+    return max(1, len([a for a in addresses.split(";") if a.strip()])) if addresses else 1
 
 
 def process_id(argv: Sequence[str] = tuple(sys.argv), environ=os.environ) -> int:

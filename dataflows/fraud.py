@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import sys
 from typing import Any, Callable, Optional
 
@@ -41,7 +40,9 @@ from bytewax.outputs import Sink
 from connectors.events import DeadLetter, Label, Origin, Score, Transaction, encode, format_ts, parse_record
 from connectors.files import FileEventsSource, JsonlSink, truncate
 from connectors.simulator import SimulatorConfig, SimulatorSource
-from dataflows.cluster import process_id, recovery_enabled, shard_keys, total_workers, under_bytewax_run
+from dataflows.cluster import process_count, process_id, recovery_enabled, shard_keys, total_workers, under_bytewax_run
+from dataflows.exports import WarmStart, make_exporter, warm_start
+from dataflows.metrics import serve
 from dataflows.progress import RunStats
 from dataflows.settings import Settings, SettingsError, load_settings
 from learners.decision import AlertPolicy, PolicyConfig
@@ -66,6 +67,10 @@ def pipeline_config(settings: Settings, shards: int) -> PipelineConfig:
         threshold=settings.threshold,
         coldstart_alert_rate=settings.coldstart_alert_rate,
         reasons=settings.reasons,
+        export_interval_s=settings.snapshot_interval_hours * 3600.0,
+        alert_budget_per_day=settings.alert_budget_per_day,
+        alert_rate=settings.alert_rate,
+        shards=shards,
     )
     return PipelineConfig(model=model, risk_delay_days=settings.risk_delay_days, shards=shards)
 
@@ -157,14 +162,26 @@ class _TerminalLogic(StatefulBatchLogic):
 class _ShardLogic(StatefulBatchLogic):
     """score_then_learn: one model shard."""
 
-    def __init__(self, config: ModelConfig, stats: RunStats, state: Optional[bytes]) -> None:
-        self.shard = ModelShard(config, state)
+    def __init__(self, config: ModelConfig, stats: RunStats, name_of: Callable[[str], str],
+                 exporter: Optional[Callable], warm: Optional[WarmStart], state: Optional[bytes]) -> None:
+        self.shard = ModelShard(config, state, exporter=exporter)
+        if state is None and warm is not None:
+            warm.apply(self.shard)
         self.stats = stats
+        self.name_of = name_of
 
     def on_batch(self, values: list) -> tuple[list, bool]:
-        out = self.shard.on_batch(values)
-        self.stats.scored(out, self.shard)
+        shard = self.shard
+        if shard.name is None:
+            first = values[0]
+            shard.name = self.name_of(first[1].account_id if first[0] == "tx" else first[1])
+        out = shard.on_batch(values)
+        self.stats.scored(out, shard)
         return out, False
+
+    def on_eof(self) -> tuple[list, bool]:
+        self.shard.export("shutdown")
+        return [], False
 
     def snapshot(self) -> bytes:
         return self.shard.snapshot()
@@ -221,7 +238,7 @@ def build_flow(
     workers = total_workers()
     n_shards = shards or settings.model_shards or workers
     config = pipeline_config(settings, n_shards)
-    keys = shard_keys(n_shards, workers)
+    keys = shard_keys(n_shards)  # names independent of the worker count: models survive rescaling
     stats = RunStats(progress=settings.progress)
 
     if source is None:
@@ -257,8 +274,14 @@ def build_flow(
     to_shard = op.merge("to_shard", op.key_rm("unkey_terminal", terminal_out), rest.trues)
     by_shard = op.map("key_by_shard", to_shard, shard_key)
     model_config = config.model
+    exporter = make_exporter(settings, stats.exported)
+    warm = warm_start(settings)
+
+    def name_of(account_id: str) -> str:
+        return keys[shard_for(account_id, n_shards)]
+
     scored = op.key_rm("unkey_shard", op.stateful_batch(
-        "score_then_learn", by_shard, lambda state: _ShardLogic(model_config, stats, state)
+        "score_then_learn", by_shard, lambda state: _ShardLogic(model_config, stats, name_of, exporter, warm, state)
     ))
     if scores_sink is not None:
         op.output("write_scores", op.map("score_record", scored, _score_record), scores_sink)
@@ -275,7 +298,10 @@ def build_flow(
         op.map("parse_dead", valid.falses, lambda pe: pe[1]),
         op.map("join_dead", rest.falses, lambda v: v[1]),
     )
-    op.output("write_dlq", op.inspect("count_dead", dead, lambda _s, _d: stats.dead()), dlq_sink)
+    op.output("write_dlq", op.inspect("count_dead", dead, lambda _s, d: stats.dead(d.reason)), dlq_sink)
+    if settings.metrics_port:
+        serve(stats, settings.metrics_port, liveness_timeout_s=settings.liveness_timeout_s,
+              request_snapshot=stats.request_exports)
     return FlowParts(flow, stats, settings)
 
 
@@ -286,7 +312,7 @@ def _default_source(settings: Settings) -> Source:
         return FileEventsSource(settings.transactions_file, settings.labels_file)
     from connectors.kafka import kafka_source
 
-    return kafka_source(settings)
+    return kafka_source(settings, process_id(), process_count())
 
 
 def _default_sinks(settings: Settings) -> tuple[Sink, Sink, Optional[Sink]]:
@@ -307,10 +333,9 @@ def _prepare_outputs(settings: Settings) -> None:
 
 
 def _module_flow() -> Dataflow:
-    logging.basicConfig(level=os.environ.get("FRAUDFLOW_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         parts = build_flow(settings)
     except SettingsError as exc:
         sys.exit(f"fraudflow: bad setting: {exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import sys
 import threading
@@ -9,6 +10,29 @@ import time
 from typing import Any, Iterable, Optional
 
 from connectors.events import format_ts
+
+# Scores histogram buckets (upper bounds), shared with the Prometheus exposition.
+SCORE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0)
+
+# Dead-letter reasons by category: bounded label values for metrics.
+_REASON_PREFIXES = (
+    ("invalid JSON", "invalid_json"),
+    ("expected a JSON object", "not_an_object"),
+    ("not a transaction or label", "not_an_event"),
+    ("invalid transaction", "invalid_transaction"),
+    ("invalid label", "invalid_label"),
+    ("label for a transaction", "unknown_transaction"),
+    ("kafka error", "kafka_error"),
+    ("empty message", "empty_message"),
+)
+
+
+def reason_category(reason: str) -> str:
+    """``'invalid transaction: Expected `str`...'`` -> ``'invalid_transaction'``."""
+    for prefix, category in _REASON_PREFIXES:
+        if reason.startswith(prefix):
+            return category
+    return "other"
 
 __all__ = ["RunStats"]
 
@@ -32,6 +56,10 @@ class RunStats:
         self.alerts_confirmed = 0
         self.event_ts: Optional[float] = None
         self.shards: dict[int, Any] = {}
+        self.snapshot_exports = 0
+        self._dead_by_reason: dict[str, int] = {}
+        self._score_buckets = [0] * len(SCORE_BUCKETS)
+        self._score_sum = 0.0
         self._alerted: set[str] = set()
         self._lock = threading.Lock()
         self._next_report = self.started + self.REPORT_EVERY_S
@@ -40,11 +68,22 @@ class RunStats:
     def scored(self, scored: list, shard: Any) -> None:
         if not scored:
             return
+        buckets, bounds = self._score_buckets, SCORE_BUCKETS
+        total = 0.0
+        newest = scored[0].tx.event_ts
+        for s in scored:
+            score = s.score
+            total += score
+            i = bisect.bisect_left(bounds, score)
+            if i < len(buckets):
+                buckets[i] += 1
+            if s.tx.event_ts > newest:
+                newest = s.tx.event_ts
         with self._lock:
             self.transactions += len(scored)
-            last = scored[-1].tx.event_ts
-            if self.event_ts is None or last > self.event_ts:
-                self.event_ts = last
+            self._score_sum += total
+            if self.event_ts is None or newest > self.event_ts:
+                self.event_ts = newest
             self.shards[id(shard)] = shard
         if self.progress and time.monotonic() >= self._next_report:
             self.report()
@@ -62,9 +101,35 @@ class RunStats:
             if tx_id in self._alerted:
                 self.alerts_confirmed += 1
 
-    def dead(self) -> None:
+    def dead(self, reason: str = "") -> None:
+        category = reason_category(reason)
         with self._lock:
             self.dead_letters += 1
+            self._dead_by_reason[category] = self._dead_by_reason.get(category, 0) + 1
+
+    def exported(self) -> None:
+        with self._lock:
+            self.snapshot_exports += 1
+
+    # -- read at scrape time ------------------------------------------------------------
+    def dead_by_reason(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._dead_by_reason)
+
+    def score_histogram(self) -> tuple[list[int], float, int]:
+        with self._lock:
+            return list(self._score_buckets), self._score_sum, self.transactions
+
+    def request_exports(self) -> None:
+        """Ask every shard of this process to export a snapshot at its next batch."""
+        with self._lock:
+            for shard in self.shards.values():
+                shard.export_requested = True
+
+    def shard_items(self) -> list[tuple[str, Any]]:
+        with self._lock:
+            shards = list(self.shards.values())
+        return [(getattr(s, "name", None) or f"shard-{i}", s) for i, s in enumerate(shards)]
 
     # -- reporting ----------------------------------------------------------------------
     def counts(self) -> dict[str, Any]:
@@ -80,6 +145,9 @@ class RunStats:
             "frauds_learned": frauds,
             "implicit_negatives": sum(s.counts["implicit_negatives"] for s in shards),
             "late_transactions": sum(s.counts["late_transactions"] for s in shards),
+            "late_labels": sum(s.counts["late_labels"] for s in shards),
+            "snapshot_exports": self.snapshot_exports,
+            "event_ts": self.event_ts,
             "alerts": self.alerts,
             "alerts_suppressed_by_cooldown": self.suppressed,
             "alerts_confirmed_fraud": self.alerts_confirmed,

@@ -66,8 +66,8 @@ def _between(lo: float, hi: float):
     return check
 
 
-def _meta(help: str, check=None) -> dict:
-    return {"help": help, "check": check}
+def _meta(help: str, check=None, secret: bool = False) -> dict:
+    return {"help": help, "check": check, "secret": secret}
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,8 @@ class Settings:
     progress: bool = field(default=True, metadata=_meta("log progress every few seconds and a summary at the end"))
     # -- model -------------------------------------------------------------------------
     model_kind: str = field(default="logreg", metadata=_meta(
-        "logreg | hoeffding_tree | arf | amf", _choice("logreg", "hoeffding_tree", "arf", "amf")))
+        "binned_logreg | logreg | hoeffding_tree | arf | amf",
+        _choice("binned_logreg", "logreg", "hoeffding_tree", "arf", "amf")))
     model_seed: int = field(default=0, metadata=_meta("model seed"))
     model_shards: int = field(default=0, metadata=_meta(
         "model partitions (0: one per worker); fix it in production so rescaling keeps models", _at_least(0)))
@@ -136,9 +137,32 @@ class Settings:
     coldstart_alert_rate: float = field(default=0.005, metadata=_meta(
         "cold start (before warmup_frauds): alert on this share of transactions, the most anomalous",
         _between(0.0001, 0.5)))
+    alert_budget_per_day: float = field(default=0.0, metadata=_meta(
+        "analysts' capacity: alert on about this many transactions a day, the riskiest (0: use threshold)",
+        _at_least(0)))
+    alert_rate: float = field(default=0.0, metadata=_meta(
+        "or alert on about this share of transactions, the riskiest (0: use threshold)", _between(0, 0.5)))
     cooldown_hours: float = field(default=24.0, metadata=_meta(
         "at most one alert per card within this many hours (event time)", _at_least(0)))
     reasons: int = field(default=5, metadata=_meta("reasons attached to each alert", _at_least(0)))
+    # -- operations ----------------------------------------------------------------------
+    log_level: str = field(default="INFO", metadata=_meta(
+        "DEBUG | INFO | WARNING | ERROR", _choice("DEBUG", "INFO", "WARNING", "ERROR")))
+    metrics_port: int = field(default=0, metadata=_meta(
+        "serve /metrics, /healthz, /readyz on this port (0: off; 9464 in Kubernetes)", _between(0, 65535)))
+    liveness_timeout_s: float = field(default=300.0, metadata=_meta(
+        "/healthz fails once the input has not been polled for this long", _at_least(1)))
+    snapshot_dir: str = field(default="", metadata=_meta(
+        "write signed model snapshots here ('off': none; empty: fraudflow-output/snapshots for simulator/files, "
+        "none for kafka)"))
+    snapshot_interval_hours: float = field(default=24.0, metadata=_meta(
+        "event time between model snapshots (also one at shutdown and on POST /snapshots)", _at_least(0)))
+    snapshot_key: str = field(default="", metadata=_meta(
+        "HMAC key signing snapshots (prefer snapshot_key_file); never logged", secret=True))
+    snapshot_key_file: str = field(default="", metadata=_meta("file holding the snapshot signing key"))
+    warm_start: str = field(default="", metadata=_meta(
+        "start every model shard from this verified snapshot (.json); refused if unsigned, tampered or "
+        "incompatible"))
 
     # ------------------------------------------------------------------------------------
     @classmethod
@@ -189,6 +213,18 @@ class Settings:
                     raise SettingsError(f"{var}: no such file: {path}")
         if self.source == "kafka" and not self.kafka_brokers.strip():
             raise SettingsError("FRAUDFLOW_KAFKA_BROKERS: required when FRAUDFLOW_SOURCE=kafka")
+        if self.alert_budget_per_day and self.alert_rate:
+            raise SettingsError("FRAUDFLOW_ALERT_RATE: set either it or FRAUDFLOW_ALERT_BUDGET_PER_DAY, not both")
+        if self.warm_start and not Path(self.warm_start).is_file():
+            raise SettingsError(f"FRAUDFLOW_WARM_START: no such file: {self.warm_start}")
+        if self.snapshot_key_file and not Path(self.snapshot_key_file).is_file():
+            raise SettingsError(f"FRAUDFLOW_SNAPSHOT_KEY_FILE: no such file: {self.snapshot_key_file}")
+
+    @property
+    def effective_snapshot_dir(self) -> str:
+        if self.snapshot_dir:
+            return "" if self.snapshot_dir == "off" else self.snapshot_dir
+        return "" if self.source == "kafka" else "fraudflow-output/snapshots"
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -206,10 +242,16 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "kafka_options":
                 value = {k: ("***" if any(h in k for h in SECRET_HINTS) else v) for k, v in value.items()}
+            elif f.metadata.get("secret") and value:
+                value = "***"
             elif isinstance(value, date):
                 value = value.isoformat()
             out[f.name] = value
         return out
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
+        return f"Settings({shown})"
 
     def fingerprint(self) -> str:
         """Short hash of the settings (secrets excluded), recorded in model snapshots."""

@@ -24,12 +24,13 @@ import math
 from typing import Optional, Sequence
 
 import numpy as np
-from river import base
+from river import base, preprocessing
 
-__all__ = ["QuantileBinner", "TAIL_LEVELS"]
+__all__ = ["QuantileBinner", "STEP_FEATURES", "StepFeatures", "TAIL_LEVELS"]
 
 # Quantile levels of the bin edges: coarse in the middle, fine in both tails.
-TAIL_LEVELS = (0.001, 0.01, 0.05, 0.15, 0.3, 0.5, 0.7, 0.85, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995)
+TAIL_LEVELS = (0.001, 0.01, 0.05, 0.15, 0.3, 0.5, 0.7, 0.85, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995,
+               0.9998, 0.9999)
 
 
 class QuantileBinner(base.Transformer):
@@ -74,7 +75,7 @@ class QuantileBinner(base.Transformer):
         out: dict = {}
         edges, means, stds = self.edges, self.means, self.stds
         if edges is None:
-            return {name: 0.0 for name in x} if not self.keep_raw else dict(x)
+            return dict(x) if self.keep_raw else {}
         for name, value in x.items():
             cut = edges.get(name)
             if cut is None:
@@ -102,3 +103,52 @@ def _fmt(v: float) -> str:
     if v == 0 or (abs(v) >= 0.01 and abs(v) < 1e6):
         return f"{v:.4g}"
     return f"{v:.3e}" if math.isfinite(v) else str(v)
+
+
+# Features whose effect on fraud is a threshold rather than a slope: an amount above what
+# anyone normally spends, a spend far above the card's habit, a terminal whose confirmed frauds
+# are recent (an ongoing compromise) or old (over).
+STEP_FEATURES = (
+    "amount",
+    "log_amount",
+    "acct_amount_robust_z",
+    "acct_amount_log_ratio_median",
+    "term_days_since_first_known_fraud",
+    "term_days_since_last_known_fraud",
+)
+
+
+class StepFeatures(base.Transformer):
+    """Every feature standardised (online), plus quantile bins of the step-like ones.
+
+    The bin edges come from *unlabelled* transactions (:meth:`observe`, called by the model
+    shard in event-time order): what normal traffic looks like, not the label sample, in which
+    frauds are over-represented.
+    """
+
+    def __init__(self, binned: tuple[str, ...] = STEP_FEATURES, levels: Sequence[float] = TAIL_LEVELS,
+                 warmup: int = 50_000) -> None:
+        self.binned = tuple(binned)
+        self.levels = tuple(levels)
+        self.warmup = warmup
+        self.scaler = preprocessing.StandardScaler()
+        self.binner = QuantileBinner(levels, warmup, keep_raw=False)
+
+    def learn_one(self, x: dict) -> None:
+        self.scaler.learn_one(x)
+
+    @property
+    def wants_unlabelled(self) -> bool:
+        return not self.binner.frozen
+
+    def observe(self, x: dict) -> None:
+        """An unlabelled transaction: used for the bin edges until they are frozen."""
+        self.binner.learn_one({k: x[k] for k in self.binned if k in x})
+
+    def transform_one(self, x: dict) -> dict:
+        out = self.scaler.transform_one(x)
+        out.update(self.binner.transform_one({k: x[k] for k in self.binned if k in x}))
+        return out
+
+    def readable(self, feature: str) -> str:
+        return self.binner.bin_label(feature)

@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 from river import anomaly, base, compose, forest, linear_model, optim, preprocessing, tree
 
+from learners.binning import StepFeatures
+
 __all__ = [
     "ANOMALY_FEATURES",
     "MODEL_KINDS",
@@ -26,6 +28,13 @@ __all__ = [
 def _logreg(seed: int) -> base.Classifier:
     return compose.Pipeline(
         preprocessing.StandardScaler(),
+        linear_model.LogisticRegression(optimizer=optim.SGD(0.02), l2=1e-5, intercept_lr=0.02),
+    )
+
+
+def _binned_logreg(seed: int) -> base.Classifier:
+    return compose.Pipeline(
+        StepFeatures(),
         linear_model.LogisticRegression(optimizer=optim.SGD(0.02), l2=1e-5, intercept_lr=0.02),
     )
 
@@ -44,6 +53,7 @@ def _amf(seed: int) -> base.Classifier:
 
 MODEL_KINDS: dict[str, Callable[[int], base.Classifier]] = {
     "logreg": _logreg,
+    "binned_logreg": _binned_logreg,
     "hoeffding_tree": _hoeffding_tree,
     "arf": _arf,
     "amf": _amf,
@@ -77,13 +87,18 @@ def build_anomaly_detector(seed: int = 0) -> base.AnomalyDetector:
 
 
 def _linear_parts(model: Any) -> tuple[Any, Any] | None:
+    """(transformer, logistic regression) of a linear pipeline, else None."""
     if isinstance(model, compose.Pipeline):
         steps = list(model.steps.values())
-        if len(steps) == 2 and isinstance(steps[0], preprocessing.StandardScaler) and isinstance(
+        if len(steps) == 2 and isinstance(steps[0], (preprocessing.StandardScaler, StepFeatures)) and isinstance(
             steps[1], linear_model.LogisticRegression
         ):
             return steps[0], steps[1]
     return None
+
+
+def _readable(transformer: Any, feature: str) -> str:
+    return transformer.readable(feature) if isinstance(transformer, StepFeatures) else feature
 
 
 def reasons_for(model: Any, x: dict[str, float], score: Callable[[dict[str, float]], float], top: int = 5,
@@ -99,7 +114,7 @@ def reasons_for(model: Any, x: dict[str, float], score: Callable[[dict[str, floa
     if parts is not None:
         scaler, lr = parts
         z = scaler.transform_one(x)
-        contrib = [(name, lr._weights.get(name, 0.0) * value) for name, value in z.items()]
+        contrib = [(_readable(scaler, name), lr._weights.get(name, 0.0) * value) for name, value in z.items()]
     else:
         base_score = score(x)
         contrib = []
@@ -115,11 +130,13 @@ def describe_model(model: Any) -> dict[str, Any]:
     """What a model has learned, as plain JSON: weights or feature importances."""
     parts = _linear_parts(model)
     if parts is not None:
-        scaler, lr = parts
+        transformer, lr = parts
+        scaler = transformer.scaler if isinstance(transformer, StepFeatures) else transformer
+        weights = ((_readable(transformer, k), float(v)) for k, v in lr._weights.items())
         return {
-            "kind": "logistic_regression",
+            "kind": "binned_logistic_regression" if isinstance(transformer, StepFeatures) else "logistic_regression",
             "intercept": lr.intercept,
-            "weights": dict(sorted(((k, float(v)) for k, v in lr._weights.items()), key=lambda kv: -abs(kv[1]))),
+            "weights": dict(sorted(weights, key=lambda kv: -abs(kv[1]))),
             "scaler_mean": {k: float(v) for k, v in scaler.means.items()},
             "scaler_std": {k: math.sqrt(float(v)) for k, v in scaler.vars.items()},
             "hyper_parameters": {

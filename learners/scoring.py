@@ -33,8 +33,9 @@ import math
 import pickle
 import struct
 import zlib
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import msgspec
 from river import stats
@@ -65,6 +66,15 @@ class ModelConfig:
     threshold: float = 0.5
     coldstart_alert_rate: float = 0.005  # cold start: alert on this share, the most anomalous
     reasons: int = 5
+    export_interval_s: float = 0.0  # event time between model snapshot exports (0: none)
+    quality_window: int = 20_000  # labels behind the online quality figures
+    alert_budget_per_day: float = 0.0  # >0: alert on about this many transactions a day (all shards)
+    alert_rate: float = 0.0  # >0: alert on about this share of transactions
+    shards: int = 1  # how many shards share the budget
+
+    @property
+    def adaptive_threshold(self) -> bool:
+        return self.alert_budget_per_day > 0 or self.alert_rate > 0
 
     @property
     def model_name(self) -> str:
@@ -106,18 +116,29 @@ class ModelShard:
     KEPT_VERSIONS = 4
     IDLE_PARTITION_S = 86_400.0
 
-    def __init__(self, config: ModelConfig, state: Optional[bytes] = None) -> None:
+    _TRANSIENT = ("config", "_versions_cache", "exporter", "export_requested")
+
+    def __init__(self, config: ModelConfig, state: Optional[bytes] = None,
+                 exporter: Optional[Callable[["ModelShard", str], None]] = None) -> None:
         self.config = config
+        self.exporter = exporter  # called with (shard, reason) to write a model snapshot
+        self.export_requested = False
         if state is not None:
             self.__dict__.update(pickle.loads(state))
-            self.config = config
             return
+        self.name: Optional[str] = None
+        self.day_scores: deque = deque()  # (event_ts, score) of the last day: the alert budget's basis
+        self.threshold = config.threshold
+        self.warm = False
+        self.warm_from: Optional[str] = None
+        self.next_export_ts = -math.inf
+        self.recent: deque = deque(maxlen=config.quality_window)  # (score, is_fraud) of labelled transactions
         self.model = build_classifier(config.kind, config.seed)
         self.detector = build_anomaly_detector(config.seed)
         self.anomaly_quantile = stats.Quantile(1.0 - config.coldstart_alert_rate)
         self.built_to = -math.inf  # labels before this are in self.model
         self.previous: list[tuple[float, bytes]] = []  # older versions (newest last), for stragglers
-        self.pending: dict[str, tuple[float, bytes]] = {}  # tx_id -> (event_ts, packed features)
+        self.pending: dict[str, tuple[float, bytes, float]] = {}  # tx_id -> (event_ts, features, score)
         self.held: list[tuple[float, str, Optional[bool]]] = []  # labels to learn (heap); None: implicit
         self.unlearned: list[tuple[float, str, bytes]] = []  # cold start: detector's backlog
         self.clocks: dict[int, float] = {}  # source partition -> latest transaction time
@@ -138,12 +159,40 @@ class ModelShard:
 
     # -- state -------------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("config", "_versions_cache")}
+        state = {k: v for k, v in self.__dict__.items() if k not in self._TRANSIENT}
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def online_quality(self) -> dict[str, Any]:
+        """AP and AUC over the scores of the most recent labelled transactions (all labels,
+        not only the sample the model learned from)."""
+        from learners.evaluation import average_precision, roc_auc
+
+        recent = list(self.recent)
+        frauds = sum(1 for _, y in recent if y)
+        out: dict[str, Any] = {"window_labels": len(recent), "window_frauds": frauds,
+                               "average_precision": None, "auc_roc": None}
+        if frauds and frauds < len(recent):
+            y = [yy for _, yy in recent]
+            s = [ss for ss, _ in recent]
+            out["average_precision"] = round(average_precision(y, s), 4)
+            out["auc_roc"] = round(roc_auc(y, s), 4)
+        return out
+
+    def export(self, reason: str) -> None:
+        """Write a model snapshot through the exporter, if the flow configured one."""
+        self.export_requested = False
+        if self.exporter is not None:
+            self.exporter(self, reason)
 
     @property
     def supervised(self) -> bool:
-        return self.counts["frauds_learned"] >= self.config.warmup_frauds
+        return self.warm or self.counts["frauds_learned"] >= self.config.warmup_frauds
+
+    def warm_start(self, model: Any, document: dict) -> None:
+        """Start from a verified export's model: supervised from the first transaction."""
+        self.model = model
+        self.warm = True
+        self.warm_from = document.get("name")
 
     @property
     def watermark(self) -> float:
@@ -177,19 +226,41 @@ class ModelShard:
         held = self.held
         if cfg.label_mode == "frauds":
             self._queue_implicit_negatives(boundary - cfg.label_timeout_days * DAY)
-        if not self.supervised and self.unlearned:
-            self._learn_detector(boundary)
+        if self.unlearned:
+            self._learn_unlabelled(boundary)
         while held and held[0][0] < boundary:
             label_ts, tx_id, is_fraud = heapq.heappop(held)
             self._learn_label(tx_id, is_fraud)
         self.built_to = boundary
+        if cfg.adaptive_threshold:
+            self._adapt_threshold(boundary)
+        if cfg.export_interval_s > 0 and boundary >= self.next_export_ts:
+            if self.next_export_ts > -math.inf:
+                self.export("interval")
+            self.next_export_ts = (math.floor(boundary / cfg.export_interval_s) + 1) * cfg.export_interval_s
+
+    def _adapt_threshold(self, boundary: float) -> None:
+        """Budget mode: the score the k-th riskiest transaction of the last day reached, where
+        k is this shard's share of the daily budget (or of the alert rate)."""
+        cfg, window = self.config, self.day_scores
+        while window and window[0][0] < boundary - DAY:
+            window.popleft()
+        recent = [score for ts, score in window if ts < boundary]
+        if not recent:
+            return
+        if cfg.alert_budget_per_day > 0:
+            k = cfg.alert_budget_per_day / max(1, cfg.shards) * (min(DAY, boundary - window[0][0]) / DAY)
+        else:
+            k = cfg.alert_rate * len(recent)
+        k = max(1, int(round(k)))
+        self.threshold = sorted(recent, reverse=True)[min(k, len(recent)) - 1] if k <= len(recent) else 0.0
 
     def _queue_implicit_negatives(self, before: float) -> None:
         """Frauds-only feeds: a transaction with no fraud label by ``before + timeout`` is legitimate."""
         pending, timeout = self.pending, self.config.label_timeout_days * DAY
         tolerance = before + self.config.allowed_lateness_s  # arrival order is event order within this
         expired = []
-        for tx_id, (event_ts, _) in pending.items():
+        for tx_id, (event_ts, _, _) in pending.items():
             if event_ts >= tolerance:
                 break
             if event_ts < before:
@@ -197,22 +268,35 @@ class ModelShard:
         for label_ts, tx_id in expired:
             heapq.heappush(self.held, (label_ts, tx_id, None))
 
-    def _learn_detector(self, boundary: float) -> None:
-        """Cold start: the anomaly detector learns transactions before ``boundary`` in order."""
+    def _unlabelled_learner(self) -> Any:
+        """The model's first step if it learns from unlabelled transactions (bin edges), else None."""
+        steps = getattr(self.model, "steps", None)
+        first = next(iter(steps.values()), None) if steps else None
+        return first if getattr(first, "wants_unlabelled", False) else None
+
+    def _learn_unlabelled(self, boundary: float) -> None:
+        """Transactions before ``boundary``, in event-time order: the cold-start detector learns
+        them, and so does the model's unsupervised step (bin edges) until it is complete."""
         due = sorted(u for u in self.unlearned if u[0] < boundary)
         if not due:
             return
         self.unlearned = [u for u in self.unlearned if u[0] >= boundary]
         detector, quantile, threshold = self.detector, self.anomaly_quantile, self.anomaly_quantile.get() or 1.0
-        for _, _, packed in due:
+        cold = not self.supervised
+        observer = self._unlabelled_learner()
+        for _, _, packed, _ in due:
             values = _PACK.unpack(packed)
-            ax = {name: values[i] for name, i in zip(ANOMALY_FEATURES, _ANOMALY_INDEX)}
-            score = detector.score_one(ax)
-            quantile.update(score)
-            if score < threshold:  # do not learn what looks like an attack
-                detector.learn_one(ax)
-            self.means = [m + 0.01 * (v - m) for m, v in zip(self.means, values)]
-        self.counts["detector_learned"] += len(due)
+            if observer is not None:
+                observer.observe(dict(zip(FEATURE_NAMES, values)))
+            if cold:
+                ax = {name: values[i] for name, i in zip(ANOMALY_FEATURES, _ANOMALY_INDEX)}
+                score = detector.score_one(ax)
+                quantile.update(score)
+                if score < threshold:  # do not learn what looks like an attack
+                    detector.learn_one(ax)
+                self.means = [m + 0.01 * (v - m) for m, v in zip(self.means, values)]
+        if cold:
+            self.counts["detector_learned"] += len(due)
 
     def _learn(self, packed: bytes, is_fraud: bool) -> None:
         values = _PACK.unpack(packed)
@@ -232,6 +316,7 @@ class ModelShard:
         elif entry is None:
             self.counts["labels_unmatched"] += 1  # its transaction never reached this shard
             return
+        self.recent.append((entry[2], is_fraud))
         if is_fraud or _keep_negative(tx_id, self.config.negative_sampling):
             self._learn(entry[1], is_fraud)
 
@@ -289,8 +374,10 @@ class ModelShard:
                 return _unsample(model.predict_proba_one(z).get(True, 0.0), rate)
 
             score = scorer(x)
-            threshold, name = cfg.threshold, cfg.model_name
+            threshold, name = self.threshold, cfg.model_name
             candidate = score >= threshold
+            if cfg.adaptive_threshold:
+                self.day_scores.append((event_ts, score))
         else:
             model = version.detector
             x = {name: x[name] for name in ANOMALY_FEATURES}
@@ -302,9 +389,9 @@ class ModelShard:
             means = dict(zip(FEATURE_NAMES, self.means))
             reasons = reasons_for(model, x, scorer, top=cfg.reasons, means=means)
         packed = _PACK.pack(*features)
-        self.pending[tx.tx_id] = (event_ts, packed)
-        if not self.supervised:
-            self.unlearned.append((event_ts, tx.tx_id, packed))
+        self.pending[tx.tx_id] = (event_ts, packed, score)
+        if not self.supervised or self._unlabelled_learner() is not None:
+            self.unlearned.append((event_ts, tx.tx_id, packed, score))
         elif self.unlearned:
             self.unlearned = []
         self.counts["scored"] += 1
@@ -319,6 +406,8 @@ class ModelShard:
         the reordering that keyed exchanges introduce before they reach the shard.
         """
         items.sort(key=_event_order)
+        if self.export_requested:
+            self.export("on_demand")
         out = []
         for item in items:
             if item[0] == "tx":

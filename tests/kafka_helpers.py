@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from connectors.broker import free_port
-from connectors.events import Label, Transaction, label_to_json, transaction_to_json
+from connectors.events import Transaction, label_to_json, transaction_to_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

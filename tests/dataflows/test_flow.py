@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from bytewax.testing import TestingSink, cluster_main, run_main
 
 from connectors.events import DeadLetter, Label, Transaction, label_to_json, transaction_to_json
 from connectors.files import FileEventsSource
@@ -21,7 +21,7 @@ DAY = 86_400
 
 
 def run_flow(events, settings: Settings | None = None, workers: int = 1, source=None):
-    settings = settings or Settings(progress=False)
+    settings = settings or Settings(progress=False, snapshot_dir="off")
     alerts, dlq, scores = [], [], []
     parts = build_flow(settings, source=source or EventListSource(events),
                        alerts_sink=TestingSink(alerts), dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores),

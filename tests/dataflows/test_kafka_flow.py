@@ -157,5 +157,8 @@ def test_one_and_two_processes_detect_equally(broker, tmp_path):
         assert cluster.wait(timeout=300) == [0] * processes, cluster.logs()
         per_tx = by_tx(read_topic(broker.bootstrap, stream.topics["scores"], expect=len(stream.tx_ids)))
         assert sorted(per_tx) == sorted(stream.tx_ids)
+        # Every label found its transaction: the topics are co-partitioned and each process reads
+        # both halves of its partitions, paced together (none lost to cross-process drift).
+        assert read_topic(broker.bootstrap, stream.topics["dlq"], quiet_s=1.0) == []
         results[processes] = _ap({t: v[0] for t, v in per_tx.items()}, truth, after, tx_times)
     assert abs(results[1] - results[2]) < 0.01, results

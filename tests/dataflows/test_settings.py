@@ -89,7 +89,9 @@ def test_bad_setting_stops_bytewax_run_with_one_clear_line(env, name):
 
 def test_demo_run_under_bytewax_prints_progress_and_summary(tmp_path):
     proc = _run_flow({"FRAUDFLOW_SIM_DAYS": "25", "FRAUDFLOW_SIM_CUSTOMERS": "400", "FRAUDFLOW_SIM_TERMINALS": "800",
-                      "FRAUDFLOW_ALERTS": str(tmp_path / "alerts.jsonl"), "FRAUDFLOW_DLQ": str(tmp_path / "dlq.jsonl")})
+                      "FRAUDFLOW_ALERTS": str(tmp_path / "alerts.jsonl"), "FRAUDFLOW_DLQ": str(tmp_path / "dlq.jsonl"),
+                      "FRAUDFLOW_SNAPSHOT_DIR": str(tmp_path / "snapshots")})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "fraudflow summary" in proc.stderr and "transactions scored" in proc.stderr
     assert (tmp_path / "alerts.jsonl").stat().st_size > 0
+    assert list((tmp_path / "snapshots").glob("*shutdown.json")), "no model snapshot at the end of the run"

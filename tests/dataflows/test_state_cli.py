@@ -1,0 +1,162 @@
+"""``fraudflow state show``: an account's state read back from a real Bytewax recovery store."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import fields
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import TestingSink, run_main
+
+from connectors.events import Label, Transaction, format_ts
+from connectors.simulator import SimulatorConfig, simulate
+from connectors.sources import EventListSource
+from dataflows import state_cli
+from dataflows.fraud import build_flow
+from dataflows.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = SimulatorConfig(customers=50, terminals=100, days=12, seed=3)
+
+
+@pytest.fixture(scope="module")
+def recovered(tmp_path_factory) -> tuple[Path, list]:
+    """Run the flow with recovery (an epoch per source batch) on a stream cut at its last transaction.
+
+    The simulator releases each label 7 days after its transaction; a live stream read up to
+    the last transaction has not seen the labels of the last 7 days yet, so those
+    transactions are still awaiting a label in the account state.
+    """
+    events = list(simulate(CONFIG))
+    end = max(e.event_ts for e in events if isinstance(e, Transaction))
+    events = [e for e in events if isinstance(e, Transaction) or e.event_ts <= end]
+    directory = tmp_path_factory.mktemp("recovery")
+    init_db_dir(directory, 1)
+    alerts, dlq, scores = [], [], []
+    settings = Settings(progress=False)
+    if "snapshot_dir" in {f.name for f in fields(Settings)}:
+        settings = settings.replace(snapshot_dir="off")  # no model exports: only the recovery store matters here
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))  # whatever the flow writes by default stays out of the repository
+    try:
+        parts = build_flow(settings, source=EventListSource(events, max_batch_span_s=3_600.0),
+                           alerts_sink=TestingSink(alerts), dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores))
+        run_main(parts.flow, epoch_interval=timedelta(seconds=0), recovery_config=RecoveryConfig(directory))
+    finally:
+        os.chdir(here)
+    assert len(scores) == sum(isinstance(e, Transaction) for e in events)
+    return directory, events
+
+
+def _expected_pending(events: list, account: str) -> list[tuple[str, str, str]]:
+    labelled = {e.tx_id for e in events if isinstance(e, Label)}
+    return [(e.tx_id, format_ts(e.event_ts), e.terminal_id) for e in events
+            if isinstance(e, Transaction) and e.account_id == account and e.tx_id not in labelled]
+
+
+def _busiest_recent_account(events: list) -> str:
+    end = max(e.event_ts for e in events if isinstance(e, Transaction))
+    recent = Counter(e.account_id for e in events
+                     if isinstance(e, Transaction) and e.event_ts > end - CONFIG.label_delay_days * 86_400)
+    return recent.most_common(1)[0][0]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUDFLOW_", "BYTEWAX_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "dataflows.cli", "state", "show", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_pending_transactions_match_the_last_label_delay(recovered):
+    directory, events = recovered
+    account = _busiest_recent_account(events)
+    expected = _expected_pending(events, account)
+    end = max(e.event_ts for e in events if isinstance(e, Transaction))
+    assert expected and all(ts > format_ts(end - 7 * 86_400) for _, ts, _ in expected)
+
+    view = state_cli.account_view(state_cli.find_account_snapshot(directory, account))
+    assert view["committed"] and view["step_id"].endswith("account_profile")
+    assert [(p["tx_id"], p["ts"], p["terminal_id"]) for p in view["awaiting_label"]] == expected
+    assert view["early_labels"] == []
+
+    txs = [e for e in events if isinstance(e, Transaction) and e.account_id == account]
+    assert view["transactions_seen"] == len(txs)
+    assert view["last_transaction"] == format_ts(txs[-1].event_ts)
+    assert view["recent_terminals"] == len({t.terminal_id for t in txs[-24:]})
+    assert sum(d["transactions"] for d in view["daily"]) == len(txs)  # 12 days: all within 30
+    assert sum(d["amount"] for d in view["daily"]) == pytest.approx(sum(t.amount for t in txs), rel=1e-4)
+    last16 = sorted(round(t.amount, 2) for t in txs[-16:])
+    assert sorted(view["amount_habit"]["amounts"]) == pytest.approx(last16, abs=0.01)
+    median = (last16[7] + last16[8]) / 2
+    assert view["amount_habit"]["median"] == pytest.approx(median, abs=0.02)
+
+
+def test_cli_prints_the_account(recovered):
+    directory, events = recovered
+    account = _busiest_recent_account(events)
+    expected = _expected_pending(events, account)
+    shown = _cli(account, "--recovery-dir", str(directory))
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    assert f"awaiting a label: {len(expected)} transaction(s)" in text
+    for tx_id, ts, terminal in expected:
+        assert any(tx_id in line and ts in line and terminal in line for line in text.splitlines())
+    for needle in ("median", "MAD", "recent terminals", "last transaction", "30d"):
+        assert needle in text
+
+    as_json = _cli(account, "--recovery-dir", str(directory), "--json")
+    assert as_json.returncode == 0
+    view = json.loads(as_json.stdout)
+    assert [p["tx_id"] for p in view["awaiting_label"]] == [p[0] for p in expected]
+
+
+def test_missing_account_is_a_one_line_user_error(recovered, tmp_path):
+    directory, _ = recovered
+    missing = _cli("c-999", "--recovery-dir", str(directory))
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.count("\n") == 1
+    assert "'c-999' not found" in missing.stderr and "may not have transacted yet" in missing.stderr
+
+    no_dir = _cli("c-1", "--recovery-dir", str(tmp_path / "nowhere"))
+    assert no_dir.returncode == 2 and "no such recovery directory" in no_dir.stderr
+    assert no_dir.stderr.count("\n") == 1
+    empty = _cli("c-1", "--recovery-dir", str(tmp_path))
+    assert empty.returncode == 2 and "no recovery partitions" in empty.stderr
+    no_flag = _cli("c-1")
+    assert no_flag.returncode == 2 and "--recovery-dir" in no_flag.stderr
+
+
+class _Booby:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_state_with_globals_is_refused_without_running_it(recovered, tmp_path):
+    directory, events = recovered
+    account = _busiest_recent_account(events)
+    copy = tmp_path / "tampered"
+    shutil.copytree(directory, copy)
+    marker = tmp_path / "pwned"
+    with sqlite3.connect(copy / "part-0.sqlite3") as conn:
+        conn.execute("UPDATE snaps SET ser_change = ? WHERE state_key = ? AND step_id LIKE '%account_profile'",
+                     (pickle.dumps(_Booby(marker)), account))
+    refused = _cli(account, "--recovery-dir", str(copy))
+    assert refused.returncode == 2 and "not plain data" in refused.stderr
+    assert not marker.exists()
+    with pytest.raises(state_cli.StateError, match="refusing to load"):
+        state_cli.plain_loads(pickle.dumps(_Booby(marker)))
+    assert not marker.exists()
