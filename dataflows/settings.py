@@ -110,7 +110,7 @@ class Settings:
     emit_scores: bool = field(default=False, metadata=_meta("kafka: also write every score to the scores topic"))
     progress: bool = field(default=True, metadata=_meta("log progress every few seconds and a summary at the end"))
     # -- model -------------------------------------------------------------------------
-    model_kind: str = field(default="logreg", metadata=_meta(
+    model_kind: str = field(default="binned_logreg", metadata=_meta(
         "binned_logreg | logreg | hoeffding_tree | arf | amf",
         _choice("binned_logreg", "logreg", "hoeffding_tree", "arf", "amf")))
     model_seed: int = field(default=0, metadata=_meta("model seed"))

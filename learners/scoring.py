@@ -56,7 +56,7 @@ _ANOMALY_INDEX = [FEATURE_NAMES.index(name) for name in ANOMALY_FEATURES]
 class ModelConfig:
     """How a shard scores and learns; part of the flow settings."""
 
-    kind: str = "logreg"
+    kind: str = "binned_logreg"
     seed: int = 0
     label_mode: str = "all"  # "all": every transaction gets a label; "frauds": frauds only
     label_timeout_days: float = 8.0  # frauds mode: no fraud label by then => legitimate

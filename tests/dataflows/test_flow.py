@@ -57,7 +57,7 @@ def test_alerts_reach_the_sink_with_reasons(one_worker, small_stream):
     events, truth = small_stream
     alerts, _, _, stats = one_worker
     assert len(alerts) > 50
-    supervised = [a for a in alerts if a.model == "logreg"]
+    supervised = [a for a in alerts if a.model == "binned_logreg"]
     assert supervised and all(a.reasons for a in supervised)
     assert all(a.score >= a.threshold for a in alerts)
     assert len({a.alert_id for a in alerts}) == len(alerts)
@@ -72,8 +72,8 @@ def test_frauds_rank_well_above_legitimate(one_worker, small_stream, small_confi
     _, _, scores, _ = one_worker
     after = _iso(small_config.start_ts + 21 * DAY)  # after two weeks of labels
     auc, ap = _quality(scores, truth, after)
-    # Measured on this stream (seed 7): AUC 0.854, AP 0.594 (seeds 8, 9: 0.883/0.591, 0.867/0.571).
-    assert auc > 0.84 and ap > 0.57, (auc, ap)
+    # Measured on this stream (seed 7): AUC 0.865, AP 0.620 (seeds 8, 9: 0.883/0.604, 0.871/0.601).
+    assert auc > 0.855 and ap > 0.60, (auc, ap)
     # Far above what the amount alone gives (measured AUC 0.62, AP 0.27): the model learned.
     by_amount = [(truth[e.tx_id].is_fraud, e.amount) for e in events
                  if isinstance(e, Transaction) and _iso(e.event_ts) >= after]

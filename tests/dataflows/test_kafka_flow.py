@@ -49,7 +49,7 @@ def test_end_to_end_scores_alerts_and_dead_letters(broker, stream_events, tmp_pa
     assert all(len(v) == 1 for v in per_tx.values()), "a transaction was scored twice"
     alerts = read_topic(broker.bootstrap, stream.topics["alerts"])
     assert len(alerts) > 50 and len({a["alert_id"] for a in alerts}) == len(alerts)
-    supervised = [a for a in alerts if a["model"] == "logreg"]
+    supervised = [a for a in alerts if a["model"] != "coldstart-hst"]
     assert np.mean([truth[a["tx_id"]].is_fraud for a in supervised]) > 0.5  # measured 0.79
     dlq = read_topic(broker.bootstrap, stream.topics["dlq"], expect=stream.malformed)
     assert len(dlq) == stream.malformed
@@ -68,8 +68,13 @@ def long_stream_events():
 
 
 def test_crash_of_a_two_process_cluster_resumes_from_recovery(broker, long_stream_events, tmp_path):
+    """Both processes of a cluster are SIGKILLed mid-stream and restarted from their recovery
+    stores. The input has one partition, so it enters through one process while the keyed
+    state (accounts, terminals, the two model shards) is split across both: recovery is what
+    is tested here, free of the drift between processes that read different partitions (see
+    test_one_and_two_processes_detect_equally)."""
     events, truth = long_stream_events
-    stream = produce_stream(broker.bootstrap, events, truth, partitions=2)
+    stream = produce_stream(broker.bootstrap, events, truth, partitions=1)
     recovery = init_recovery(tmp_path / "recovery", 2)
     env = stream.env(FRAUDFLOW_KAFKA_STOP_AT_END="1", FRAUDFLOW_MODEL_SHARDS="2")
     first = FlowCluster(env, processes=2, recovery_dir=recovery, log_dir=tmp_path).start()
@@ -97,10 +102,12 @@ def test_crash_of_a_two_process_cluster_resumes_from_recovery(broker, long_strea
     differ = [t for t in replayed if len(set(per_tx[t])) > 1]
     spread = max((max(per_tx[t]) - min(per_tx[t]) for t in differ), default=0.0)
     print(f"replayed {len(replayed)}, scored differently on replay {len(differ)}, max difference {spread:.4f}")
+    # The restored state scores a replayed transaction as the lost run did.
+    assert len(differ) <= 0.01 * len(replayed), (len(differ), spread)
     # The model continued from its recovered state: the first scores after the restart come
     # from the supervised model (a fresh model would be on the cold-start anomaly score).
     first_after = [s for s in after if s["tx_id"] not in replayed][:200]
-    assert first_after and all(s["model"] == "logreg" for s in first_after)
+    assert first_after and all(s["model"] == "binned_logreg" for s in first_after)
     alerts = read_topic(broker.bootstrap, stream.topics["alerts"])
     ids: dict[str, set] = {}
     for a in alerts:
@@ -114,7 +121,7 @@ def test_crash_of_a_two_process_cluster_resumes_from_recovery(broker, long_strea
     after_ts = STREAM.start_ts + 14 * 86_400
     resumed_ap = _ap({t: v[-1] for t, v in per_tx.items()}, truth, after_ts, tx_ts)
     reference_ap = _ap(reference, truth, after_ts, tx_ts)
-    assert abs(resumed_ap - reference_ap) < 0.01, (resumed_ap, reference_ap)
+    assert abs(resumed_ap - reference_ap) < 0.005, (resumed_ap, reference_ap)
 
 
 def test_broker_outage_is_survived_without_loss(broker, stream_events, tmp_path):

@@ -174,7 +174,8 @@ def test_warm_start_scores_like_the_original_model(exported):
         _, packed, recorded = shard.pending[s.tx_id]
         x = dict(zip(FEATURE_NAMES, unpack(packed)))
         expected = _unsample(original.model.predict_proba_one(x).get(True, 0.0), rate)
-        assert recorded == expected  # the same model, bit for bit
+        # the same model; pending features are kept as float32, the flow scored the float64 ones
+        assert recorded == pytest.approx(expected, rel=1e-6)
         assert s.score == round(recorded, 6)
 
 
@@ -193,7 +194,7 @@ def test_tampered_or_unsigned_warm_start_stops_start_up(exported, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "FRAUDFLOW_WARM_START" in proc.stderr and "signature" in proc.stderr
-    env["FRAUDFLOW_SNAPSHOT_KEY"] = ""
+    del env["FRAUDFLOW_SNAPSHOT_KEY"]  # no key: nothing can be verified, so nothing is loaded
     env["FRAUDFLOW_WARM_START"] = str(snapshot)
     proc = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)

@@ -16,14 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_defaults_run_the_embedded_simulator():
     s = Settings.from_env({})
-    assert s.source == "simulator" and s.model_kind == "logreg" and s.effective_label_mode == "all"
+    assert s.source == "simulator" and s.model_kind == "binned_logreg" and s.effective_label_mode == "all"
 
 
 @pytest.mark.parametrize("env, message", [
     ({"FRAUDFLOW_SIM_DAYS": "many"}, "FRAUDFLOW_SIM_DAYS: expected an integer, got 'many'"),
     ({"FRAUDFLOW_SIM_DAYS": "0"}, "FRAUDFLOW_SIM_DAYS: must be >= 1"),
     ({"FRAUDFLOW_SOURCE": "ftp"}, "FRAUDFLOW_SOURCE: expected one of simulator, files, kafka"),
-    ({"FRAUDFLOW_MODEL_KIND": "xgboost"}, "FRAUDFLOW_MODEL_KIND: expected one of logreg"),
+    ({"FRAUDFLOW_MODEL_KIND": "xgboost"}, "FRAUDFLOW_MODEL_KIND: expected one of binned_logreg, logreg"),
     ({"FRAUDFLOW_THRESHOLD": "1.5"}, "FRAUDFLOW_THRESHOLD: must be between 0.0 and 1.0"),
     ({"FRAUDFLOW_THRESHOLD": "nan"}, "FRAUDFLOW_THRESHOLD: expected a finite number"),
     ({"FRAUDFLOW_PROGRESS": "perhaps"}, "FRAUDFLOW_PROGRESS: expected true/false"),

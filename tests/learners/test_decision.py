@@ -14,13 +14,22 @@ from learners.scoring import ModelConfig, Scored
 DAY = 86_400
 
 
+_SCORED: dict = {}
+
+
+def _candidates(events, model: ModelConfig) -> list[Scored]:
+    """Alert candidates of the small stream under ``model`` (computed once per config)."""
+    key = (id(events), model)
+    if key not in _SCORED:
+        pipe = SequentialPipeline(PipelineConfig(model=model))
+        _SCORED[key] = [s for s in pipe.run(events) if s.reasons is not None]
+    return _SCORED[key]
+
+
 def _alerts(events, model: ModelConfig, cooldown_s: float = 0.0):
-    pipe = SequentialPipeline(PipelineConfig(model=model))
     policies: dict[str, AlertPolicy] = {}
     out = []
-    for scored in pipe.run(events):
-        if scored.reasons is None:
-            continue
+    for scored in _candidates(events, model):
         policy = policies.setdefault(scored.tx.account_id, AlertPolicy(PolicyConfig(cooldown_s)))
         alert = policy.decide(scored)
         if alert is not None:

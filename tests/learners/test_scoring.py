@@ -168,7 +168,7 @@ def test_cold_start_uses_the_anomaly_score_until_enough_frauds():
     for i in range(1, 4):
         shard.on_transaction(tx(i, D0 + i), features(300.0))
         shard.on_label(f"t-{i}", D0 + i, True)
-    assert shard.on_transaction(tx(9, D0 + 3 * L), features(10.0)).model == "logreg"
+    assert shard.on_transaction(tx(9, D0 + 3 * L), features(10.0)).model == "binned_logreg"
 
 
 def test_reasons_only_for_alert_candidates():
