@@ -2,7 +2,10 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || echo python3)
+# The first interpreter that actually runs and is 3.11/3.12 (a pyenv shim can exist without its version).
+PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
+	  $$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null && { echo $$p; break; }; \
+	done)
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench broker evaluate-reference install clean help
@@ -11,6 +14,7 @@ help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "fraudflow needs Python 3.11 or 3.12 (bytewax 0.21 wheels); none found on PATH"; exit 1; }
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11) <= v <= (3, 12) else "fraudflow needs Python 3.11 or 3.12 (bytewax 0.21 wheels); found %d.%d" % v)'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -5,7 +5,7 @@ customers, 10,000 terminals, 183 days, 7-day delay) for each seed, evaluates the
 handbook's test week (2018-08-08 to 08-14) with its protocol, and writes
 ``benchmarks/results/quality-<model>-<labels>.json``.
 
-    python -m benchmarks.quality [--seeds 0 1 2] [--model logreg] [--labels all|frauds] [--workers 1]
+    python -m benchmarks.quality [--seeds 0 1 2] [--model binned_logreg] [--labels all|frauds] [--workers 1]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import statistics
 import time
 
-from benchmarks.common import in_subprocess, save
+from benchmarks.common import DEFAULT_MODEL, in_subprocess, save
 
 HANDBOOK = {
     "logistic regression": {"auc_roc": 0.871, "average_precision": 0.606, "card_precision_at_100": 0.291},
@@ -66,7 +66,7 @@ def one_seed(seed: str, model: str, labels: str, workers: str, days: str = "183"
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--model", default="logreg")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--labels", choices=("all", "frauds"), default="all")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--settings", default="{}", help="extra settings as JSON, e.g. '{\"negative_sampling\": 1}'")

@@ -10,10 +10,10 @@ import argparse
 import json
 import time
 
-from benchmarks.common import in_subprocess, load, peak_rss_mb, repeat, save, workload
+from benchmarks.common import DEFAULT_MODEL, in_subprocess, load, peak_rss_mb, repeat, save, workload
 
 
-def bare_loop(path: str, model_kind: str = "logreg") -> dict:
+def bare_loop(path: str, model_kind: str = DEFAULT_MODEL) -> dict:
     from learners.pipeline import PipelineConfig, SequentialPipeline
     from learners.scoring import ModelConfig
 
@@ -26,7 +26,7 @@ def bare_loop(path: str, model_kind: str = "logreg") -> dict:
             "events_per_s": round(len(events) / elapsed), "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
-def dataflow(path: str, model_kind: str = "logreg", workers: int = 1, exports: str = "") -> dict:
+def dataflow(path: str, model_kind: str = DEFAULT_MODEL, workers: int = 1, exports: str = "") -> dict:
     from bytewax.testing import TestingSink, cluster_main, run_main
 
     from connectors.sources import EventListSource
@@ -54,7 +54,7 @@ def dataflow(path: str, model_kind: str = "logreg", workers: int = 1, exports: s
     written = len(list(__import__("pathlib").Path(export_dir).glob("*.json"))) if exports else 0
     return {"events": len(events), "transactions": len(scores), "alerts": len(alerts), "seconds": round(elapsed, 3),
             "events_per_s": round(len(events) / elapsed), "peak_rss_mb": round(peak_rss_mb(), 1),
-            "snapshot_exports": written}
+            "snapshot_exports": written, "export_dir": export_dir if exports else None}
 
 
 def main(argv=None) -> dict:
@@ -63,7 +63,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--terminals", type=int, default=4_000)
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--model", default="logreg")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     args = parser.parse_args(argv)
     path = str(workload(args.customers, args.terminals, args.days))
     loop = repeat(args.repeat, lambda: in_subprocess("benchmarks.throughput", "bare_loop", path, args.model),

@@ -30,7 +30,7 @@ from bytewax.outputs import StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Producer
 
 from connectors.events import DeadLetter, Origin, encode, parse_record
-from connectors.sources import MAX_BATCH_SPAN_S, EventTimePacer, beat
+from connectors.sources import BOARD, MAX_BATCH_SPAN_S, EventTimePacer, batch_span_for, beat
 
 __all__ = ["CheckedKafkaSink", "EventsKafkaSource", "kafka_sinks", "kafka_source"]
 
@@ -94,6 +94,8 @@ class _EventsPartition(StatefulSourcePartition[tuple[int, Any], Optional[int]]):
         head = next((getattr(e, "event_ts", None) for _, e in carry if getattr(e, "event_ts", None) is not None),
                     None)
         limit = self._pacer.limit(self._key, head)
+        # ... and at most two learning steps (8 batch spans) ahead of partitions other processes read
+        limit = min(limit, BOARD.floor(self._pacer.local_partitions()) + 8 * span)
         first_ts: Optional[float] = None
         n = 0
         for _, event in carry:
@@ -136,8 +138,11 @@ class EventsKafkaSource(KafkaSource):
                  max_batch_span_s: float = MAX_BATCH_SPAN_S, process: int = 0, processes: int = 1) -> None:
         self.process = process
         self.processes = max(1, processes)
+        # A fetch that finds no data waits up to fetch.wait.max.ms (librdkafka: 500 ms) before
+        # it asks again: that wait is alert latency on a live stream. Overridable.
+        config = {"fetch.wait.max.ms": "10", **dict(add_config or {})}
         super().__init__(brokers, [transactions_topic, labels_topic], tail=tail, starting_offset=OFFSET_BEGINNING,
-                         add_config=dict(add_config or {}), batch_size=batch_size, raise_on_errors=False)
+                         add_config=config, batch_size=batch_size, raise_on_errors=False)
         self.kinds = {transactions_topic: "transaction", labels_topic: "label"}
         self.max_batch_span_s = max_batch_span_s
         self.pacer = EventTimePacer(max_batch_span_s)
@@ -222,6 +227,7 @@ def kafka_source(settings: Any, process: int = 0, processes: int = 1) -> EventsK
         _brokers(settings), settings.kafka_topic_transactions, settings.kafka_topic_labels,
         tail=not settings.kafka_stop_at_end, add_config=dict(settings.kafka_options),
         batch_size=settings.kafka_batch_size, process=process, processes=processes,
+        max_batch_span_s=batch_span_for(settings.allowed_lateness_s),
     )
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Any, Hashable, Iterator, Optional, Sequence
+from typing import Any, Container, Hashable, Iterator, Optional, Sequence
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-__all__ = ["MAX_BATCH_SPAN_S", "EventListSource", "EventTimeBatcher", "EventTimePacer", "beat", "last_poll"]
+__all__ = ["MAX_BATCH_SPAN_S", "batch_span_for", "EventListSource", "EventTimeBatcher", "EventTimePacer", "beat", "last_poll"]
 
 _LAST_POLL = [0.0]
 
@@ -23,9 +23,15 @@ def last_poll() -> float:
     """``time.monotonic()`` of the latest poll of any source in this process (0: none yet)."""
     return _LAST_POLL[0]
 
-# Event time one source batch may span. Keyed steps reorder what they process together, so this
-# bounds the disorder the model shards see; it must stay well below ``allowed_lateness_s``.
+# Event time one source batch may span (and how far one partition may lead another). Keyed
+# steps reorder what they process together, so this bounds the disorder the model shards see;
+# the flow sets it to a quarter of ``allowed_lateness_s`` (900 s for the default hour).
 MAX_BATCH_SPAN_S = 900.0
+
+
+def batch_span_for(allowed_lateness_s: float) -> float:
+    """The batch span (and pacing lead) that keeps source disorder well inside one learning step."""
+    return allowed_lateness_s / 4
 
 
 class EventTimeBatcher:
@@ -106,6 +112,11 @@ class EventTimePacer:
             self._head.pop(part, None)
             self._active_until.pop(part, None)
 
+    def local_partitions(self) -> set[int]:
+        """Partition numbers this process reads (keys are ``(topic, partition)``)."""
+        with self._lock:
+            return {p[1] for p in self._head if isinstance(p, tuple)}
+
     def limit(self, part: Hashable, head_ts: Optional[float]) -> float:
         """Record this partition's next event time; return how far it may emit."""
         now = time.monotonic()
@@ -115,6 +126,51 @@ class EventTimePacer:
                 self._active_until[part] = now + self.idle_after_s
             others = [h for p, h in self._head.items() if p != part and self._active_until[p] > now]
         return min(others) + self.max_lead_s if others else math.inf
+
+
+class ClockBoard:
+    """Event-time progress of every transaction partition, as this process's model shards see it.
+
+    Processes read their Kafka partitions independently, and at full speed (a backfill, a
+    catch-up after an outage) one can run days of event time ahead of another within seconds:
+    the shards then wait for the slower partition (their watermark), and the faster one's
+    transactions are scored by ever older model versions. Every shard receives transactions
+    of every partition (accounts are spread over partitions), so what the shards in *this*
+    process have seen of the partitions *other* processes read is a cross-process clock, with
+    no side channel. Sources pace against it: a partition may not run more than ``max_lead_s``
+    ahead of a partition another process reads. A partition not heard of for ``idle_after_s``
+    (wall clock) no longer holds anyone back (a quiet partition, or the end of a backfill).
+    """
+
+    def __init__(self, idle_after_s: float = 3.0) -> None:
+        self.idle_after_s = idle_after_s
+        self._lock = threading.Lock()
+        self._clock: dict[int, float] = {}
+        self._heard: dict[int, float] = {}
+
+    def publish(self, clocks: dict[int, float]) -> None:
+        """A shard's per-partition clocks after a batch (the partitions it just heard from)."""
+        now = time.monotonic()
+        with self._lock:
+            for part, ts in clocks.items():
+                if ts > self._clock.get(part, -math.inf):
+                    self._clock[part] = ts
+                    self._heard[part] = now
+
+    def floor(self, exclude: Container[int]) -> float:
+        """The slowest active partition other than ``exclude`` (inf: none known)."""
+        quiet_since = time.monotonic() - self.idle_after_s
+        with self._lock:
+            active = [ts for p, ts in self._clock.items() if p not in exclude and self._heard[p] > quiet_since]
+        return min(active) if active else math.inf
+
+    def clear(self) -> None:
+        with self._lock:
+            self._clock.clear()
+            self._heard.clear()
+
+
+BOARD = ClockBoard()
 
 
 class _ListPartition(StatefulSourcePartition[tuple[int, Any], int]):

@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from datetime import date
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -202,7 +202,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
     from dataflows.settings import PREFIX, Settings
 
     for f in fields(Settings):
-        default = f.default if f.default is not f.default_factory else "{}"  # type: ignore[comparison-overlap]
+        default = "" if f.default is MISSING else f.default
         if isinstance(default, date):
             default = default.isoformat()
         name = PREFIX + f.name.upper() if f.name != "kafka_options" else PREFIX + "KAFKA_OPT_*"

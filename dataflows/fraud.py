@@ -6,18 +6,23 @@ Steps (each a named Bytewax operator)::
                        |
                   key_by_account -> account_profile -> key_by_terminal -> terminal_risk
                                           |  (legitimate labels)                |
-                                          +--> key_by_shard ---------+    key_by_shard
-                                                                     v          v
-                                                               score_then_learn (model shard)
-                                                                     |
-                                              scores <---------------+---> alert_policy -> alerts
+                                          +--> key_by_bucket --------+    key_by_bucket, key_by_shard
+                                                                     v          v            |
+                                                             await_labels (shard, hour)      |
+                                                                     | (labelled examples)  | (transactions)
+                                                                     +--> score_then_learn <-+
+                                                                                  |
+                                              scores <----------------------------+---> alert_policy -> alerts
 
 * ``account_profile`` (keyed by ``account_id``): account features and the transactions
   awaiting labels; joins each label to its transaction (labels need no ``terminal_id``).
 * ``terminal_risk`` (keyed by ``terminal_id``): terminal counts and fraud risk from
   released labels; completes the feature vector.
+* ``await_labels`` (keyed by model shard and hour of the transaction): keeps feature vectors
+  until their labels come and sends labelled examples on; small keys, so a snapshot carries
+  only the hours that changed.
 * ``score_then_learn`` (keyed by model shard): scores every transaction, learns each
-  label once the shard's event-time watermark has passed it (no look-ahead).
+  example at the event-time step after its label became known (no look-ahead).
 * ``alert_policy`` (keyed by ``account_id``): threshold and per-card cool-down.
 
 Settings come from ``FRAUDFLOW_*`` variables (see ``dataflows.settings``); a bad one stops
@@ -29,6 +34,7 @@ from __future__ import annotations
 import atexit
 import logging
 import sys
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 
 import bytewax.operators as op
@@ -40,6 +46,7 @@ from bytewax.outputs import Sink
 from connectors.events import DeadLetter, Label, Origin, Score, Transaction, encode, format_ts, parse_record
 from connectors.files import FileEventsSource, JsonlSink, truncate
 from connectors.simulator import SimulatorConfig, SimulatorSource
+from connectors.sources import BOARD, batch_span_for
 from dataflows.cluster import process_count, process_id, recovery_enabled, shard_keys, total_workers, under_bytewax_run
 from dataflows.exports import WarmStart, make_exporter, warm_start
 from dataflows.metrics import serve
@@ -47,7 +54,8 @@ from dataflows.progress import RunStats
 from dataflows.settings import Settings, SettingsError, load_settings
 from learners.decision import AlertPolicy, PolicyConfig
 from learners.features import AccountProfile, TerminalProfile
-from learners.pipeline import PipelineConfig, shard_for, terminal_step
+from learners.pending import PendingBucket
+from learners.pipeline import PipelineConfig, account_step, pending_key, shard_for, terminal_step
 from learners.scoring import ModelConfig, ModelShard, Scored
 
 __all__ = ["FlowParts", "build_flow", "pipeline_config"]
@@ -92,9 +100,9 @@ def simulator_config(settings: Settings) -> SimulatorConfig:
 class _AccountLogic(StatefulBatchLogic):
     """account_profile: features, pending transactions, label join."""
 
-    def __init__(self, retention_s: float, stats: RunStats, state: Optional[tuple]) -> None:
+    def __init__(self, config: PipelineConfig, stats: RunStats, state: Optional[tuple]) -> None:
         self.profile = AccountProfile(state)
-        self.retention_s = retention_s
+        self.config = config
         self.stats = stats
 
     def _joined(self, account_id: str, joined, out: list) -> None:
@@ -102,7 +110,7 @@ class _AccountLogic(StatefulBatchLogic):
             out.append(("fraud", account_id, joined))
             self.stats.confirm(joined.tx_id)
         else:
-            out.append(("label", account_id, joined.tx_id, joined.label_ts, False))
+            out.append(("label", account_id, joined))
 
     def _orphan_dead_letter(self, account_id: str, orphan: tuple) -> tuple:
         tx_id, label_ts, is_fraud = orphan
@@ -115,7 +123,7 @@ class _AccountLogic(StatefulBatchLogic):
         profile = self.profile
         for part, event in values:
             if type(event) is Transaction:
-                features, joined, expired = profile.on_transaction(event, self.retention_s)
+                features, joined, expired = account_step(profile, event, self.config)
                 out.append(("tx", event, features, part))
                 for j in joined:
                     self._joined(event.account_id, j, out)
@@ -152,11 +160,52 @@ class _TerminalLogic(StatefulBatchLogic):
             else:
                 _, account_id, joined = item
                 profile.add_fraud(joined.tx_ts, joined.label_ts)
-                out.append(("label", account_id, joined.tx_id, joined.label_ts, True))
+                out.append(("label", account_id, joined))
         return out, False
 
     def snapshot(self) -> tuple:
         return self.profile.snapshot()
+
+
+class _BucketLogic(StatefulBatchLogic):
+    """await_labels: feature vectors of one (shard, hour) until their labels come."""
+
+    # A bucket some of whose labels never come (a frauds-only feed and a card that stopped
+    # transacting) is dropped this long (wall clock) after it was last touched.
+    FORGET_AFTER = timedelta(days=2)
+
+    def __init__(self, stats: RunStats, state: Optional[tuple]) -> None:
+        self.bucket = PendingBucket(state)
+        self.stats = stats
+        self._touched = datetime.now(timezone.utc)  # restored buckets get the full grace too
+        stats.awaiting(len(self.bucket.features))
+
+    def on_batch(self, values: list) -> tuple[list, bool]:
+        out: list = []
+        bucket = self.bucket
+        before = len(bucket.features)
+        for item in values:
+            if item[0] == "tx":
+                _, tx, features, _ = item
+                examples = bucket.add(tx.tx_id, tx.event_ts, features)
+            else:
+                _, _, joined = item
+                examples = bucket.label(joined.tx_id, joined.label_ts, joined.is_fraud)
+            out.extend(("example", *example) for example in examples)
+        self._touched = datetime.now(timezone.utc)
+        self.stats.awaiting(len(bucket.features) - before)
+        return out, bucket.empty
+
+    def notify_at(self) -> Optional[datetime]:
+        return self._touched + self.FORGET_AFTER
+
+    def on_notify(self) -> tuple[list, bool]:
+        self.stats.unmatched(len(self.bucket.features) + len(self.bucket.orphans))
+        self.stats.awaiting(-len(self.bucket.features))
+        return [], True
+
+    def snapshot(self) -> tuple:
+        return self.bucket.snapshot()
 
 
 class _ShardLogic(StatefulBatchLogic):
@@ -173,9 +222,11 @@ class _ShardLogic(StatefulBatchLogic):
     def on_batch(self, values: list) -> tuple[list, bool]:
         shard = self.shard
         if shard.name is None:
-            first = values[0]
-            shard.name = self.name_of(first[1].account_id if first[0] == "tx" else first[1])
+            first_tx = next((v for v in values if v[0] == "tx"), None)
+            if first_tx is not None:
+                shard.name = self.name_of(first_tx[1].account_id)
         out = shard.on_batch(values)
+        BOARD.publish(shard.clocks)  # cross-process pacing of the Kafka source
         self.stats.scored(out, shard)
         return out, False
 
@@ -240,6 +291,7 @@ def build_flow(
     config = pipeline_config(settings, n_shards)
     keys = shard_keys(n_shards)  # names independent of the worker count: models survive rescaling
     stats = RunStats(progress=settings.progress)
+    BOARD.clear()  # a new flow in this process: no clocks from an earlier one
 
     if source is None:
         source = _default_source(settings)
@@ -254,9 +306,8 @@ def build_flow(
     parsed = op.map("parse_validate", inp, _parse)
     valid = op.branch("split_dead_letters", parsed, lambda pe: type(pe[1]) is not DeadLetter)
     by_account = op.map("key_by_account", valid.trues, lambda pe: (pe[1].account_id, pe))
-    retention = config.retention_s
     account_out = op.stateful_batch(
-        "account_profile", by_account, lambda state: _AccountLogic(retention, stats, state)
+        "account_profile", by_account, lambda state: _AccountLogic(config, stats, state)
     )
     to_terminal = op.branch("terminal_bound", op.key_rm("unkey_account", account_out),
                             lambda v: v[0] in ("tx", "fraud"))
@@ -267,12 +318,25 @@ def build_flow(
                                      lambda state: _TerminalLogic(delay, step, state))
     rest = op.branch("labels_or_dead", to_terminal.falses, lambda v: v[0] == "label")
 
-    def shard_key(v: tuple) -> tuple[str, tuple]:
-        account_id = v[1].account_id if v[0] == "tx" else v[1]
-        return keys[shard_for(account_id, n_shards)], v
+    def bucket_key(v: tuple) -> tuple[str, tuple]:
+        if v[0] == "tx":
+            tx = v[1]
+            return pending_key(keys[shard_for(tx.account_id, n_shards)], tx.event_ts), v
+        joined = v[2]
+        return pending_key(keys[shard_for(v[1], n_shards)], joined.tx_ts), v
 
-    to_shard = op.merge("to_shard", op.key_rm("unkey_terminal", terminal_out), rest.trues)
-    by_shard = op.map("key_by_shard", to_shard, shard_key)
+    # A transaction goes to its model shard straight from terminal_risk (scored without an
+    # extra hop) and, in parallel, to await_labels, which keeps its features for its label.
+    terminal_items = op.key_rm("unkey_terminal", terminal_out)
+    to_buckets = op.merge("to_buckets", terminal_items, rest.trues)
+    awaiting = op.stateful_batch("await_labels", op.map("key_by_bucket", to_buckets, bucket_key),
+                                 lambda state: _BucketLogic(stats, state))
+    to_score = op.filter("transactions_to_score", terminal_items, lambda v: v[0] == "tx")
+    by_shard = op.merge(
+        "to_shard",
+        op.map("key_by_shard", to_score, lambda v: (keys[shard_for(v[1].account_id, n_shards)], v)),
+        op.map("examples_by_shard", awaiting, lambda kv: (kv[0].split("/", 1)[0], kv[1])),
+    )
     model_config = config.model
     exporter = make_exporter(settings, stats.exported)
     warm = warm_start(settings)
@@ -306,10 +370,11 @@ def build_flow(
 
 
 def _default_source(settings: Settings) -> Source:
+    span = batch_span_for(settings.allowed_lateness_s)
     if settings.source == "simulator":
-        return SimulatorSource(simulator_config(settings), partitions=settings.sim_partitions)
+        return SimulatorSource(simulator_config(settings), partitions=settings.sim_partitions, max_batch_span_s=span)
     if settings.source == "files":
-        return FileEventsSource(settings.transactions_file, settings.labels_file)
+        return FileEventsSource(settings.transactions_file, settings.labels_file, max_batch_span_s=span)
     from connectors.kafka import kafka_source
 
     return kafka_source(settings, process_id(), process_count())

@@ -23,7 +23,7 @@ fraudflow_alerts_total                      alerts emitted
 fraudflow_alerts_suppressed_total           alert candidates folded into an open alert (cool-down)
 fraudflow_alerts_confirmed_total            alerts whose transaction a fraud label confirmed
 fraudflow_score                             histogram of scores
-fraudflow_pending_transactions              transactions awaiting their label (model shards)
+fraudflow_pending_transactions              transactions whose features await their label
 fraudflow_event_time_seconds                event time of the newest scored transaction
 fraudflow_event_time_lag_seconds            wall clock minus that event time (live streams)
 fraudflow_late_transactions_total           scored by an older model than their time allows
@@ -96,7 +96,7 @@ class FlowCollector:
         hist.add_metric([], cumulative, sum_value=total)
         yield hist
         yield GaugeMetricFamily("fraudflow_pending_transactions", "Transactions awaiting their label",
-                                value=sum(len(s.pending) for _, s in shards))
+                                value=c["pending_transactions"])
         if c["event_ts"] is not None:
             yield GaugeMetricFamily("fraudflow_event_time_seconds", "Event time of the newest scored transaction",
                                     value=c["event_ts"])

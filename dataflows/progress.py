@@ -57,6 +57,8 @@ class RunStats:
         self.event_ts: Optional[float] = None
         self.shards: dict[int, Any] = {}
         self.snapshot_exports = 0
+        self.forgotten = 0
+        self.pending = 0  # feature vectors awaiting their label (await_labels, this process)
         self._dead_by_reason: dict[str, int] = {}
         self._score_buckets = [0] * len(SCORE_BUCKETS)
         self._score_sum = 0.0
@@ -107,6 +109,18 @@ class RunStats:
             self.dead_letters += 1
             self._dead_by_reason[category] = self._dead_by_reason.get(category, 0) + 1
 
+    def awaiting(self, delta: int) -> None:
+        """Feature vectors kept (+) or joined / dropped (-) by the await_labels stage."""
+        if delta:
+            with self._lock:
+                self.pending += delta
+
+    def unmatched(self, n: int) -> None:
+        """Transactions (or labels) forgotten unjoined when an idle pending bucket was dropped."""
+        if n:
+            with self._lock:
+                self.forgotten += n
+
     def exported(self) -> None:
         with self._lock:
             self.snapshot_exports += 1
@@ -146,6 +160,7 @@ class RunStats:
             "implicit_negatives": sum(s.counts["implicit_negatives"] for s in shards),
             "late_transactions": sum(s.counts["late_transactions"] for s in shards),
             "late_labels": sum(s.counts["late_labels"] for s in shards),
+            "pending_transactions": self.pending,
             "snapshot_exports": self.snapshot_exports,
             "event_ts": self.event_ts,
             "alerts": self.alerts,
@@ -182,6 +197,11 @@ class RunStats:
             f"  dead letters          {c['dead_letters']:>12,}",
             f"  model                 {c['supervised_shards']} of {c['model_shards']} shards supervised"
             " (the others still on the cold-start anomaly score)",
+        ]
+        if c["late_transactions"] or c["late_labels"]:
+            lines.append(f"  late events           {c['late_transactions']:>12,} transactions, {c['late_labels']:,} labels"
+                         " behind the learning step (raise FRAUDFLOW_ALLOWED_LATENESS_S if this grows)")
+        lines += [
             f"  elapsed               {c['elapsed_s']:>12,} s   ({c['transactions_per_s']:,} transactions/s)",
         ]
         return "\n".join(lines)

@@ -232,11 +232,14 @@ class AccountProfile:
             return None
         return JoinedLabel(tx_id, rec[1], rec[2], label_ts, is_fraud)
 
-    def on_transaction(self, tx, retention_s: float) -> tuple[tuple[float, ...], list["JoinedLabel"], list]:
+    def on_transaction(self, tx, retention_s: float, infer_negatives: bool = False
+                       ) -> tuple[tuple[float, ...], list["JoinedLabel"], list]:
         """Features for ``tx``, then learn it; also join any label that arrived before it.
 
-        Returns (features, joined labels, expired orphan labels). Pending records and
-        orphan labels older than ``retention_s`` (event time) are dropped.
+        Returns (features, joined labels, expired orphan labels). Pending records and orphan
+        labels older than ``retention_s`` (event time) are dropped; with ``infer_negatives``
+        (frauds-only feeds) a dropped pending transaction is returned as a joined label with
+        ``is_fraud=None`` (legitimate, inferred), known as of ``tx``'s time.
         """
         f = self.features(tx)
         self.update(tx)
@@ -255,18 +258,22 @@ class AccountProfile:
             self.orphans = still
         pending = self.pending
         if pending and pending[0][1] < tx.event_ts - retention_s:
-            self.pending = [p for p in pending if p[1] >= tx.event_ts - retention_s]
+            horizon = tx.event_ts - retention_s
+            self.pending = [p for p in pending if p[1] >= horizon]
+            if infer_negatives:
+                joined.extend(JoinedLabel(p[0], p[1], p[2], tx.event_ts, None) for p in pending if p[1] < horizon)
         return f, joined, expired
 
 
 class JoinedLabel(NamedTuple):
-    """A label joined to its transaction at the account stage."""
+    """A label joined to its transaction at the account stage (``is_fraud`` None: inferred
+    legitimate, frauds-only feeds)."""
 
     tx_id: str
     tx_ts: float
     terminal_id: str
     label_ts: float
-    is_fraud: bool
+    is_fraud: Optional[bool]
 
 
 class TerminalProfile:

@@ -5,9 +5,10 @@ The dataflow (``dataflows.fraud``) calls exactly these steps from its keyed Byte
 and tests use the loop as the reference the dataflow must agree with.
 
 Per transaction: account features (then the account learns it) -> terminal features (then
-the terminal counts it) -> the model shard scores it. Per label: the account joins it to the
-pending transaction (recovering ``terminal_id``) -> a fraud updates the terminal's risk ->
-the shard learns it once released.
+the terminal counts it) -> its feature vector waits in a (shard, hour) bucket -> the model
+shard scores it. Per label: the account joins it to the pending transaction (recovering
+``terminal_id``) -> a fraud updates the terminal's risk -> the bucket joins the feature vector
+-> the shard learns the example once released.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Iterable, Iterator, Optional
 
 from connectors.events import Label, Transaction
 from learners.features import AccountProfile, JoinedLabel, TerminalProfile, transaction_features
+from learners.pending import PendingBucket, bucket_of
 from learners.scoring import ModelConfig, ModelShard, Scored
 
-__all__ = ["PipelineConfig", "SequentialPipeline", "account_step", "shard_for", "terminal_step"]
+__all__ = ["PipelineConfig", "SequentialPipeline", "account_step", "pending_key", "shard_for", "terminal_step"]
 
 DAY = 86_400.0
 
@@ -42,9 +44,14 @@ def shard_for(account_id: str, shards: int) -> int:
     return zlib.crc32(account_id.encode()) % shards if shards > 1 else 0
 
 
-def account_step(profile: AccountProfile, tx: Transaction, retention_s: float):
+def pending_key(shard_key: str, tx_ts: float) -> str:
+    """Key of the bucket holding a transaction's features: its shard and hour."""
+    return f"{shard_key}/{bucket_of(tx_ts)}"
+
+
+def account_step(profile: AccountProfile, tx: Transaction, config: "PipelineConfig"):
     """Account stage for a transaction: (features, labels joined now, orphans expired)."""
-    return profile.on_transaction(tx, retention_s)
+    return profile.on_transaction(tx, config.retention_s, infer_negatives=config.model.label_mode == "frauds")
 
 
 def terminal_step(profile: TerminalProfile, tx: Transaction, account_features: tuple) -> tuple[float, ...]:
@@ -60,7 +67,22 @@ class SequentialPipeline:
         self.accounts: dict[str, AccountProfile] = {}
         self.terminals: dict[str, TerminalProfile] = {}
         self.shards = [ModelShard(config.model) for _ in range(config.shards)]
+        self.buckets: dict[tuple[int, int], PendingBucket] = {}
         self.unmatched_labels = 0
+
+    def _bucket(self, shard: int, tx_ts: float) -> PendingBucket:
+        key = (shard, bucket_of(tx_ts))
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = PendingBucket()
+        return bucket
+
+    def _examples(self, shard: int, tx_ts: float, examples: list) -> None:
+        for example in examples:
+            self.shards[shard].on_example(*example)
+        key = (shard, bucket_of(tx_ts))
+        if self.buckets[key].empty:
+            del self.buckets[key]
 
     def _terminal(self, terminal_id: str) -> TerminalProfile:
         t = self.terminals.get(terminal_id)
@@ -72,16 +94,21 @@ class SequentialPipeline:
     def _joined(self, account_id: str, joined: JoinedLabel) -> None:
         if joined.is_fraud:
             self._terminal(joined.terminal_id).add_fraud(joined.tx_ts, joined.label_ts)
-        self.shards[shard_for(account_id, self.config.shards)].on_label(joined.tx_id, joined.label_ts, joined.is_fraud)
+        shard = shard_for(account_id, self.config.shards)
+        examples = self._bucket(shard, joined.tx_ts).label(joined.tx_id, joined.label_ts, joined.is_fraud)
+        self._examples(shard, joined.tx_ts, examples)
 
     def on_transaction(self, tx: Transaction, part: int = 0) -> Scored:
         acct = self.accounts.get(tx.account_id)
         if acct is None:
             acct = self.accounts[tx.account_id] = AccountProfile()
-        account_features, joined, expired = account_step(acct, tx, self.config.retention_s)
+        account_features, joined, expired = account_step(acct, tx, self.config)
         self.unmatched_labels += len(expired)
         features = terminal_step(self._terminal(tx.terminal_id), tx, account_features)
-        scored = self.shards[shard_for(tx.account_id, self.config.shards)].on_transaction(tx, features, part)
+        shard = shard_for(tx.account_id, self.config.shards)
+        examples = self._bucket(shard, tx.event_ts).add(tx.tx_id, tx.event_ts, features)
+        scored = self.shards[shard].on_transaction(tx, features, part)
+        self._examples(shard, tx.event_ts, examples)
         for j in joined:
             self._joined(tx.account_id, j)
         return scored

@@ -95,3 +95,10 @@ def test_demo_run_under_bytewax_prints_progress_and_summary(tmp_path):
     assert "fraudflow summary" in proc.stderr and "transactions scored" in proc.stderr
     assert (tmp_path / "alerts.jsonl").stat().st_size > 0
     assert list((tmp_path / "snapshots").glob("*shutdown.json")), "no model snapshot at the end of the run"
+
+
+def test_benchmarks_measure_the_default_model():
+    from benchmarks.common import DEFAULT_MODEL
+    from dataflows.settings import Settings
+
+    assert Settings().model_kind == DEFAULT_MODEL

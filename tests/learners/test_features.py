@@ -158,3 +158,13 @@ def test_snapshot_round_trip_and_size_per_account(small_stream):
 
 def test_feature_vector_has_unique_names():
     assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
+
+
+def test_frauds_only_feed_infers_legitimate_when_the_card_moves_on():
+    acct = AccountProfile()
+    acct.on_transaction(tx(1, D0, 10.0, "m-1"), retention_s=8 * DAY, infer_negatives=True)
+    acct.on_transaction(tx(2, D0 + DAY, 10.0, "m-2"), retention_s=8 * DAY, infer_negatives=True)
+    assert acct.join_label("t-2", D0 + 8 * DAY, True).is_fraud  # a fraud label came in time
+    _, joined, _ = acct.on_transaction(tx(3, D0 + 9 * DAY, 10.0, "m-3"), retention_s=8 * DAY, infer_negatives=True)
+    # t-1 waited 8 days without a fraud label: legitimate, known as of t-3's time
+    assert [(j.tx_id, j.terminal_id, j.label_ts, j.is_fraud) for j in joined] == [("t-1", "m-1", D0 + 9 * DAY, None)]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pickle
 import random
 
-import pytest
-
 from connectors.events import Transaction
 from learners.features import FEATURE_NAMES
+from learners.pending import PendingBucket, pack
 from learners.scoring import ModelConfig, ModelShard
 
 D0 = 1522540800.0  # a multiple of the one-hour step used here
@@ -27,6 +26,11 @@ def tx(i: int, ts: float, amount: float = 10.0) -> Transaction:
     return Transaction(f"t-{i}", f"c-{i % 7}", ts, amount, "m-1")
 
 
+def label(shard: ModelShard, i: int, label_ts: float, is_fraud, amount: float = 10.0) -> None:
+    """The labelled example the await_labels stage would send for transaction ``t-i``."""
+    shard.on_example(f"t-{i}", label_ts, is_fraud, pack(features(amount)))
+
+
 def make_shard(**kw) -> ModelShard:
     kw.setdefault("allowed_lateness_s", L)
     kw.setdefault("negative_sampling", 1.0)
@@ -36,7 +40,7 @@ def make_shard(**kw) -> ModelShard:
 def test_label_is_used_two_to_three_steps_after_it_is_known():
     shard = make_shard()
     shard.on_transaction(tx(1, D0), features(500.0))
-    shard.on_label("t-1", D0 + 7 * DAY, True)
+    label(shard, 1, D0 + 7 * DAY, True, 500.0)
     assert shard.counts["labels_learned"] == 0 and len(shard.held) == 1
     before = shard.on_transaction(tx(2, D0 + 7 * DAY + 3 * L - 1), features(500.0)).score
     assert shard.counts["labels_learned"] == 0  # scored by the version built to D0 + 7d: label not before it
@@ -49,8 +53,8 @@ def test_scores_do_not_depend_on_arrival_order_within_the_lateness():
     rng = random.Random(3)
     txs = [tx(i, D0 + i * 600, 10.0 + rng.random() * (300 if i % 11 == 0 else 20)) for i in range(600)]
     items = [("tx", t, features(t.amount), 0) for t in txs]
-    items += [("label", t.account_id, t.tx_id, t.event_ts + 2 * DAY, t.amount > 200) for t in txs]
-    ordered = sorted(items, key=lambda it: (it[1].event_ts, 1) if it[0] == "tx" else (it[3], 0))
+    items += [("example", t.tx_id, t.event_ts + 2 * DAY, t.amount > 200, pack(features(t.amount))) for t in txs]
+    ordered = sorted(items, key=lambda it: (it[1].event_ts, 1) if it[0] == "tx" else (it[2], 0))
 
     def run(stream) -> dict:
         shard = make_shard()
@@ -68,7 +72,7 @@ def test_scores_do_not_depend_on_arrival_order_within_the_lateness():
         rng.shuffle(chunk)
         shuffled += chunk
     assert run(shuffled) == reference
-    labels_first = [it for it in ordered if it[0] == "label"] + [it for it in ordered if it[0] == "tx"]
+    labels_first = [it for it in ordered if it[0] == "example"] + [it for it in ordered if it[0] == "tx"]
     assert run(labels_first) == reference
 
 
@@ -76,7 +80,7 @@ def test_watermark_is_the_slowest_source_partition():
     shard = make_shard()
     shard.on_transaction(tx(1, D0), features(10.0), part=0)
     shard.on_transaction(tx(2, D0), features(10.0), part=1)
-    shard.on_label("t-1", D0 + 4 * L, False)
+    label(shard, 1, D0 + 4 * L, False)
     shard.on_transaction(tx(3, D0 + 12 * L), features(10.0), part=0)  # partition 0 runs ahead
     assert shard.counts["labels_learned"] == 0  # partition 1 is still at D0
     shard.on_transaction(tx(4, D0 + 7 * L), features(10.0), part=1)
@@ -84,21 +88,27 @@ def test_watermark_is_the_slowest_source_partition():
     assert shard.counts["late_transactions"] == 0
 
 
-def test_a_partition_quiet_for_a_day_of_event_time_does_not_stop_learning():
+def test_a_partition_quiet_on_the_wall_clock_does_not_stop_learning(monkeypatch):
+    wall = [1000.0]
+    monkeypatch.setattr("learners.scoring.time.monotonic", lambda: wall[0])
     shard = make_shard()
-    shard.on_transaction(tx(1, D0), features(10.0), part=0)
-    shard.on_transaction(tx(2, D0), features(10.0), part=1)  # partition 1 then goes quiet
-    shard.on_label("t-1", D0 + 4 * L, False)
-    shard.on_transaction(tx(3, D0 + 20 * L), features(10.0), part=0)
-    assert shard.counts["labels_learned"] == 0  # 20 h behind: still waited for
-    shard.on_transaction(tx(4, D0 + 25 * L), features(10.0), part=0)
-    assert shard.counts["labels_learned"] == 1  # more than a day behind: idle
+    shard.on_batch([("tx", tx(1, D0), features(10.0), 0), ("tx", tx(2, D0), features(10.0), 1)])
+    label(shard, 1, D0 + 4 * L, False)  # partition 1 then goes quiet
+    wall[0] += 5  # a full-speed replay: days of event time ahead within seconds
+    shard.on_batch([("tx", tx(3, D0 + 200 * L), features(10.0), 0)])
+    assert shard.counts["labels_learned"] == 0  # partition 1 is still waited for
+    wall[0] += ModelShard.IDLE_PARTITION_WALL_S  # silent for longer than that: idle
+    shard.on_batch([("tx", tx(4, D0 + 201 * L), features(10.0), 0)])
+    assert shard.counts["labels_learned"] == 1
+    # restored from a snapshot, every partition counts as heard at the restart: waited for again
+    restored = ModelShard(shard.config, shard.snapshot())
+    assert restored.watermark == D0 < shard.watermark
 
 
 def test_stragglers_within_a_step_use_the_previous_version_beyond_it_are_late():
     shard = make_shard()
     shard.on_transaction(tx(0, D0), features(300.0))
-    shard.on_label("t-0", D0 + 10 * L, True)
+    label(shard, 0, D0 + 10 * L, True, 300.0)
     first = shard.on_transaction(tx(1, D0 + 11.5 * L), features(300.0)).score  # version D0+9L: no label yet
     shard.on_transaction(tx(2, D0 + 13.2 * L), features(300.0))  # version D0+11L: learns it
     assert shard.counts["frauds_learned"] == 1
@@ -114,28 +124,8 @@ def test_late_label_is_learned_and_counted():
     shard = make_shard()
     shard.on_transaction(tx(1, D0), features(10.0))
     shard.on_transaction(tx(2, D0 + 5 * L), features(10.0))
-    shard.on_label("t-1", D0 + L, False)  # older than the built version
+    label(shard, 1, D0 + L, False)  # older than the built version
     assert shard.counts["late_labels"] == 1 and shard.counts["labels_learned"] == 1
-
-
-def test_label_whose_transaction_never_came_is_counted():
-    shard = make_shard()
-    shard.on_label("t-404", D0, True)
-    shard.on_transaction(tx(1, D0 + 3 * L), features(10.0))
-    assert shard.counts["labels_unmatched"] == 1 and shard.counts["labels_learned"] == 0
-
-
-def test_frauds_only_feed_learns_silence_as_legitimate():
-    shard = make_shard(label_mode="frauds", label_timeout_days=8)
-    shard.on_transaction(tx(1, D0), features(10.0))
-    shard.on_transaction(tx(2, D0 + 60), features(400.0))
-    shard.on_label("t-2", D0 + 7 * DAY, True)
-    shard.on_transaction(tx(3, D0 + 7 * DAY + 3 * L), features(10.0))
-    assert (shard.counts["frauds_learned"], shard.counts["implicit_negatives"]) == (1, 0)
-    shard.on_transaction(tx(4, D0 + 8 * DAY + 3 * L), features(10.0))
-    assert shard.counts["implicit_negatives"] == 1  # t-1: no fraud label within 8 days
-    assert shard.counts["labels_learned"] == 2 and shard.counts["labels_unmatched"] == 0
-    assert "t-2" not in shard.pending and "t-1" not in shard.pending
 
 
 def test_negative_sampling_is_deterministic():
@@ -143,7 +133,7 @@ def test_negative_sampling_is_deterministic():
     for shard in (a, b):
         for i in range(300):
             shard.on_transaction(tx(i, D0 + i * 60), features(10.0 + i % 5))
-            shard.on_label(f"t-{i}", D0 + i * 60, i % 50 == 0)
+            label(shard, i, D0 + i * 60, i % 50 == 0, 10.0 + i % 5)
         shard.on_transaction(tx(999, D0 + 10 * DAY), features(10.0))
     assert a.counts == b.counts
     assert 0.2 < (a.counts["labels_learned"] - a.counts["frauds_learned"]) / 294 < 0.4
@@ -152,8 +142,9 @@ def test_negative_sampling_is_deterministic():
 def test_snapshot_restores_the_same_model():
     shard = make_shard()
     for i in range(300):
-        shard.on_transaction(tx(i, D0 + i * 600), features(10.0 + (i % 40) * (5 if i % 9 == 0 else 1)))
-        shard.on_label(f"t-{i}", D0 + i * 600, i % 9 == 0)
+        amount = 10.0 + (i % 40) * (5 if i % 9 == 0 else 1)
+        shard.on_transaction(tx(i, D0 + i * 600), features(amount))
+        label(shard, i, D0 + i * 600, i % 9 == 0, amount)
     restored = ModelShard(shard.config, pickle.loads(pickle.dumps(shard.snapshot())))
     for i in range(300, 330):
         t, f = tx(i, D0 + i * 600), features(10.0 + i)
@@ -167,7 +158,7 @@ def test_cold_start_uses_the_anomaly_score_until_enough_frauds():
     assert first.model == "coldstart-hst"
     for i in range(1, 4):
         shard.on_transaction(tx(i, D0 + i), features(300.0))
-        shard.on_label(f"t-{i}", D0 + i, True)
+        label(shard, i, D0 + i, True, 300.0)
     assert shard.on_transaction(tx(9, D0 + 3 * L), features(10.0)).model == "binned_logreg"
 
 
@@ -178,12 +169,36 @@ def test_reasons_only_for_alert_candidates():
     assert quiet.reasons is None
 
 
-@pytest.mark.parametrize("mode", ["all", "frauds"])
-def test_pending_features_are_released(mode):
-    shard = make_shard(label_mode=mode, label_timeout_days=1)
-    for i in range(50):
-        shard.on_transaction(tx(i, D0 + i * 3600), features(10.0))
-        if mode == "all":
-            shard.on_label(f"t-{i}", D0 + i * 3600 + 1800, False)
-    shard.on_transaction(tx(99, D0 + 5 * DAY), features(10.0))
-    assert len(shard.pending) == 1  # only the last transaction waits for its label
+def test_inferred_negatives_are_learned_and_counted():
+    shard = make_shard(label_mode="frauds")
+    shard.on_transaction(tx(1, D0), features(10.0))
+    label(shard, 1, D0 + 8 * DAY, None)  # from the account stage: no fraud label in time
+    shard.on_transaction(tx(2, D0 + 8 * DAY + 3 * L), features(10.0))
+    assert shard.counts["implicit_negatives"] == 1 and shard.counts["labels_learned"] == 1
+    assert shard.counts["frauds_learned"] == 0
+
+
+def test_online_quality_is_test_then_train_on_learned_examples():
+    shard = make_shard()
+    for i in range(400):
+        fraud = i % 10 == 0
+        amount = 300.0 if fraud else 10.0 + i % 7
+        shard.on_transaction(tx(i, D0 + i * 60), features(amount))
+        label(shard, i, D0 + i * 60, fraud, amount)
+    shard.on_transaction(tx(999, D0 + 3 * DAY), features(10.0))
+    quality = shard.online_quality()
+    assert quality["window_frauds"] > 10 and quality["window_examples"] > 100
+    assert quality["auc_roc"] > 0.9 and quality["average_precision"] > 0.5
+
+
+def test_pending_bucket_joins_labels_in_either_order():
+    bucket = PendingBucket()
+    assert bucket.add("t-1", D0, features(10.0)) == []
+    [(tx_id, label_ts, y, packed)] = bucket.label("t-1", D0 + DAY, False)
+    assert (tx_id, label_ts, y, packed) == ("t-1", D0 + DAY, False, pack(features(10.0)))
+    assert bucket.label("t-2", D0 + DAY, True) == []  # its features have not arrived yet
+    assert not bucket.empty
+    [(tx_id, _, y, _)] = bucket.add("t-2", D0 + 60, features(50.0))
+    assert (tx_id, y) == ("t-2", True) and bucket.empty
+    restored = PendingBucket(bucket.snapshot())
+    assert restored.empty
