@@ -26,6 +26,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller workloads, one repetition (a smoke run)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python is chatty at INFO
     log.info("1/2 throughput: dataflow vs bare loop, export cost")
     t = throughput.main(["--repeat", "1", "--days", "20"] if args.quick else [])
     log.info("2/2 Kafka end to end: 1 and 2 processes, recovery, latency")
