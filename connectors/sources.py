@@ -137,8 +137,8 @@ class ClockBoard:
     transactions are scored by ever older model versions. Every shard receives transactions
     of every partition (accounts are spread over partitions), so what the shards in *this*
     process have seen of the partitions *other* processes read is a cross-process clock, with
-    no side channel. Sources pace against it: a partition may not run more than ``max_lead_s``
-    ahead of a partition another process reads. A partition not heard of for ``idle_after_s``
+    no side channel. The Kafka source paces against it: a partition may not run more than two
+    learning steps ahead of a partition another process reads. A partition not heard of for ``idle_after_s``
     (wall clock) no longer holds anyone back (a quiet partition, or the end of a backfill).
     """
 

@@ -95,9 +95,7 @@ def make_exporter(settings: Settings, on_written: Callable[[], None]) -> Optiona
         return None
     from learners.snapshots import write_export
 
-    key = signing_key(settings)
-    if key is None:
-        log.warning("model snapshots in %s are written UNSIGNED: set FRAUDFLOW_SNAPSHOT_KEY_FILE", directory)
+    key = signing_key(settings)  # None: learners.snapshots warns once that exports are unsigned
 
     def export(shard: Any, reason: str) -> None:
         if shard.name is None and shard.counts["scored"] == 0:
@@ -108,7 +106,7 @@ def make_exporter(settings: Settings, on_written: Callable[[], None]) -> Optiona
             log.error("could not write a model snapshot to %s: %s", directory, exc)
             return
         on_written()
-        log.info("model snapshot %s (%s)", path, reason)
+        log.debug("model snapshot %s (%s)", path, reason)
 
     return export
 

@@ -161,6 +161,7 @@ class RunStats:
             "late_transactions": sum(s.counts["late_transactions"] for s in shards),
             "late_labels": sum(s.counts["late_labels"] for s in shards),
             "pending_transactions": self.pending,
+            "forgotten_unjoined": self.forgotten,
             "snapshot_exports": self.snapshot_exports,
             "event_ts": self.event_ts,
             "alerts": self.alerts,
@@ -201,6 +202,9 @@ class RunStats:
         if c["late_transactions"] or c["late_labels"]:
             lines.append(f"  late events           {c['late_transactions']:>12,} transactions, {c['late_labels']:,} labels"
                          " behind the learning step (raise FRAUDFLOW_ALLOWED_LATENESS_S if this grows)")
+        if c["forgotten_unjoined"]:
+            lines.append(f"  never labelled        {c['forgotten_unjoined']:>12,} transactions or labels left unjoined"
+                         " after two days without news (see FRAUDFLOW_LABEL_TIMEOUT_DAYS)")
         lines += [
             f"  elapsed               {c['elapsed_s']:>12,} s   ({c['transactions_per_s']:,} transactions/s)",
         ]
