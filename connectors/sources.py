@@ -142,7 +142,7 @@ class ClockBoard:
     (wall clock) no longer holds anyone back (a quiet partition, or the end of a backfill).
     """
 
-    def __init__(self, idle_after_s: float = 3.0) -> None:
+    def __init__(self, idle_after_s: float = 0.5) -> None:
         self.idle_after_s = idle_after_s
         self._lock = threading.Lock()
         self._clock: dict[int, float] = {}

@@ -27,7 +27,7 @@ from tests.kafka_helpers import KafkaStream, by_tx, produce_stream, read_topic
 pytestmark = pytest.mark.broker
 
 ROOT = Path(__file__).resolve().parents[2]
-STREAM = SimulatorConfig(customers=400, terminals=800, days=30, seed=5)
+STREAM = SimulatorConfig(customers=800, terminals=1_600, days=12, seed=5)  # dense, short: a quick replay
 PARTITIONS = 3  # recovery partitions: the replica count of the first deployment
 
 
