@@ -382,8 +382,9 @@ def write_export(directory: str | Path, document: Mapping[str, Any], model: obje
     json_path = out / f"{name}.json"
     _write_atomic(json_path, text.encode())
     _fsync_dir(out)
-    log.info("model export %s written (%s bytes, %s)", json_path, f"{len(blob):,}",
-             "signed" if key else "unsigned")
+    # periodic exports are routine (one a day of event time): only at DEBUG, the others at INFO
+    log.log(logging.DEBUG if doc.get("reason") == "interval" else logging.INFO,
+            "model export %s written (%s bytes, %s)", json_path, f"{len(blob):,}", "signed" if key else "unsigned")
     return json_path
 
 
