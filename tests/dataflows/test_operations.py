@@ -62,9 +62,17 @@ def test_running_flow_exposes_plausible_metrics(tmp_path):
             time.sleep(0.2)
         else:
             pytest.fail("the flow never became ready")
-        time.sleep(6)  # well into the stream, past the cold start
-        status, first = _get(base + "/metrics")
-        assert status == 200
+        # well into the stream: past the cold start, with alerts (polled, not a fixed sleep,
+        # so a slow machine waits longer instead of scraping too early)
+        deadline = time.monotonic() + 60
+        while True:
+            status, first = _get(base + "/metrics")
+            assert status == 200
+            if (re.search(r"^fraudflow_alerts_total [1-9]", first, flags=re.M)
+                    and re.search(r'^fraudflow_model_supervised\{shard="shard-0.0"\} 1\.0$', first, flags=re.M)):
+                break
+            assert time.monotonic() < deadline, "no alerts from a supervised model within 60 s"
+            time.sleep(0.5)
         time.sleep(1.5)
         _, second = _get(base + "/metrics")
         assert _get(base + "/healthz")[0] == 200
