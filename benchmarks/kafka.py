@@ -5,7 +5,9 @@ Python loop, and produce-to-score / produce-to-alert latency at a fixed offered 
 
 Everything runs against a local tansu broker started here; the flow runs as
 ``python -m bytewax.run`` processes. Rates are measured from the output messages' own
-timestamps (first to last score), so interpreter start-up is not counted.
+timestamps (first to last score), so interpreter start-up is not counted. The latency run is
+repeated with a bare confluent-kafka relay in place of the flow (one consumer, every
+transaction answered at once): the latency the broker and clients alone give on this machine.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Optional
 
 from benchmarks.common import DEFAULT_MODEL, ROOT, in_subprocess, load, save, workload
 
@@ -121,6 +124,29 @@ def _timestamps(bootstrap: str, topic: str, expect: int, quiet_s: float = 5.0) -
     return out
 
 
+def relay(bootstrap: str, transactions: str, labels: str, scores: str) -> None:
+    """The latency baseline: one confluent-kafka consumer over both input topics (the flow's
+    fetch settings) that answers every transaction with a record on the scores topic at once.
+    What the broker and the clients cost on this machine, with no dataflow in between."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from connectors.kafka import FETCH_WAIT_MAX_MS
+
+    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-relay", "enable.auto.commit": False,
+                         "fetch.wait.max.ms": FETCH_WAIT_MAX_MS})
+    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in (transactions, labels)
+                     for p in meta.topics[t].partitions])
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    while True:
+        for msg in consumer.consume(2000, 0.05):
+            if msg.error() is None and msg.topic() == transactions:
+                tx_id = json.loads(msg.value())["tx_id"]
+                producer.produce(scores, value=json.dumps({"tx_id": tx_id}).encode(), key=msg.key())
+        producer.poll(0)
+
+
 def throughput(bootstrap: str, events: list, processes: int, recovery: bool = False) -> dict:
     n_tx = sum(1 for e in events if type(e).__name__ == "Transaction")
     topics = _topics(bootstrap, 4)
@@ -142,7 +168,8 @@ BENCH_KEY = "benchmark-signing-key-0123456789"
 
 
 def latency(bootstrap: str, events: list, rate: float, seconds: float = 45.0, warmup_s: float = 10.0,
-            label_delay_s: float = 5.0, warm_start: str = "", epoch_s: int = 10) -> dict:
+            label_delay_s: float = 5.0, warm_start: str = "", epoch_s: int = 10, raw_out: str = "",
+            baseline: bool = False) -> dict:
     """A live stream: transactions stamped with the wall clock as they are sent, at ``rate``
     events/s (transactions and labels), each label ``label_delay_s`` after its transaction.
     Latency = output CreateTime - input CreateTime, after ``warmup_s``."""
@@ -158,16 +185,35 @@ def latency(bootstrap: str, events: list, rate: float, seconds: float = 45.0, wa
     env = _env(bootstrap, topics, FRAUDFLOW_MODEL_SHARDS="1", BYTEWAX_SNAPSHOT_INTERVAL=str(epoch_s))
     if warm_start:  # a model trained on the recorded history: alerts from the first transaction
         env.update(FRAUDFLOW_WARM_START=warm_start, FRAUDFLOW_SNAPSHOT_KEY=BENCH_KEY)
-    procs = run_flow(env, 1)
+    if baseline:
+        procs = [subprocess.Popen([sys.executable, "-c", "import sys; from benchmarks.kafka import relay; relay(*sys.argv[1:])",
+                                   bootstrap, topics["transactions"], topics["labels"], topics["scores"]], cwd=ROOT)]
+    else:
+        procs = run_flow(env, 1)
     time.sleep(5)  # let the flow start and assign its partitions
     producer = _producer(bootstrap)
-    labels: list[tuple[float, str, str]] = []  # (due wall time, tx_id, account_id)
+    # Transactions at half the rate, each label ``label_delay_s`` after its transaction: once the
+    # first labels are due the stream is a steady mix of both at ``rate`` events/s. (Sending due
+    # labels first and transactions in between alternated 5 s bursts of each, so transactions
+    # came at the full rate half of the time.)
+    tx_interval = 2.0 / rate
+    labels: list[tuple[float, str, str]] = []  # (due monotonic time, tx_id, account_id)
     started = time.monotonic()
     sent = i = 0
-    while time.monotonic() - started < seconds and i < len(txs):
+    steady_from: Optional[tuple[float, int]] = None  # (time, events sent) when the first label went out
+    while i < len(txs):
+        next_tx = started + i * tx_interval
+        if next_tx - started >= seconds:
+            break
+        due = min(next_tx, labels[0][0]) if labels else next_tx
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
         now = time.time()
-        if labels and labels[0][0] <= now:
+        if labels and labels[0][0] <= next_tx:
             _, tx_id, account = heapq.heappop(labels)
+            if steady_from is None:
+                steady_from = (time.monotonic(), sent)
             doc = label_to_json(Label(tx_id, account, now, fraud.get(tx_id, False)))
             producer.produce(topics["labels"], value=encode(doc), key=account.encode())
         else:
@@ -176,14 +222,12 @@ def latency(bootstrap: str, events: list, rate: float, seconds: float = 45.0, wa
             doc = transaction_to_json(tx)
             doc["ts"] = format_ts(now)
             producer.produce(topics["transactions"], value=encode(doc), key=tx.account_id.encode())
-            heapq.heappush(labels, (now + label_delay_s, tx.tx_id, tx.account_id))
+            heapq.heappush(labels, (time.monotonic() + label_delay_s, tx.tx_id, tx.account_id))
         sent += 1
         producer.poll(0)
-        delay = started + sent / rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
     producer.flush()
-    offered = sent / (time.monotonic() - started)
+    t0, n0 = steady_from or (started, 0)
+    offered = (sent - n0) / (time.monotonic() - t0)
     time.sleep(3)
     for p in procs:
         p.terminate()
@@ -204,11 +248,16 @@ def latency(bootstrap: str, events: list, rate: float, seconds: float = 45.0, wa
         return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else float("nan")
 
     series: dict[int, list[float]] = {}
+    first_sent = min(tx_ts.values()) if tx_ts else 0
+    raw: list[tuple[int, int]] = []
     for ts, value in _timestamps(bootstrap, topics["scores"], i, quiet_s=3):
         sent_at = tx_ts.get(json.loads(value)["tx_id"])
         if sent_at is not None:
-            series.setdefault(int((sent_at - min(tx_ts.values())) // 5000) * 5, []).append(ts - sent_at)
+            series.setdefault(int((sent_at - first_sent) // 5000) * 5, []).append(ts - sent_at)
+            raw.append((sent_at - first_sent, ts - sent_at))
     by_5s = {k: round(sorted(v)[len(v) // 2]) for k, v in sorted(series.items())}
+    if raw_out:  # (ms since the first transaction, score latency ms) for a closer look
+        Path(raw_out).write_text(json.dumps(raw))
     scores, alerts = lat(topics["scores"], i), lat(topics["alerts"], 1)
     return {"offered_events_per_s": round(offered), "target_events_per_s": round(rate), "seconds": seconds,
             "epoch_s": epoch_s, "median_score_latency_ms_by_5s_of_sending": by_5s,
@@ -229,21 +278,29 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--latency-only", type=float, metavar="RATE",
                         help="only the latency run, at RATE events/s (half of a measured maximum)")
+    parser.add_argument("--warm-start", metavar="SNAPSHOT",
+                        help="with --latency-only: start from this exported model instead of training one")
     args = parser.parse_args(argv)
     from connectors.broker import LocalBroker
 
     path = workload(args.customers, args.terminals, args.days)
     events = load(path)
-    loop = in_subprocess("benchmarks.throughput", "bare_loop", str(path), DEFAULT_MODEL)
     result: dict = {"workload": {"customers": args.customers, "terminals": args.terminals, "days": args.days,
-                                 "events": len(events)}, "bare_loop": loop}
+                                 "events": len(events)}}
     with LocalBroker() as broker:
         if args.latency_only:
-            trained = in_subprocess("benchmarks.throughput", "dataflow", str(path), DEFAULT_MODEL, "1", "1")
-            snapshot = sorted(Path(trained["export_dir"]).glob("*shutdown.json"))[0]
-            lat = latency(broker.bootstrap, events, args.latency_only, warm_start=str(snapshot))
+            snapshot = args.warm_start
+            if not snapshot:
+                trained = in_subprocess("benchmarks.throughput", "dataflow", str(path), DEFAULT_MODEL, "1", "1")
+                snapshot = sorted(Path(trained["export_dir"]).glob("*shutdown.json"))[0]
+                print(f"trained model: {snapshot}", file=sys.stderr)
+            lat = {"flow": latency(broker.bootstrap, events, args.latency_only, warm_start=str(snapshot),
+                                   raw_out=os.environ.get("FRAUDFLOW_BENCH_RAW_LATENCY", "")),
+                   "broker_only_relay": latency(broker.bootstrap, events, args.latency_only, baseline=True)}
             print(json.dumps(lat, indent=2))
             return lat
+        loop = in_subprocess("benchmarks.throughput", "bare_loop", str(path), DEFAULT_MODEL)
+        result["bare_loop"] = loop
         one = throughput(broker.bootstrap, events, 1)
         two = throughput(broker.bootstrap, events, 2)
         rec = throughput(broker.bootstrap, events, 1, recovery=True)
@@ -261,6 +318,9 @@ def main(argv=None) -> dict:
             snapshot = sorted(Path(trained["export_dir"]).glob("*shutdown.json"))[0]
             result["latency_at_half_max"] = latency(broker.bootstrap, events, one["events_per_s"] / 2,
                                                     warm_start=str(snapshot))
+            # The same load through the broker with no dataflow: the floor this machine sets.
+            result["latency_broker_only_relay"] = latency(broker.bootstrap, events, one["events_per_s"] / 2,
+                                                          baseline=True)
     out = save("kafka", result)
     print(json.dumps({k: result[k] for k in result if k not in ("bare_loop",)}, indent=2, default=str))
     print(f"results: {out}")

@@ -297,12 +297,8 @@ class ModelShard:
             self.counts["detector_learned"] += len(due)
 
     def _learn_example(self, tx_id: str, is_fraud: Optional[bool], packed: bytes) -> None:
-        """Learn one labelled example (``is_fraud`` None: inferred legitimate, frauds-only feeds)."""
-        if is_fraud is None:
-            self.counts["implicit_negatives"] += 1
-            is_fraud = False
-        if not (is_fraud or _keep_negative(tx_id, self.config.negative_sampling)):
-            return
+        """Learn one labelled example (already sampled by :meth:`on_example`)."""
+        is_fraud = bool(is_fraud)
         values = _PACK.unpack(packed)
         x = dict(zip(FEATURE_NAMES, values))
         if self.supervised:  # test, then train
@@ -317,6 +313,11 @@ class ModelShard:
     def on_example(self, tx_id: str, label_ts: float, is_fraud: Optional[bool], packed: bytes) -> None:
         """A labelled example (features joined to the label upstream); learned at the step after it."""
         self.counts["labels_received"] += 1
+        if is_fraud is None:  # inferred legitimate (frauds-only feeds)
+            self.counts["implicit_negatives"] += 1
+            is_fraud = False
+        if not (is_fraud or _keep_negative(tx_id, self.config.negative_sampling)):
+            return  # a legitimate example outside the sample: never held (the snapshot stays small)
         if label_ts < self.built_to:
             self.counts["late_labels"] += 1
             self._learn_example(tx_id, is_fraud, packed)
