@@ -139,6 +139,19 @@ def test_negative_sampling_is_deterministic():
     assert 0.2 < (a.counts["labels_learned"] - a.counts["frauds_learned"]) / 294 < 0.4
 
 
+def test_only_sampled_examples_are_held_until_their_step():
+    shard = make_shard(negative_sampling=0.1)
+    shard.on_transaction(tx(0, D0), features(10.0))
+    for i in range(1, 1001):
+        label(shard, i, D0 + 7 * DAY, i % 100 == 0)  # 10 frauds, 990 legitimate
+    held_legit = sum(1 for _, _, y, _ in shard.held if not y)
+    assert shard.counts["labels_received"] == 1000
+    assert sum(1 for _, _, y, _ in shard.held if y) == 10  # every fraud
+    assert 60 < held_legit < 140  # about a tenth of the legitimate: the rest never wait in the state
+    shard.on_transaction(tx(2, D0 + 7 * DAY + 3 * L), features(10.0))
+    assert shard.counts["labels_learned"] == 10 + held_legit and not shard.held
+
+
 def test_snapshot_restores_the_same_model():
     shard = make_shard()
     for i in range(300):
