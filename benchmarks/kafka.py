@@ -147,21 +147,38 @@ def relay(bootstrap: str, transactions: str, labels: str, scores: str) -> None:
         producer.poll(0)
 
 
-def throughput(bootstrap: str, events: list, processes: int, recovery: bool = False) -> dict:
+def _cpu_s(pid: Optional[int]) -> float:
+    """User + system CPU seconds a running process has used so far (Linux /proc)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(bootstrap: str, events: list, processes: int, recovery: bool = False,
+               broker_pid: Optional[int] = None) -> dict:
+    import resource
+
     n_tx = sum(1 for e in events if type(e).__name__ == "Transaction")
     topics = _topics(bootstrap, 4)
     produce_all(bootstrap, topics, events)
     started = time.monotonic()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    broker_cpu = _cpu_s(broker_pid)
     procs = run_flow(_env(bootstrap, topics, FRAUDFLOW_KAFKA_STOP_AT_END="1", FRAUDFLOW_MODEL_SHARDS=str(processes)),
                      processes, recovery)
     _wait(procs)
     wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # Where the two cores went: the flow processes (all of them) and the broker, over the run.
+    cpu = {"flow_cpu_s": round(after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime, 1),
+           "broker_cpu_s": round(_cpu_s(broker_pid) - broker_cpu, 1), "wall_s": round(wall, 1)}
     scores = _timestamps(bootstrap, topics["scores"], n_tx)
     stamps = sorted(ts for ts, _ in scores)
     span = (stamps[-1] - stamps[0]) / 1000 if len(stamps) > 1 else wall
     return {"processes": processes, "recovery": recovery, "events": len(events), "transactions": n_tx,
             "scored": len(scores), "seconds_scoring": round(span, 2), "seconds_wall": round(wall, 2),
-            "events_per_s": round(len(events) / span)}
+            "events_per_s": round(len(events) / span), "cpu": cpu}
 
 
 BENCH_KEY = "benchmark-signing-key-0123456789"
@@ -301,9 +318,10 @@ def main(argv=None) -> dict:
             return lat
         loop = in_subprocess("benchmarks.throughput", "bare_loop", str(path), DEFAULT_MODEL)
         result["bare_loop"] = loop
-        one = throughput(broker.bootstrap, events, 1)
-        two = throughput(broker.bootstrap, events, 2)
-        rec = throughput(broker.bootstrap, events, 1, recovery=True)
+        pid = broker.proc.pid
+        one = throughput(broker.bootstrap, events, 1, broker_pid=pid)
+        two = throughput(broker.bootstrap, events, 2, broker_pid=pid)
+        rec = throughput(broker.bootstrap, events, 1, recovery=True, broker_pid=pid)
         result.update({
             "kafka_1_process": one, "kafka_2_processes": two, "kafka_1_process_recovery": rec,
             "ratio_1_process_to_loop": round(one["events_per_s"] / loop["events_per_s"], 3),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from array import array
 from typing import Optional, Sequence
 
 import numpy as np
@@ -40,7 +41,7 @@ class QuantileBinner(base.Transformer):
         self.levels = tuple(levels)
         self.warmup = warmup
         self.keep_raw = keep_raw
-        self._buffer: dict[str, list[float]] = {}
+        self._buffer: dict[str, array] = {}
         self._seen = 0
         self.edges: Optional[dict[str, list[float]]] = None
         self.means: dict[str, float] = {}
@@ -50,7 +51,12 @@ class QuantileBinner(base.Transformer):
         if self.edges is not None:
             return
         for name, value in x.items():
-            self._buffer.setdefault(name, []).append(value)
+            # array('d'), not a list: model versions are pickled every learning step while
+            # the buffer fills (50,000 values per feature); an array pickles as one bytes run
+            buffer = self._buffer.get(name)
+            if buffer is None:
+                buffer = self._buffer[name] = array("d")
+            buffer.append(value)
         self._seen += 1
         if self._seen >= self.warmup:
             self._freeze()
