@@ -41,6 +41,8 @@ def main(argv=None) -> None:
         ("recovery throughput cost", k["recovery_throughput_cost"], "<= 0.2"),
         ("alert latency p99 at half max (ms)", lat.get("alert_latency_ms", {}).get("p99"), "<= 100"),
         ("score latency p99 at half max (ms)", lat.get("score_latency_ms", {}).get("p99"), ""),
+        ("  same load, broker-only relay p99 (ms)",
+         k.get("latency_broker_only_relay", {}).get("score_latency_ms", {}).get("p99"), ""),
     ]
     print("\nbenchmark summary (benchmarks/results/*.json has every number)")
     for name, value, target in rows:
