@@ -350,9 +350,9 @@ class ModelShard:
         if version is None:
             model, detector, threshold, supervised = pickle.loads(blob)
             version = _Version(built_to, model, detector, threshold, supervised)
-            # Keep every kept version unpickled: stragglers from two processes alternate
-            # between versions, and a one-entry cache unpickled a model per transaction
-            # (17-20 % of a 2-process replay's samples). Versions only get newer; evict the oldest.
+            # Keep every kept version unpickled (versions only get newer: evict the oldest).
+            # Stragglers of different partitions can want different versions; a one-entry
+            # cache unpickled again at each switch (decisions §13).
             if len(cache) >= self.KEPT_VERSIONS:
                 del cache[min(cache)]
             cache[built_to] = version
