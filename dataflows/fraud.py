@@ -187,7 +187,7 @@ class _BucketLogic(StatefulBatchLogic):
         for item in values:
             if item[0] == "tx":
                 _, tx, features, _ = item
-                examples = bucket.add(tx.tx_id, tx.event_ts, features)
+                examples = bucket.add(tx.tx_id, features)
             else:
                 _, _, joined = item
                 examples = bucket.label(joined.tx_id, joined.label_ts, joined.is_fraud)

@@ -12,7 +12,7 @@ has its label.
 
 >>> from learners.features import FEATURE_NAMES
 >>> bucket = PendingBucket()
->>> bucket.add("t-1", 1522540800.0, tuple(float(i) for i in range(len(FEATURE_NAMES))))
+>>> bucket.add("t-1", tuple(float(i) for i in range(len(FEATURE_NAMES))))
 []
 >>> [(tx_id, y) for tx_id, _, y, _ in bucket.label("t-1", 1523145600.0, True)]
 [('t-1', True)]
@@ -70,7 +70,7 @@ class PendingBucket:
     def empty(self) -> bool:
         return not self.features and not self.orphans
 
-    def add(self, tx_id: str, event_ts: float, features: tuple[float, ...]) -> list[Example]:
+    def add(self, tx_id: str, features: tuple[float, ...]) -> list[Example]:
         """Keep a scored transaction's features; a label that came first is joined now."""
         packed = pack(features)
         orphan = self.orphans.pop(tx_id, None)

@@ -106,7 +106,7 @@ class SequentialPipeline:
         self.unmatched_labels += len(expired)
         features = terminal_step(self._terminal(tx.terminal_id), tx, account_features)
         shard = shard_for(tx.account_id, self.config.shards)
-        examples = self._bucket(shard, tx.event_ts).add(tx.tx_id, tx.event_ts, features)
+        examples = self._bucket(shard, tx.event_ts).add(tx.tx_id, features)
         scored = self.shards[shard].on_transaction(tx, features, part)
         self._examples(shard, tx.event_ts, examples)
         for j in joined:

@@ -206,12 +206,12 @@ def test_online_quality_is_test_then_train_on_learned_examples():
 
 def test_pending_bucket_joins_labels_in_either_order():
     bucket = PendingBucket()
-    assert bucket.add("t-1", D0, features(10.0)) == []
+    assert bucket.add("t-1", features(10.0)) == []
     [(tx_id, label_ts, y, packed)] = bucket.label("t-1", D0 + DAY, False)
     assert (tx_id, label_ts, y, packed) == ("t-1", D0 + DAY, False, pack(features(10.0)))
     assert bucket.label("t-2", D0 + DAY, True) == []  # its features have not arrived yet
     assert not bucket.empty
-    [(tx_id, _, y, _)] = bucket.add("t-2", D0 + 60, features(50.0))
+    [(tx_id, _, y, _)] = bucket.add("t-2", features(50.0))
     assert (tx_id, y) == ("t-2", True) and bucket.empty
     restored = PendingBucket(bucket.snapshot())
     assert restored.empty
