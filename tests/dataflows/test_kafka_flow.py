@@ -68,7 +68,7 @@ def long_stream_events():
     return events, truth
 
 
-LATENESS = 6 * 3600
+LATENESS = 24 * 3600
 
 
 def test_crash_of_a_two_process_cluster_resumes_from_recovery(broker, long_stream_events, tmp_path):
@@ -80,9 +80,12 @@ def test_crash_of_a_two_process_cluster_resumes_from_recovery(broker, long_strea
     events, truth = long_stream_events
     stream = produce_stream(broker.bootstrap, events, truth, partitions=1)
     recovery = init_recovery(tmp_path / "recovery", 2)
-    # A full-speed replay of this sparse stream (about 40 transactions an hour) lets one process
-    # run hours of event time ahead of the other; six hours of allowed lateness absorb that
-    # (with the default hour, about 1% of the replayed transactions saw another model version).
+    # A full-speed replay of this sparse stream (about 40 transactions an hour: a tenth of a
+    # second's lag of one process is hours of event time) lets the stages on one process run
+    # hours ahead of the other's (README, known limitations). A day of allowed lateness absorbs
+    # that on an idle machine. Measured: with six hours, 2 of 5 runs failed (22 of 1,432 replayed
+    # scored differently; AP 0.0055 from the reference); with a day, 6 of 6 passed with none
+    # scored differently, and 1 of 2 failed while a CPU-bound process competed (169 of 4,041).
     env = stream.env(FRAUDFLOW_KAFKA_STOP_AT_END="1", FRAUDFLOW_MODEL_SHARDS="2",
                      FRAUDFLOW_ALLOWED_LATENESS_S=str(LATENESS))
     first = FlowCluster(env, processes=2, recovery_dir=recovery, log_dir=tmp_path).start()
@@ -131,6 +134,7 @@ def test_crash_of_a_two_process_cluster_resumes_from_recovery(broker, long_strea
     after_ts = STREAM.start_ts + 14 * 86_400
     resumed_ap = _ap({t: v[-1] for t, v in per_tx.items()}, truth, after_ts, tx_ts)
     reference_ap = _ap(reference, truth, after_ts, tx_ts)
+    print(f"AP after day 14: resumed {resumed_ap:.4f}, uninterrupted sequential reference {reference_ap:.4f}")
     assert abs(resumed_ap - reference_ap) < 0.005, (resumed_ap, reference_ap)
 
 
