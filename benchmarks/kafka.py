@@ -8,6 +8,8 @@ Everything runs against a local tansu broker started here; the flow runs as
 timestamps (first to last score), so interpreter start-up is not counted. The latency run is
 repeated with a bare confluent-kafka relay in place of the flow (one consumer, every
 transaction answered at once): the latency the broker and clients alone give on this machine.
+``--latency-only RATE [--warm-start SNAPSHOT]`` runs just those two; with
+``FRAUDFLOW_BENCH_RAW_LATENCY=FILE`` the flow's (ms since start, latency ms) pairs are written there.
 """
 
 from __future__ import annotations
