@@ -240,8 +240,8 @@ class ModelShard:
         if self.unlearned:
             self._learn_unlabelled(boundary)
         while held and held[0][0] < boundary:
-            _, tx_id, is_fraud, packed = heapq.heappop(held)
-            self._learn_example(tx_id, is_fraud, packed)
+            _, _, is_fraud, packed = heapq.heappop(held)
+            self._learn_example(is_fraud, packed)
         self.built_to = boundary
         if cfg.adaptive_threshold:
             self._adapt_threshold(boundary)
@@ -296,9 +296,9 @@ class ModelShard:
         if cold:
             self.counts["detector_learned"] += len(due)
 
-    def _learn_example(self, tx_id: str, is_fraud: Optional[bool], packed: bytes) -> None:
+    def _learn_example(self, is_fraud: Optional[bool], packed: bytes) -> None:
         """Learn one labelled example (already sampled by :meth:`on_example`)."""
-        is_fraud = bool(is_fraud)
+        is_fraud = bool(is_fraud)  # held examples in snapshots from before sampling moved may be None
         values = _PACK.unpack(packed)
         x = dict(zip(FEATURE_NAMES, values))
         if self.supervised:  # test, then train
@@ -320,7 +320,7 @@ class ModelShard:
             return  # a legitimate example outside the sample: never held (the snapshot stays small)
         if label_ts < self.built_to:
             self.counts["late_labels"] += 1
-            self._learn_example(tx_id, is_fraud, packed)
+            self._learn_example(is_fraud, packed)
         else:
             heapq.heappush(self.held, (label_ts, tx_id, is_fraud, packed))
 
