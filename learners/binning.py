@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 from river import base, preprocessing
 
-__all__ = ["QuantileBinner", "STEP_FEATURES", "StepFeatures", "TAIL_LEVELS"]
+__all__ = ["DAY_COUNT_FEATURES", "QuantileBinner", "STEP_FEATURES", "StepFeatures", "TAIL_LEVELS"]
 
 # Quantile levels of the bin edges: coarse in the middle, fine in both tails.
 TAIL_LEVELS = (0.001, 0.01, 0.05, 0.15, 0.3, 0.5, 0.7, 0.85, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995,
@@ -119,8 +119,16 @@ STEP_FEATURES = (
     "log_amount",
     "acct_amount_robust_z",
     "acct_amount_log_ratio_median",
+)
+
+# Whole-day counts with a short, known range (-1: no known fraud): one indicator per value.
+# Quantile edges cannot serve them: the edges freeze on the first days of traffic, before any
+# label is released, when these features are -1 everywhere (edges were just [-1]); and how long
+# a terminal compromise lasts is a step at one particular day that the model has to learn.
+DAY_COUNT_FEATURES = (
     "term_days_since_first_known_fraud",
     "term_days_since_last_known_fraud",
+    "term_known_fraud_days",
 )
 
 
@@ -132,9 +140,14 @@ class StepFeatures(base.Transformer):
     frauds are over-represented.
     """
 
+    day_counts: tuple[str, ...] = ()  # models pickled before day-count indicators existed
+
     def __init__(self, binned: tuple[str, ...] = STEP_FEATURES, levels: Sequence[float] = TAIL_LEVELS,
-                 warmup: int = 50_000) -> None:
+                 warmup: int = 50_000, day_counts: tuple[str, ...] = DAY_COUNT_FEATURES,
+                 max_days: int = 40) -> None:
         self.binned = tuple(binned)
+        self.day_counts = tuple(day_counts)
+        self.max_days = max_days
         self.levels = tuple(levels)
         self.warmup = warmup
         self.scaler = preprocessing.StandardScaler()
@@ -154,7 +167,16 @@ class StepFeatures(base.Transformer):
     def transform_one(self, x: dict) -> dict:
         out = self.scaler.transform_one(x)
         out.update(self.binner.transform_one({k: x[k] for k in self.binned if k in x}))
+        for name in self.day_counts:
+            value = x.get(name)
+            if value is not None:
+                out[f"{name}={min(int(value), self.max_days)}"] = 1.0
         return out
 
     def readable(self, feature: str) -> str:
+        name, eq, value = feature.partition("=")
+        if eq:
+            if value == "-1":
+                return f"{name}: none"
+            return f"{name} >= {value}" if int(value) >= self.max_days else f"{name} = {value}"
         return self.binner.bin_label(feature)

@@ -53,22 +53,29 @@ def roc_auc(y_true: Sequence[int], scores: Sequence[float]) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def _pr_points(y: np.ndarray, s: np.ndarray, negative_weight: float = 1.0
+def _pr_points(y: np.ndarray, s: np.ndarray, negative_weight: float | np.ndarray = 1.0
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     order = np.argsort(-s, kind="mergesort")
     y, s = y[order], s[order]
     last_of_tie = np.r_[np.nonzero(np.diff(s))[0], y.size - 1]
     tps = np.cumsum(y)[last_of_tie].astype(float)
-    fps = (last_of_tie + 1 - tps) * negative_weight
+    if np.ndim(negative_weight):
+        fps = np.cumsum(np.where(y, 0.0, np.asarray(negative_weight, dtype=float)[order]))[last_of_tie]
+    else:
+        fps = (last_of_tie + 1 - tps) * negative_weight
     return tps / (tps + fps), tps / max(tps[-1], 1.0), s[last_of_tie]
 
 
-def average_precision(y_true: Sequence[int], scores: Sequence[float], negative_weight: float = 1.0) -> float:
+def average_precision(y_true: Sequence[int], scores: Sequence[float],
+                      negative_weight: float | Sequence[float] = 1.0) -> float:
     """Average precision: sum over thresholds of (recall step) x precision.
 
-    ``negative_weight`` counts each negative that many times (negatives that were sampled).
+    ``negative_weight`` counts each negative that many times (negatives that were sampled):
+    one weight for all, or one per example (positives' entries are ignored).
 
     >>> average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1], negative_weight=3.0)  # 1/2 * 1 + 1/2 * 2/5
+    0.7
+    >>> average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1], negative_weight=[1, 3, 1, 1])
     0.7
     """
     y = np.asarray(y_true, dtype=bool)

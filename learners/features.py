@@ -65,6 +65,7 @@ TERMINAL_FEATURES = (
     "term_log_known_frauds_30d",
     "term_days_since_first_known_fraud",
     "term_days_since_last_known_fraud",
+    "term_known_fraud_days",
 )
 FEATURE_NAMES = TX_FEATURES + ACCOUNT_FEATURES + TERMINAL_FEATURES
 
@@ -351,7 +352,9 @@ class TerminalProfile:
             since_first, since_last = float(day - min(recent)), float(day - max(recent))
         else:
             since_first = since_last = -1.0
-        return (*n_out, *risk_out, math.log1p(len(recent)), since_first, since_last)
+        # days with known frauds: one fraud (a stolen card's purchase) is not a compromised terminal
+        fraud_days = float(len(set(recent)))
+        return (*n_out, *risk_out, math.log1p(len(recent)), since_first, since_last, fraud_days)
 
     def update(self, event_ts: float) -> None:
         day = _day(event_ts)

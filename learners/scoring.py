@@ -57,6 +57,11 @@ log = logging.getLogger(__name__)
 DAY = 86_400.0
 _PACK = struct.Struct(f"<{len(FEATURE_NAMES)}f")
 _ANOMALY_INDEX = [FEATURE_NAMES.index(name) for name in ANOMALY_FEATURES]
+# Legitimate examples at a terminal with confirmed frauds are all learned, whatever the
+# negative sampling: that is where the model must tell a compromise that goes on from one
+# that is over, and a 10 % sample left it a handful of examples (decisions §14).
+_FRAUD_TERMINAL_INDEX = FEATURE_NAMES.index("term_log_known_frauds_30d")
+_FRAUD_TERMINAL = struct.Struct(f"<{4 * _FRAUD_TERMINAL_INDEX}xf")  # that one float of a packed vector
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,13 @@ def _keep_negative(tx_id: str, rate: float) -> bool:
     return rate >= 1.0 or (zlib.crc32(tx_id.encode()) & 0xFFFF) < rate * 65536
 
 
+def _sampling_rate(fraud_terminal: float, rate: float) -> float:
+    """Share of legitimate examples learned in the stratum of a transaction whose terminal
+    feature ``term_log_known_frauds_30d`` is ``fraud_terminal``: all of them at a terminal with
+    confirmed frauds, ``rate`` elsewhere."""
+    return 1.0 if fraud_terminal > 0.0 else rate
+
+
 class _Version:
     """What scoring needs from one model version (the live one, or a kept copy)."""
 
@@ -141,7 +153,7 @@ class ModelShard:
         self.warm = False
         self.warm_from: Optional[str] = None
         self.next_export_ts = -math.inf
-        self.recent: deque = deque(maxlen=config.quality_window)  # test-then-train (score, is_fraud)
+        self.recent: deque = deque(maxlen=config.quality_window)  # test-then-train (score, is_fraud, rate)
         self.model = build_classifier(config.kind, config.seed)
         self.detector = build_anomaly_detector(config.seed)
         self.anomaly_quantile = stats.Quantile(1.0 - config.coldstart_alert_rate)
@@ -173,18 +185,20 @@ class ModelShard:
     def online_quality(self) -> dict[str, Any]:
         """Test-then-train quality: each example the model learned was first scored by the
         model about to learn it. Over the last ``quality_window`` examples; legitimate ones
-        weigh ``1 / negative_sampling`` in AP (they were sampled), AUC needs no weight."""
+        weigh ``1 / sampling rate`` in AP (they were sampled), AUC needs no weight."""
         from learners.evaluation import average_precision, roc_auc
 
-        recent = list(self.recent)
-        frauds = sum(1 for _, y in recent if y)
+        # (score, is_fraud, sampling rate); examples recorded before the rate was kept: the setting
+        rate = self.config.negative_sampling
+        recent = [r if len(r) == 3 else (*r, rate) for r in self.recent]
+        frauds = sum(1 for _, y, _ in recent if y)
         out: dict[str, Any] = {"method": "test-then-train on learned examples", "window_examples": len(recent),
                                "window_frauds": frauds, "average_precision": None, "auc_roc": None}
         if frauds and frauds < len(recent):
-            y = [yy for _, yy in recent]
-            s = [ss for ss, _ in recent]
-            weight = 1.0 / self.config.negative_sampling
-            out["average_precision"] = round(average_precision(y, s, negative_weight=weight), 4)
+            y = [yy for _, yy, _ in recent]
+            s = [ss for ss, _, _ in recent]
+            weights = [1.0 / r for _, _, r in recent]
+            out["average_precision"] = round(average_precision(y, s, negative_weight=weights), 4)
             out["auc_roc"] = round(roc_auc(y, s), 4)
         return out
 
@@ -302,8 +316,8 @@ class ModelShard:
         values = _PACK.unpack(packed)
         x = dict(zip(FEATURE_NAMES, values))
         if self.supervised:  # test, then train
-            self.recent.append((_unsample(self.model.predict_proba_one(x).get(True, 0.0),
-                                          self.config.negative_sampling), is_fraud))
+            rate = _sampling_rate(values[_FRAUD_TERMINAL_INDEX], self.config.negative_sampling)
+            self.recent.append((_unsample(self.model.predict_proba_one(x).get(True, 0.0), rate), is_fraud, rate))
         self.model.learn_one(x, is_fraud)
         self.means = [m + 0.001 * (v - m) for m, v in zip(self.means, values)]
         self.counts["labels_learned"] += 1
@@ -316,7 +330,8 @@ class ModelShard:
         if is_fraud is None:  # inferred legitimate (frauds-only feeds)
             self.counts["implicit_negatives"] += 1
             is_fraud = False
-        if not (is_fraud or _keep_negative(tx_id, self.config.negative_sampling)):
+        if not (is_fraud or _keep_negative(tx_id, self.config.negative_sampling)
+                or _FRAUD_TERMINAL.unpack_from(packed)[0] > 0.0):
             return  # a legitimate example outside the sample: never held (the snapshot stays small)
         if label_ts < self.built_to:
             self.counts["late_labels"] += 1
@@ -368,7 +383,7 @@ class ModelShard:
         cfg = self.config
         x = dict(zip(FEATURE_NAMES, features))
         if version.supervised:
-            model, rate = version.model, cfg.negative_sampling
+            model, rate = version.model, _sampling_rate(features[_FRAUD_TERMINAL_INDEX], cfg.negative_sampling)
 
             def scorer(z: dict, model=model, rate=rate) -> float:
                 return _unsample(model.predict_proba_one(z).get(True, 0.0), rate)

@@ -175,7 +175,7 @@ def test_warm_start_scores_like_the_original_model(exported):
     from dataflows.fraud import pipeline_config
     from learners.pending import bucket_of, unpack
     from learners.pipeline import SequentialPipeline
-    from learners.scoring import _unsample
+    from learners.scoring import _sampling_rate, _unsample
 
     # The features the flow computed, from the same steps in a plain loop (features do not
     # depend on the model); the loop keeps them as float32, awaiting labels that never come.
@@ -183,10 +183,10 @@ def test_warm_start_scores_like_the_original_model(exported):
     for tx in later_txs:
         loop.on_transaction(tx)
     tx_ts = {tx.tx_id: tx.event_ts for tx in later_txs}
-    rate = settings.negative_sampling
     for s in scores:
         packed = loop.buckets[(0, bucket_of(tx_ts[s.tx_id]))].features[s.tx_id]
         x = dict(zip(FEATURE_NAMES, unpack(packed)))
+        rate = _sampling_rate(x["term_log_known_frauds_30d"], settings.negative_sampling)
         expected = _unsample(original.model.predict_proba_one(x).get(True, 0.0), rate)
         # the same model; the flow scored float64 features, the loop kept them as float32
         assert s.score == pytest.approx(expected, rel=1e-5, abs=2e-6)

@@ -101,6 +101,10 @@ def test_terminal_risk_counts_only_released_labels():
     since = term.features(at_day9)
     assert since[TERMINAL_FEATURES.index("term_days_since_first_known_fraud")] == 9.0
     assert since[TERMINAL_FEATURES.index("term_days_since_last_known_fraud")] == 7.0
+    assert since[TERMINAL_FEATURES.index("term_known_fraud_days")] == 2.0  # day 0 and day 2
+    term.add_fraud(tx_ts=D0 + 3600, label_ts=D0 + 7 * DAY + 3600)  # a second fraud on day 0
+    assert term.features(at_day9)[TERMINAL_FEATURES.index("term_known_fraud_days")] == 2.0  # still two days
+    assert term.features(at_day7)[TERMINAL_FEATURES.index("term_known_fraud_days")] == 1.0  # one known then
 
 
 def test_label_arrival_order_does_not_change_terminal_features():

@@ -215,3 +215,36 @@ def test_pending_bucket_joins_labels_in_either_order():
     assert (tx_id, y) == ("t-2", True) and bucket.empty
     restored = PendingBucket(bucket.snapshot())
     assert restored.empty
+
+
+def test_every_legitimate_example_at_a_terminal_with_known_frauds_is_learned():
+    shard = make_shard(negative_sampling=0.1)
+    shard.on_transaction(tx(0, D0), features(10.0))
+    at_fraud_terminal = list(features(10.0))
+    at_fraud_terminal[FEATURE_NAMES.index("term_log_known_frauds_30d")] = 0.69
+    for i in range(1, 201):
+        vector = at_fraud_terminal if i % 2 else features(10.0)
+        shard.on_example(f"t-{i}", D0 + 7 * DAY, False, pack(tuple(vector)))
+    held = len(shard.held)
+    assert 100 + 2 < held < 100 + 20  # all 100 there, about a tenth of the 100 elsewhere
+
+
+def test_scores_at_a_terminal_with_known_frauds_are_unsampled_at_their_own_rate():
+    from learners.scoring import _unsample
+
+    shard = make_shard(negative_sampling=0.1)
+    for i in range(60):
+        shard.on_transaction(tx(i, D0 + i * 60), features(10.0 + i))
+        label(shard, i, D0 + i * 60, i % 3 == 0, 10.0 + i)
+    plain = features(30.0)
+    marked = list(plain)
+    marked[FEATURE_NAMES.index("term_log_known_frauds_30d")] = 0.69
+    later = D0 + 3 * DAY
+    s_plain = shard.on_transaction(tx(100, later), plain).score
+    s_marked = shard.on_transaction(tx(101, later), tuple(marked)).score
+    version = shard._live()
+    from learners.features import FEATURE_NAMES as names
+    raw = version.model.predict_proba_one(dict(zip(names, marked))).get(True, 0.0)
+    assert s_marked == _unsample(raw, 1.0)  # every negative there was learned: no correction
+    raw_plain = version.model.predict_proba_one(dict(zip(names, plain))).get(True, 0.0)
+    assert s_plain == _unsample(raw_plain, 0.1)
