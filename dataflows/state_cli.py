@@ -243,8 +243,8 @@ def account_view(snapshot: AccountSnapshot) -> dict:
         "windows": windows,
         "amount_habit": habit,
         "recent_terminals": len(profile.terms),
-        "awaiting_label": [{"tx_id": tx_id, "ts": _iso(ts), "terminal_id": terminal}
-                           for tx_id, ts, terminal in sorted(profile.pending, key=lambda p: (p[1], p[0]))],
+        "awaiting_label": [{"tx_id": p[0], "ts": _iso(p[1]), "terminal_id": p[2]}
+                           for p in sorted(profile.pending, key=lambda p: (p[1], p[0]))],
         "early_labels": [{"tx_id": tx_id, "label_ts": _iso(ts), "is_fraud": bool(is_fraud)}
                          for tx_id, ts, is_fraud in profile.orphans],
     }

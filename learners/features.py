@@ -66,8 +66,10 @@ TERMINAL_FEATURES = (
     "term_days_since_first_known_fraud",
     "term_days_since_last_known_fraud",
     "term_known_fraud_days",
+    "term_log_ordinary_known_frauds_30d",
 )
 FEATURE_NAMES = TX_FEATURES + ACCOUNT_FEATURES + TERMINAL_FEATURES
+_ROBUST_Z = ACCOUNT_FEATURES.index("acct_amount_robust_z")
 
 
 def _day(event_ts: float) -> int:
@@ -95,7 +97,18 @@ def _term_hash(terminal_id: str) -> int:
     return zlib.crc32(terminal_id.encode())
 
 
-PendingTx = tuple[str, float, str]  # (tx_id, event_ts, terminal_id)
+PendingTx = tuple[str, float, str, bool]  # (tx_id, event_ts, terminal_id, ordinary amount)
+
+ORDINARY_Z = 3.0  # robust z-score under which an amount is within the card's habit
+
+
+def ordinary_amount(account_features: tuple[float, ...]) -> bool:
+    """Was the transaction's amount within its card's habit (robust z below ``ORDINARY_Z``)?"""
+    return account_features[_ROBUST_Z] < ORDINARY_Z
+
+
+def _ordinary(pending: tuple) -> bool:
+    return pending[3] if len(pending) > 3 else True  # 3-tuples: snapshots from before the flag
 
 
 class AccountProfile:
@@ -184,8 +197,9 @@ class AccountProfile:
         history_days = min(30.0, (tx.event_ts - self.first_ts) / DAY) if self.n_seen else 0.0
         return (*out_n, *out_avg, ratio, median_ratio, robust_z, since_prev, new_terminal, history_days)
 
-    def update(self, tx) -> None:
-        """Add ``tx`` to the history and to the transactions awaiting a label."""
+    def update(self, tx, ordinary: bool = True) -> None:
+        """Add ``tx`` to the history and to the transactions awaiting a label (``ordinary``: its
+        amount was within the card's habit, see :func:`ordinary_amount`)."""
         day = _day(tx.event_ts)
         self._advance(day)
         if day > self.day - _HORIZON:
@@ -207,14 +221,14 @@ class AccountProfile:
         terms.append(h)
         if len(terms) > self.RECENT_TERMINALS:
             del terms[0]
-        self.pending.append((tx.tx_id, tx.event_ts, tx.terminal_id))
+        self.pending.append((tx.tx_id, tx.event_ts, tx.terminal_id, ordinary))
         if len(self.pending) > self.MAX_PENDING:
             del self.pending[0]
 
     def observe(self, tx) -> tuple[float, ...]:
         """Features for ``tx``, then learn it: the per-transaction step of the flow."""
         f = self.features(tx)
-        self.update(tx)
+        self.update(tx, ordinary_amount(f))
         return f
 
     def take_pending(self, tx_id: str) -> Optional[PendingTx]:
@@ -231,7 +245,7 @@ class AccountProfile:
         if rec is None:
             self.orphans.append((tx_id, label_ts, is_fraud))
             return None
-        return JoinedLabel(tx_id, rec[1], rec[2], label_ts, is_fraud)
+        return JoinedLabel(tx_id, rec[1], rec[2], label_ts, is_fraud, _ordinary(rec))
 
     def on_transaction(self, tx, retention_s: float, infer_negatives: bool = False
                        ) -> tuple[tuple[float, ...], list["JoinedLabel"], list]:
@@ -243,7 +257,8 @@ class AccountProfile:
         ``is_fraud=None`` (legitimate, inferred), known as of ``tx``'s time.
         """
         f = self.features(tx)
-        self.update(tx)
+        ordinary = ordinary_amount(f)
+        self.update(tx, ordinary)
         joined: list[JoinedLabel] = []
         expired: list = []
         if self.orphans:
@@ -251,7 +266,7 @@ class AccountProfile:
             for orphan in self.orphans:
                 if orphan[0] == tx.tx_id:
                     self.pending.pop()
-                    joined.append(JoinedLabel(tx.tx_id, tx.event_ts, tx.terminal_id, orphan[1], orphan[2]))
+                    joined.append(JoinedLabel(tx.tx_id, tx.event_ts, tx.terminal_id, orphan[1], orphan[2], ordinary))
                 elif orphan[1] < tx.event_ts - retention_s:
                     expired.append(orphan)
                 else:
@@ -262,7 +277,8 @@ class AccountProfile:
             horizon = tx.event_ts - retention_s
             self.pending = [p for p in pending if p[1] >= horizon]
             if infer_negatives:
-                joined.extend(JoinedLabel(p[0], p[1], p[2], tx.event_ts, None) for p in pending if p[1] < horizon)
+                joined.extend(JoinedLabel(p[0], p[1], p[2], tx.event_ts, None, _ordinary(p)) for p in pending
+                              if p[1] < horizon)
         return f, joined, expired
 
 
@@ -275,6 +291,7 @@ class JoinedLabel(NamedTuple):
     terminal_id: str
     label_ts: float
     is_fraud: Optional[bool]
+    ordinary: bool = True  # the amount was within the card's habit (ordinary_amount)
 
 
 class TerminalProfile:
@@ -340,21 +357,26 @@ class TerminalProfile:
         risk_out: list[float] = []
         step = self.step
         cutoff = (math.floor(event_ts / step) - 2) * step if step > 0 else event_ts
-        known = [fd for fd, lts in self.frauds if lts <= cutoff]
+        known = [fr for fr in self.frauds if fr[1] <= cutoff]  # (tx day, label time, ordinary amount)
         for w in WINDOWS:
             n = self._count(end - w + 1, end)
             lo = end - w + 1
-            f = sum(1 for fd in known if lo <= fd <= end)
+            f = sum(1 for fr in known if lo <= fr[0] <= end)
             n_out.append(float(n))
             risk_out.append(min(1.0, f / n) if n else 0.0)
-        recent = [fd for fd in known if day - 30 - self.delay <= fd <= day]
+        recent = [fr for fr in known if day - 30 - self.delay <= fr[0] <= day]
+        recent_days = [fr[0] for fr in recent]
         if recent:
-            since_first, since_last = float(day - min(recent)), float(day - max(recent))
+            since_first, since_last = float(day - min(recent_days)), float(day - max(recent_days))
         else:
             since_first = since_last = -1.0
-        # days with known frauds: one fraud (a stolen card's purchase) is not a compromised terminal
-        fraud_days = float(len(set(recent)))
-        return (*n_out, *risk_out, math.log1p(len(recent)), since_first, since_last, fraud_days)
+        # Days with known frauds: one fraud (a stolen card's purchase) is not a compromised terminal.
+        # Frauds of an ordinary amount for their card: what a compromised terminal (a common point
+        # of compromise) leaves, where a stolen card's unusual spending does not.
+        fraud_days = float(len(set(recent_days)))
+        ordinary = sum(1 for fr in recent if len(fr) < 3 or fr[2])  # (day, label time): older snapshots
+        return (*n_out, *risk_out, math.log1p(len(recent)), since_first, since_last, fraud_days,
+                math.log1p(ordinary))
 
     def update(self, event_ts: float) -> None:
         day = _day(event_ts)
@@ -375,10 +397,11 @@ class TerminalProfile:
         self.update(event_ts)
         return f
 
-    def add_fraud(self, tx_ts: float, label_ts: float) -> None:
-        """Record a released fraud label for a transaction on this terminal."""
+    def add_fraud(self, tx_ts: float, label_ts: float, ordinary: bool = True) -> None:
+        """Record a released fraud label for a transaction on this terminal (``ordinary``: its
+        amount was within its card's habit)."""
         fd = _day(tx_ts)
         if self.day >= 0 and fd < self.day - self._horizon:
             return  # too old to matter to any window
-        self.frauds.append((fd, label_ts))
+        self.frauds.append((fd, label_ts, ordinary))
         self.frauds.sort()

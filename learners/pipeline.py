@@ -93,7 +93,7 @@ class SequentialPipeline:
 
     def _joined(self, account_id: str, joined: JoinedLabel) -> None:
         if joined.is_fraud:
-            self._terminal(joined.terminal_id).add_fraud(joined.tx_ts, joined.label_ts)
+            self._terminal(joined.terminal_id).add_fraud(joined.tx_ts, joined.label_ts, joined.ordinary)
         shard = shard_for(account_id, self.config.shards)
         examples = self._bucket(shard, joined.tx_ts).label(joined.tx_id, joined.label_ts, joined.is_fraud)
         self._examples(shard, joined.tx_ts, examples)

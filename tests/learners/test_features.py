@@ -172,3 +172,35 @@ def test_frauds_only_feed_infers_legitimate_when_the_card_moves_on():
     _, joined, _ = acct.on_transaction(tx(3, D0 + 9 * DAY, 10.0, "m-3"), retention_s=8 * DAY, infer_negatives=True)
     # t-1 waited 8 days without a fraud label: legitimate, known as of t-3's time
     assert [(j.tx_id, j.terminal_id, j.label_ts, j.is_fraud) for j in joined] == [("t-1", "m-1", D0 + 9 * DAY, None)]
+
+
+def test_frauds_of_ordinary_amounts_count_as_a_point_of_compromise():
+    # A card with a steady habit: one purchase at its usual amount, one at twenty times it.
+    acct = AccountProfile()
+    for i, amount in enumerate([20.0, 22.0, 18.0, 21.0, 19.0]):
+        acct.on_transaction(tx(i, D0 + i * 3600, amount), retention_s=8 * DAY)
+    acct.on_transaction(tx(10, D0 + DAY, 21.0, "m-shop"), retention_s=8 * DAY)
+    acct.on_transaction(tx(11, D0 + DAY + 60, 400.0, "m-shop"), retention_s=8 * DAY)
+    usual = acct.join_label("t-10", D0 + 8 * DAY, True)
+    unusual = acct.join_label("t-11", D0 + 8 * DAY + 60, True)
+    assert usual.ordinary and not unusual.ordinary
+
+    term = TerminalProfile(delay_days=7)
+    for j in (usual, unusual):
+        term.add_fraud(j.tx_ts, j.label_ts, j.ordinary)
+    f = term.features(D0 + 9 * DAY)
+    assert f[TERMINAL_FEATURES.index("term_log_known_frauds_30d")] == pytest.approx(math.log1p(2))
+    assert f[TERMINAL_FEATURES.index("term_log_ordinary_known_frauds_30d")] == pytest.approx(math.log1p(1))
+
+
+def test_profiles_saved_before_the_ordinary_flag_restore():
+    acct = AccountProfile()
+    acct.on_transaction(tx(1, D0, 10.0, "m-7"), retention_s=8 * DAY)
+    state = list(acct.snapshot())
+    state[8] = tuple(p[:3] for p in state[8])  # pending records were (tx_id, ts, terminal_id)
+    old = AccountProfile(tuple(state))
+    assert old.join_label("t-1", D0 + 7 * DAY, True).ordinary  # unknown: counted as ordinary
+    d0 = int(D0 // DAY)
+    term = TerminalProfile(delay_days=7, state=(d0, bytes(4 * 38), ((d0, D0 + 7 * DAY),)))  # frauds were (day, label ts)
+    f = term.features(D0 + 8 * DAY)
+    assert f[TERMINAL_FEATURES.index("term_log_ordinary_known_frauds_30d")] == pytest.approx(math.log1p(1))
