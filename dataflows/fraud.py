@@ -55,7 +55,7 @@ from dataflows.settings import Settings, SettingsError, load_settings
 from learners.decision import AlertPolicy, PolicyConfig
 from learners.features import AccountProfile, TerminalProfile
 from learners.pending import PendingBucket
-from learners.pipeline import PipelineConfig, account_step, pending_key, shard_for, terminal_step
+from learners.pipeline import PipelineConfig, account_step, learn_at, pending_key, shard_for, terminal_step
 from learners.scoring import ModelConfig, ModelShard, Scored
 
 __all__ = ["FlowParts", "build_flow", "pipeline_config"]
@@ -174,8 +174,9 @@ class _BucketLogic(StatefulBatchLogic):
     # transacting) is dropped this long (wall clock) after it was last touched.
     FORGET_AFTER = timedelta(days=2)
 
-    def __init__(self, stats: RunStats, state: Optional[tuple]) -> None:
+    def __init__(self, config: PipelineConfig, stats: RunStats, state: Optional[tuple]) -> None:
         self.bucket = PendingBucket(state)
+        self.config = config
         self.stats = stats
         self._touched = datetime.now(timezone.utc)  # restored buckets get the full grace too
         stats.awaiting(len(self.bucket.features))
@@ -190,7 +191,7 @@ class _BucketLogic(StatefulBatchLogic):
                 examples = bucket.add(tx.tx_id, features)
             else:
                 _, _, joined = item
-                examples = bucket.label(joined.tx_id, joined.label_ts, joined.is_fraud)
+                examples = bucket.label(joined.tx_id, learn_at(joined, self.config), joined.is_fraud)
             out.extend(("example", *example) for example in examples)
         self._touched = datetime.now(timezone.utc)
         self.stats.awaiting(len(bucket.features) - before)
@@ -330,7 +331,7 @@ def build_flow(
     terminal_items = op.key_rm("unkey_terminal", terminal_out)
     to_buckets = op.merge("to_buckets", terminal_items, rest.trues)
     awaiting = op.stateful_batch("await_labels", op.map("key_by_bucket", to_buckets, bucket_key),
-                                 lambda state: _BucketLogic(stats, state))
+                                 lambda state: _BucketLogic(config, stats, state))
     to_score = op.filter("transactions_to_score", terminal_items, lambda v: v[0] == "tx")
     by_shard = op.merge(
         "to_shard",

@@ -127,8 +127,8 @@ class Settings:
         "event-time disorder the flow absorbs (s); the model learns labels in steps of this size, so a "
         "label is used 1 to 2 steps after it is known", _at_least(1)))
     negative_sampling: float = field(default=0.1, metadata=_meta(
-        "share of legitimate labels the model learns from (all frauds are learned); 0.1 balances the classes "
-        "and measured better than 1.0", _between(0.001, 1.0)))
+        "share of legitimate labels the model learns from (all frauds are learned, and every legitimate one at a "
+        "terminal with known frauds); 0.1 balances the classes and measured better than 1.0", _between(0.001, 1.0)))
     warmup_frauds: int = field(default=25, metadata=_meta(
         "frauds learned before the supervised score replaces the anomaly score", _at_least(0)))
     # -- alert policy --------------------------------------------------------------------

@@ -22,7 +22,7 @@ from learners.features import AccountProfile, JoinedLabel, TerminalProfile, tran
 from learners.pending import PendingBucket, bucket_of
 from learners.scoring import ModelConfig, ModelShard, Scored
 
-__all__ = ["PipelineConfig", "SequentialPipeline", "account_step", "pending_key", "shard_for", "terminal_step"]
+__all__ = ["PipelineConfig", "SequentialPipeline", "account_step", "learn_at", "pending_key", "shard_for", "terminal_step"]
 
 DAY = 86_400.0
 
@@ -52,6 +52,18 @@ def pending_key(shard_key: str, tx_ts: float) -> str:
 def account_step(profile: AccountProfile, tx: Transaction, config: "PipelineConfig"):
     """Account stage for a transaction: (features, labels joined now, orphans expired)."""
     return profile.on_transaction(tx, config.retention_s, infer_negatives=config.model.label_mode == "frauds")
+
+
+def learn_at(joined: JoinedLabel, config: "PipelineConfig") -> float:
+    """When the model may learn a joined label: at its ``label_ts``, except a fraud of a
+    frauds-only feed, learned only once its transaction has reached the time-out, like the
+    legitimate examples inferred there. Learning frauds at 7 days and inferred legitimate at 8+
+    taught the model that whatever grows with calendar time (account history, terminals with
+    known frauds) means fraud: 99 % of transactions scored ≥ 0.5 on days 14–16 (decisions §15).
+    Terminal risk still counts the fraud from ``label_ts``."""
+    if joined.is_fraud and config.model.label_mode == "frauds":
+        return max(joined.label_ts, joined.tx_ts + config.retention_s)
+    return joined.label_ts
 
 
 def terminal_step(profile: TerminalProfile, tx: Transaction, account_features: tuple) -> tuple[float, ...]:
@@ -95,7 +107,7 @@ class SequentialPipeline:
         if joined.is_fraud:
             self._terminal(joined.terminal_id).add_fraud(joined.tx_ts, joined.label_ts, joined.ordinary)
         shard = shard_for(account_id, self.config.shards)
-        examples = self._bucket(shard, joined.tx_ts).label(joined.tx_id, joined.label_ts, joined.is_fraud)
+        examples = self._bucket(shard, joined.tx_ts).label(joined.tx_id, learn_at(joined, self.config), joined.is_fraud)
         self._examples(shard, joined.tx_ts, examples)
 
     def on_transaction(self, tx: Transaction, part: int = 0) -> Scored:

@@ -1,0 +1,34 @@
+"""The pipeline steps in a plain loop: when a frauds-only feed's examples are learned."""
+
+from __future__ import annotations
+
+from connectors.simulator import SimulatorConfig, simulate
+from learners.features import JoinedLabel
+from learners.pipeline import PipelineConfig, SequentialPipeline, learn_at
+from learners.scoring import ModelConfig
+
+D0 = 1522540800.0
+DAY = 86_400.0
+
+
+def test_frauds_of_a_frauds_only_feed_are_learned_at_the_time_out():
+    frauds_only = PipelineConfig(model=ModelConfig(label_mode="frauds", label_timeout_days=8.0))
+    every_label = PipelineConfig(model=ModelConfig(label_mode="all"))
+    fraud = JoinedLabel("t-1", D0, "m-1", D0 + 7 * DAY, True)
+    inferred = JoinedLabel("t-2", D0, "m-1", D0 + 8 * DAY + 3600, None)
+    assert learn_at(fraud, frauds_only) == D0 + 8 * DAY  # with the legitimate of its time
+    assert learn_at(inferred, frauds_only) == D0 + 8 * DAY + 3600
+    assert learn_at(fraud, every_label) == D0 + 7 * DAY
+
+
+def _share_alerting(labels: str) -> float:
+    events = list(simulate(SimulatorConfig(customers=600, terminals=1_200, days=45, seed=7, labels=labels)))
+    pipe = SequentialPipeline(PipelineConfig(model=ModelConfig(label_mode=labels)))
+    scored = [s for s in pipe.run(events) if s.tx.event_ts >= D0 + 12 * DAY and s.model != "coldstart-hst"]
+    return sum(s.score >= 0.5 for s in scored) / len(scored)
+
+
+def test_a_frauds_only_feed_does_not_flood_alerts_after_the_cold_start():
+    # Measured on this stream: 4.6 % of supervised scores >= 0.5 with every label, 7.9 % with
+    # frauds only; 33 % when frauds were learned a day before the legitimate of their time.
+    assert _share_alerting("frauds") < 2 * _share_alerting("all")
