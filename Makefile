@@ -35,7 +35,8 @@ bench: $(STAMP)  ## throughput / latency / scaling benchmarks, results in benchm
 broker: $(STAMP)  ## a local Kafka-compatible broker (tansu, in memory) on 127.0.0.1:9092
 	$(PY) -m connectors.broker --port 9092
 
-evaluate-reference: $(STAMP)  ## the published configuration on 3 seeds vs the handbook baselines
+evaluate-reference: $(STAMP)  ## the published configuration on 3 seeds: the handbook LR and the ceiling on each seed, then the dataflow
+	$(PY) -m benchmarks.baseline
 	$(PY) -m benchmarks.quality
 
 clean:  ## remove .venv and outputs
