@@ -22,7 +22,8 @@ from learners.features import AccountProfile, JoinedLabel, TerminalProfile, tran
 from learners.pending import PendingBucket, bucket_of
 from learners.scoring import ModelConfig, ModelShard, Scored
 
-__all__ = ["PipelineConfig", "SequentialPipeline", "account_step", "learn_at", "pending_key", "shard_for", "terminal_step"]
+__all__ = ["PipelineConfig", "SequentialPipeline", "account_step", "learn_at", "pending_key", "shard_for",
+           "terminal_step"]
 
 DAY = 86_400.0
 
@@ -107,7 +108,8 @@ class SequentialPipeline:
         if joined.is_fraud:
             self._terminal(joined.terminal_id).add_fraud(joined.tx_ts, joined.label_ts, joined.ordinary)
         shard = shard_for(account_id, self.config.shards)
-        examples = self._bucket(shard, joined.tx_ts).label(joined.tx_id, learn_at(joined, self.config), joined.is_fraud)
+        bucket = self._bucket(shard, joined.tx_ts)
+        examples = bucket.label(joined.tx_id, learn_at(joined, self.config), joined.is_fraud)
         self._examples(shard, joined.tx_ts, examples)
 
     def on_transaction(self, tx: Transaction, part: int = 0) -> Scored:

@@ -706,7 +706,8 @@ def render_show(document: Mapping[str, Any], top: int = 15) -> str:
     ])
     lines += _section("decision", [
         ("alert threshold", f"{_num(document.get('threshold'))} (fraud probability)"),
-        ("negative sampling", f"{_num(document.get('negative_sampling'))} (share of legitimate labels learned)"),
+        ("negative sampling", f"{_num(document.get('negative_sampling'))} (share of legitimate labels learned; "
+                              "all of them at terminals with known frauds)"),
     ])
     field, values = model_values(document)
     if field == "weights":

@@ -201,6 +201,7 @@ def test_profiles_saved_before_the_ordinary_flag_restore():
     old = AccountProfile(tuple(state))
     assert old.join_label("t-1", D0 + 7 * DAY, True).ordinary  # unknown: counted as ordinary
     d0 = int(D0 // DAY)
-    term = TerminalProfile(delay_days=7, state=(d0, bytes(4 * 38), ((d0, D0 + 7 * DAY),)))  # frauds were (day, label ts)
+    # frauds were (day, label ts)
+    term = TerminalProfile(delay_days=7, state=(d0, bytes(4 * 38), ((d0, D0 + 7 * DAY),)))
     f = term.features(D0 + 8 * DAY)
     assert f[TERMINAL_FEATURES.index("term_log_ordinary_known_frauds_30d")] == pytest.approx(math.log1p(1))
