@@ -119,7 +119,8 @@ class Settings:
     label_mode: str = field(default="", metadata=_meta(
         "all | frauds (default: sim_labels for the simulator, else all)", _choice("", "all", "frauds")))
     label_timeout_days: float = field(default=8.0, metadata=_meta(
-        "a transaction with no label this long after it is learned as legitimate (frauds mode) or given up",
+        "a transaction with no label this long after it is learned as legitimate (frauds mode: frauds are "
+        "learned at this age too) or given up",
         _at_least(0)))
     risk_delay_days: int = field(default=7, metadata=_meta(
         "terminal risk windows end this many days back (typical label delay)", _at_least(0)))
