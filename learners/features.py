@@ -107,10 +107,6 @@ def ordinary_amount(account_features: tuple[float, ...]) -> bool:
     return account_features[_ROBUST_Z] < ORDINARY_Z
 
 
-def _ordinary(pending: tuple) -> bool:
-    return pending[3] if len(pending) > 3 else True  # 3-tuples: snapshots from before the flag
-
-
 class AccountProfile:
     """Per-account state; ``snapshot()`` is a small tuple of plain values (≈ 0.5–1 KB).
 
@@ -144,7 +140,8 @@ class AccountProfile:
             self.counts = array("H", counts)
             self.sums = array("f", sums)
             self.terms = array("I", terms)
-            self.pending = list(pending)
+            # 3-tuples: saved before the ordinary-amount flag (counted as ordinary)
+            self.pending = [p if len(p) > 3 else (*p, True) for p in pending]
             self.orphans = list(orphans)
 
     def snapshot(self) -> tuple:
@@ -245,7 +242,7 @@ class AccountProfile:
         if rec is None:
             self.orphans.append((tx_id, label_ts, is_fraud))
             return None
-        return JoinedLabel(tx_id, rec[1], rec[2], label_ts, is_fraud, _ordinary(rec))
+        return JoinedLabel(tx_id, rec[1], rec[2], label_ts, is_fraud, rec[3])
 
     def on_transaction(self, tx, retention_s: float, infer_negatives: bool = False
                        ) -> tuple[tuple[float, ...], list["JoinedLabel"], list]:
@@ -277,7 +274,7 @@ class AccountProfile:
             horizon = tx.event_ts - retention_s
             self.pending = [p for p in pending if p[1] >= horizon]
             if infer_negatives:
-                joined.extend(JoinedLabel(p[0], p[1], p[2], tx.event_ts, None, _ordinary(p)) for p in pending
+                joined.extend(JoinedLabel(p[0], p[1], p[2], tx.event_ts, None, p[3]) for p in pending
                               if p[1] < horizon)
         return f, joined, expired
 
@@ -334,7 +331,8 @@ class TerminalProfile:
         else:
             self.day, counts, frauds = state
             self.counts = array("I", counts)
-            self.frauds = list(frauds)
+            # (day, label time): saved before the ordinary-amount flag (counted as ordinary)
+            self.frauds = [f if len(f) > 2 else (*f, True) for f in frauds]
 
     @property
     def _horizon(self) -> int:
@@ -374,7 +372,7 @@ class TerminalProfile:
         # Frauds of an ordinary amount for their card: what a compromised terminal (a common point
         # of compromise) leaves, where a stolen card's unusual spending does not.
         fraud_days = float(len(set(recent_days)))
-        ordinary = sum(1 for fr in recent if len(fr) < 3 or fr[2])  # (day, label time): older snapshots
+        ordinary = sum(1 for fr in recent if fr[2])
         return (*n_out, *risk_out, math.log1p(len(recent)), since_first, since_last, fraud_days,
                 math.log1p(ordinary))
 

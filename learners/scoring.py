@@ -330,8 +330,8 @@ class ModelShard:
         if is_fraud is None:  # inferred legitimate (frauds-only feeds)
             self.counts["implicit_negatives"] += 1
             is_fraud = False
-        if not (is_fraud or _keep_negative(tx_id, self.config.negative_sampling)
-                or _FRAUD_TERMINAL.unpack_from(packed)[0] > 0.0):
+        rate = _sampling_rate(_FRAUD_TERMINAL.unpack_from(packed)[0], self.config.negative_sampling)
+        if not (is_fraud or _keep_negative(tx_id, rate)):
             return  # a legitimate example outside the sample: never held (the snapshot stays small)
         if label_ts < self.built_to:
             self.counts["late_labels"] += 1
