@@ -59,6 +59,7 @@ ACCOUNT_FEATURES = (
     "acct_new_terminal",
     "acct_history_days",
     "acct_nb_unusual_7d",
+    "acct_amount_new_high",
 )
 TERMINAL_FEATURES = (
     *(f"term_nb_tx_{w}d" for w in WINDOWS),
@@ -72,6 +73,7 @@ TERMINAL_FEATURES = (
 FEATURE_NAMES = TX_FEATURES + ACCOUNT_FEATURES + TERMINAL_FEATURES
 _ROBUST_Z = ACCOUNT_FEATURES.index("acct_amount_robust_z")
 _UNUSUAL_7D = ACCOUNT_FEATURES.index("acct_nb_unusual_7d")
+_NEW_HIGH = ACCOUNT_FEATURES.index("acct_amount_new_high")
 
 
 def _day(event_ts: float) -> int:
@@ -102,8 +104,7 @@ def _term_hash(terminal_id: str) -> int:
 PendingTx = tuple[str, float, str, bool]  # (tx_id, event_ts, terminal_id, unexplained by its card)
 
 ORDINARY_Z = 3.0  # robust z-score under which an amount is within the card's habit
-UNUSUAL_DAYS = 7  # acct_nb_unusual_7d: the card's purchases of an unusual amount over this many days
-assert UNUSUAL_DAYS in WINDOWS
+UNUSUAL_DAYS = 7  # acct_nb_unusual_7d: the card's purchases of an unusual amount over this many days (a window)
 
 
 def ordinary_amount(account_features: tuple[float, ...]) -> bool:
@@ -112,10 +113,12 @@ def ordinary_amount(account_features: tuple[float, ...]) -> bool:
 
 
 def unexplained_by_card(account_features: tuple[float, ...]) -> bool:
-    """Would a fraud on this transaction be unexplained by its card: an ordinary amount for the
-    card, and no purchase of an unusual amount on the card in the last ``UNUSUAL_DAYS`` days?
-    A stolen card's frauds come with its unusual spending; a compromised terminal's do not."""
-    return account_features[_ROBUST_Z] < ORDINARY_Z and account_features[_UNUSUAL_7D] == 0.0
+    """Would a fraud on this transaction be unexplained by its card and its amount: an ordinary
+    amount for the card, not above all its recent amounts, and no purchase of an unusual amount
+    on the card in the last ``UNUSUAL_DAYS`` days? A stolen card's frauds come with its unusual
+    spending, and a large purchase explains itself; a compromised terminal's frauds do neither."""
+    return (account_features[_ROBUST_Z] < ORDINARY_Z and account_features[_UNUSUAL_7D] == 0.0
+            and account_features[_NEW_HIGH] == 0.0)
 
 
 class AccountProfile:
@@ -210,13 +213,14 @@ class AccountProfile:
             mad = _median(sorted(abs(a - median) for a in ordered))
             median_ratio = math.log((amount + 1.0) / (median + 1.0))
             robust_z = max(-20.0, min(20.0, (amount - median) / (1.4826 * mad + 0.05 * median + 1.0)))
+            new_high = 1.0 if amount > ordered[-1] else 0.0  # above each of the card's recent amounts
         else:
-            median_ratio = robust_z = 0.0
+            median_ratio = robust_z = new_high = 0.0
         since_prev = math.log1p(max(0.0, tx.event_ts - self.last_ts)) if self.n_seen else -1.0
         new_terminal = 0.0 if _term_hash(tx.terminal_id) in self.terms else 1.0
         history_days = min(30.0, (tx.event_ts - self.first_ts) / DAY) if self.n_seen else 0.0
         return (*out_n, *out_avg, ratio, median_ratio, robust_z, since_prev, new_terminal, history_days,
-                float(unusual))
+                float(unusual), new_high)
 
     def update(self, tx, features: tuple[float, ...]) -> bool:
         """Add ``tx`` (whose account ``features`` were computed before it) to the history and to

@@ -186,14 +186,23 @@ def test_frauds_unexplained_by_their_card_count_as_a_point_of_compromise():
     f12, _, _ = acct.on_transaction(tx(12, D0 + 2 * DAY, 20.0, "m-shop"), retention_s=30 * DAY)
     f13, _, _ = acct.on_transaction(tx(13, D0 + 9 * DAY, 20.0, "m-shop"), retention_s=30 * DAY)
     assert [f[unusual_7d] for f in (f10, f11, f12, f13)] == [0.0, 0.0, 1.0, 0.0]  # before each purchase
+    new_high = ACCOUNT_FEATURES.index("acct_amount_new_high")
+    assert [f[new_high] for f in (f10, f11, f12, f13)] == [0.0, 1.0, 0.0, 0.0]
     joined = [acct.join_label(f"t-{i}", D0 + 16 * DAY, True) for i in (10, 11, 12, 13)]
-    assert [j.unexplained for j in joined] == [True, False, False, True]
+    # another card of the same habit: 23 is within it (robust z < 3) but above each recent amount
+    other = AccountProfile()
+    for i, amount in enumerate([20.0, 22.0, 18.0, 21.0, 19.0]):
+        other.on_transaction(tx(20 + i, D0 + i * 3600, amount), retention_s=30 * DAY)
+    f14, _, _ = other.on_transaction(tx(14, D0 + DAY, 23.0, "m-shop"), retention_s=30 * DAY)
+    assert f14[new_high] == 1.0 and f14[ACCOUNT_FEATURES.index("acct_amount_robust_z")] < 3
+    joined.append(other.join_label("t-14", D0 + 16 * DAY, True))
+    assert [j.unexplained for j in joined] == [True, False, False, True, False]
 
     term = TerminalProfile(delay_days=7)
     for j in joined:
         term.add_fraud(j.tx_ts, j.label_ts, j.unexplained)
     f = term.features(D0 + 17 * DAY)
-    assert f[TERMINAL_FEATURES.index("term_log_known_frauds_30d")] == pytest.approx(math.log1p(4))
+    assert f[TERMINAL_FEATURES.index("term_log_known_frauds_30d")] == pytest.approx(math.log1p(5))
     assert f[TERMINAL_FEATURES.index("term_log_unexplained_known_frauds_30d")] == pytest.approx(math.log1p(2))
 
 
