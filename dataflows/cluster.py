@@ -151,9 +151,14 @@ def process_id(argv: Sequence[str] = tuple(sys.argv), environ=os.environ) -> int
         return 0
 
 
+def recovery_directory(argv: Sequence[str] = tuple(sys.argv), environ=os.environ) -> Optional[str]:
+    """The recovery directory this run resumes from and writes (``-r``), if any."""
+    return _arg_value(argv, "-r", "--recovery-directory") or environ.get("BYTEWAX_RECOVERY_DIRECTORY") or None
+
+
 def recovery_enabled(argv: Sequence[str] = tuple(sys.argv), environ=os.environ) -> bool:
     """Whether this run resumes from (and writes) recovery partitions (``-r``)."""
-    return bool(_arg_value(argv, "-r", "--recovery-directory") or environ.get("BYTEWAX_RECOVERY_DIRECTORY"))
+    return recovery_directory(argv, environ) is not None
 
 
 def under_bytewax_run(argv: Sequence[str] = tuple(sys.argv)) -> bool:

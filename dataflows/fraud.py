@@ -47,14 +47,16 @@ from connectors.events import DeadLetter, Label, Origin, Score, Transaction, enc
 from connectors.files import FileEventsSource, JsonlSink, truncate
 from connectors.simulator import SimulatorConfig, SimulatorSource
 from connectors.sources import BOARD, batch_span_for
-from dataflows.cluster import process_count, process_id, recovery_enabled, shard_keys, total_workers, under_bytewax_run
+from dataflows.cluster import (process_count, process_id, recovery_directory, recovery_enabled, shard_keys,
+                               total_workers, under_bytewax_run)
 from dataflows.exports import WarmStart, make_exporter, warm_start
 from dataflows.metrics import serve
 from dataflows.progress import RunStats
 from dataflows.settings import Settings, SettingsError, load_settings
+from dataflows.state_cli import feature_layout_error
 from learners.decision import AlertPolicy, PolicyConfig
 from learners.features import AccountProfile, TerminalProfile
-from learners.pending import PendingBucket
+from learners.pending import VECTOR_BYTES, PendingBucket
 from learners.pipeline import PipelineConfig, account_step, learn_at, pending_key, shard_for, terminal_step
 from learners.scoring import ModelConfig, ModelShard, Scored
 
@@ -406,6 +408,10 @@ def _module_flow() -> Dataflow:
     except SettingsError as exc:
         sys.exit(f"fraudflow: bad setting: {exc}")
     if under_bytewax_run():
+        directory = recovery_directory()
+        problem = feature_layout_error(directory, VECTOR_BYTES) if directory else None
+        if problem:
+            sys.exit(f"fraudflow: {problem}")
         _prepare_outputs(settings)
         if settings.progress:
             atexit.register(parts.stats.print_summary, settings)

@@ -31,7 +31,8 @@ from typing import Any, Optional
 
 from learners.features import AccountProfile
 
-__all__ = ["AccountSnapshot", "StateError", "account_view", "find_account_snapshot", "plain_loads", "register"]
+__all__ = ["AccountSnapshot", "StateError", "account_view", "feature_layout_error", "find_account_snapshot",
+           "plain_loads", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,42 @@ def _resume_epoch(conns: list[sqlite3.Connection]) -> Optional[int]:
     last = max(executions)
     workers, resume = executions[last]
     return min(max(resume, frontiers.get((last, w), resume)) for w in range(workers))
+
+
+def feature_layout_error(directory: str | Path, vector_bytes: int) -> Optional[str]:
+    """Why this version cannot resume the recovery store in ``directory``, or None.
+
+    Feature vectors awaiting their labels (step ``await_labels``) are stored packed, 4 bytes per
+    feature of the version that wrote them; a version with another feature set would fail on
+    the first one it learns. The newest stored buckets are read (plain data only) until one
+    holds a vector. None also when there is no store, or no vector in it yet.
+    """
+    root = Path(directory)
+    parts = sorted(root.glob("part-*.sqlite3")) if root.is_dir() else []
+    for path in parts:
+        try:
+            conn = _connect(path)
+        except StateError:
+            continue
+        try:
+            rows = conn.execute("SELECT ser_change FROM snaps WHERE step_id LIKE ? AND ser_change IS NOT NULL "
+                                "ORDER BY snap_epoch DESC LIMIT 50", ("%await_labels",)).fetchall()
+        except sqlite3.Error:
+            rows = []
+        finally:
+            conn.close()
+        for (blob,) in rows:
+            try:
+                vectors, _orphans = plain_loads(blob)
+            except (StateError, TypeError, ValueError):
+                continue
+            for _tx_id, packed in vectors:
+                if len(packed) != vector_bytes:
+                    return (f"the recovery store in {root} was written by a fraudflow version with "
+                            f"{len(packed) // 4} features, this one has {vector_bytes // 4}: resume it with "
+                            "that version, or start this one with a fresh recovery directory")
+                return None
+    return None
 
 
 def _is_account_step(step_id: str) -> bool:

@@ -27,10 +27,11 @@ from typing import Optional
 
 from learners.features import FEATURE_NAMES
 
-__all__ = ["BUCKET_S", "Example", "PendingBucket", "pack", "unpack"]
+__all__ = ["BUCKET_S", "VECTOR_BYTES", "Example", "PendingBucket", "pack", "unpack"]
 
 BUCKET_S = 3600.0
 _PACK = struct.Struct(f"<{len(FEATURE_NAMES)}f")
+VECTOR_BYTES = _PACK.size  # a packed feature vector of this version
 
 # (tx_id, label_ts, is_fraud, packed features): a labelled example for the model shard.
 Example = tuple[str, float, bool, bytes]

@@ -25,6 +25,7 @@ from dataflows import state_cli
 from dataflows.fraud import build_flow
 from dataflows.settings import Settings
 from learners.features import AccountProfile, ordinary_amount
+from learners.pending import VECTOR_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = SimulatorConfig(customers=50, terminals=100, days=12, seed=3)
@@ -168,3 +169,34 @@ def test_state_with_globals_is_refused_without_running_it(recovered, tmp_path):
     with pytest.raises(state_cli.StateError, match="refusing to load"):
         state_cli.plain_loads(pickle.dumps(_Booby(marker)))
     assert not marker.exists()
+
+
+def test_a_recovery_store_of_another_feature_set_stops_start_up_with_a_message(recovered, tmp_path):
+    directory, _ = recovered
+    assert state_cli.feature_layout_error(directory, VECTOR_BYTES) is None  # written by this version
+    # The same store as an older version with two features fewer would have written it.
+    copy = tmp_path / "older"
+    shutil.copytree(directory, copy)
+    with sqlite3.connect(copy / "part-0.sqlite3") as conn:
+        rows = conn.execute("SELECT rowid, ser_change FROM snaps WHERE step_id LIKE '%await_labels' "
+                            "AND ser_change IS NOT NULL").fetchall()
+        older = 0
+        for rowid, blob in rows:
+            vectors, orphans = pickle.loads(blob)
+            if vectors:
+                vectors = tuple((tx_id, packed[:-8]) for tx_id, packed in vectors)
+                blob = pickle.dumps((vectors, orphans))
+                conn.execute("UPDATE snaps SET ser_change = ? WHERE rowid = ?", (blob, rowid))
+                older += 1
+    assert older, "the store holds feature vectors awaiting labels"
+    problem = state_cli.feature_layout_error(copy, VECTOR_BYTES)
+    n = VECTOR_BYTES // 4
+    assert problem and f"with {n - 2} features, this one has {n}" in problem
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUDFLOW_", "BYTEWAX_"))}
+    env.update(PYTHONPATH=str(ROOT), FRAUDFLOW_PROGRESS="0", FRAUDFLOW_SIM_DAYS="2", FRAUDFLOW_SIM_CUSTOMERS="10")
+    command = [sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow", "-r", str(copy), "-s", "10", "-b", "0"]
+    run = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert f"fraudflow: the recovery store in {copy} was written by a fraudflow version with {n - 2}" in run.stderr
+    assert "Traceback" not in run.stderr
