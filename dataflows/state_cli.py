@@ -122,8 +122,10 @@ def feature_layout_error(directory: str | Path, vector_bytes: int) -> Optional[s
     the first one it learns. The newest stored buckets are read (plain data only) until one
     holds a vector. None also when there is no store, or no vector in it yet.
     """
-    root = Path(directory)
-    parts = sorted(root.glob("part-*.sqlite3")) if root.is_dir() else []
+    try:
+        parts = recovery_partitions(directory)
+    except StateError:
+        return None  # nothing to resume: bytewax itself says what is missing
     for path in parts:
         try:
             conn = _connect(path)
@@ -141,12 +143,14 @@ def feature_layout_error(directory: str | Path, vector_bytes: int) -> Optional[s
                 vectors, _orphans = plain_loads(blob)
             except (StateError, TypeError, ValueError):
                 continue
-            for _tx_id, packed in vectors:
-                if len(packed) != vector_bytes:
-                    return (f"the recovery store in {root} was written by a fraudflow version with "
-                            f"{len(packed) // 4} features, this one has {vector_bytes // 4}: resume it with "
-                            "that version, or start this one with a fresh recovery directory")
+            if not vectors:
+                continue
+            packed = vectors[0][1]  # (tx_id, packed features)
+            if len(packed) == vector_bytes:
                 return None
+            return (f"the recovery store in {directory} was written by a fraudflow version with "
+                    f"{len(packed) // 4} features, this one has {vector_bytes // 4}: resume it with "
+                    "that version, or start this one with a fresh recovery directory")
     return None
 
 
