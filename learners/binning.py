@@ -133,7 +133,7 @@ DAY_COUNT_FEATURES = (
 
 
 class StepFeatures(base.Transformer):
-    """Every feature standardised (online), plus quantile bins of the step-like ones.
+    """Every feature standardised (online, clipped), plus quantile bins of the step-like ones.
 
     The bin edges come from *unlabelled* transactions (:meth:`observe`, called by the model
     shard in event-time order): what normal traffic looks like, not the label sample, in which
@@ -141,11 +141,13 @@ class StepFeatures(base.Transformer):
     """
 
     day_counts: tuple[str, ...] = ()  # models pickled before day-count indicators existed
+    clip = 5.0  # and before standardised values were clipped
 
     def __init__(self, binned: tuple[str, ...] = STEP_FEATURES, levels: Sequence[float] = TAIL_LEVELS,
                  warmup: int = 50_000, day_counts: tuple[str, ...] = DAY_COUNT_FEATURES,
-                 max_days: int = 40) -> None:
+                 max_days: int = 40, clip: float = 5.0) -> None:
         self.binned = tuple(binned)
+        self.clip = clip
         self.day_counts = tuple(day_counts)
         self.max_days = max_days
         self.levels = tuple(levels)
@@ -165,7 +167,12 @@ class StepFeatures(base.Transformer):
         self.binner.learn_one({k: x[k] for k in self.binned if k in x})
 
     def transform_one(self, x: dict) -> dict:
-        out = self.scaler.transform_one(x)
+        # Standardised values are clipped at +-clip standard deviations. The scaler learns from
+        # labelled examples, which are a label delay older than the transactions scored: while
+        # windowed counts fill up after a start, a scored value can sit 50 deviations above every
+        # example learned, and one weight times it put a whole hour's transactions at score 1.
+        lim = self.clip
+        out = {k: (lim if v > lim else -lim if v < -lim else v) for k, v in self.scaler.transform_one(x).items()}
         out.update(self.binner.transform_one({k: x[k] for k in self.binned if k in x}))
         for name in self.day_counts:
             value = x.get(name)

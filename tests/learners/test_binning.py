@@ -37,3 +37,25 @@ def test_a_model_pickled_before_day_counts_existed_still_transforms():
     steps = StepFeatures()
     del steps.__dict__["day_counts"]  # what unpickling an older model gives
     assert not any("=" in k for k in steps.transform_one(_x(term_days_since_first_known_fraud=3.0)))
+
+
+def test_standardised_values_are_clipped_at_five_deviations():
+    # Counts learned while a window was still filling (labelled examples are a label delay
+    # older than the transactions scored): 0 or 1 transactions, then a terminal with 40.
+    steps = StepFeatures(warmup=1000)
+    for i in range(200):
+        steps.learn_one(_x(term_nb_tx_7d=float(i % 7 == 0)))
+    z = steps.transform_one(_x(term_nb_tx_7d=40.0))
+    assert z["term_nb_tx_7d"] == 5.0  # unclipped: (40 - 0.145) / 0.352 = 113
+    assert steps.transform_one(_x(term_nb_tx_7d=-40.0))["term_nb_tx_7d"] == -5.0
+    inside = steps.transform_one(_x(term_nb_tx_7d=1.0))["term_nb_tx_7d"]
+    assert 2.0 < inside < 5.0  # values within the clip are the scaler's own
+    assert inside == steps.scaler.transform_one(_x(term_nb_tx_7d=1.0))["term_nb_tx_7d"]
+
+
+def test_a_model_pickled_before_clipping_clips_too():
+    steps = StepFeatures()
+    steps.learn_one(_x(term_nb_tx_7d=0.0))
+    steps.learn_one(_x(term_nb_tx_7d=1.0))
+    del steps.__dict__["clip"]
+    assert steps.transform_one(_x(term_nb_tx_7d=1000.0))["term_nb_tx_7d"] == 5.0
