@@ -161,7 +161,7 @@ class _TerminalLogic(StatefulBatchLogic):
                 out.append(("tx", tx, terminal_step(profile, tx, account_features), part))
             else:
                 _, account_id, joined = item
-                profile.add_fraud(joined.tx_ts, joined.label_ts, joined.ordinary)
+                profile.add_fraud(joined.tx_ts, joined.label_ts, joined.unexplained)
                 out.append(("label", account_id, joined))
         return out, False
 

@@ -41,7 +41,7 @@ RECOVERY_DIR_ENV = "BYTEWAX_RECOVERY_DIRECTORY"
 DAY = 86_400
 HISTORY_DAYS = 30  # the longest feature window (acct_nb_tx_30d, acct_avg_amount_30d)
 _HORIZON = 31  # AccountProfile's daily ring: today and 30 days back
-_STATE_FIELDS = 10
+_STATE_FIELDS = (10, 11)  # 10: saved before the per-day unusual-amount counts
 
 
 class StateError(Exception):
@@ -211,11 +211,12 @@ def find_account_snapshot(directory: str | Path, account_id: str) -> AccountSnap
 
 def _account_state(value: Any) -> tuple:
     """Check the layout of ``AccountProfile.snapshot()`` before trusting it."""
-    if not isinstance(value, tuple) or len(value) != _STATE_FIELDS:
+    if not isinstance(value, tuple) or len(value) not in _STATE_FIELDS:
         raise StateError("the stored account state does not have the layout of this fraudflow version "
-                         f"(expected a tuple of {_STATE_FIELDS} values)")
-    day, counts, sums, amounts, n_seen, first_ts, last_ts, terms, pending, orphans = value
-    ok = (isinstance(day, int) and all(isinstance(b, bytes) for b in (counts, sums, amounts, terms))
+                         f"(expected a tuple of {' or '.join(map(str, _STATE_FIELDS))} values)")
+    day, counts, sums, amounts, n_seen, first_ts, last_ts, terms, pending, orphans, *unusual = value
+    ok = (isinstance(day, int) and all(isinstance(b, bytes) for b in (counts, sums, amounts, terms, *unusual))
+          and all(len(b) == 2 * _HORIZON for b in unusual)
           and isinstance(n_seen, int) and isinstance(first_ts, (int, float)) and isinstance(last_ts, (int, float))
           and isinstance(pending, (tuple, list)) and isinstance(orphans, (tuple, list))
           and len(counts) == 2 * _HORIZON and len(sums) == 4 * _HORIZON)
@@ -258,14 +259,15 @@ def account_view(snapshot: AccountSnapshot) -> dict:
     for d in range(max(first_day, last_day - HISTORY_DAYS + 1), last_day + 1):
         slot = d % _HORIZON
         daily.append({"date": _date(d).isoformat(), "transactions": int(profile.counts[slot]),
-                      "amount": round(float(profile.sums[slot]), 2)})
+                      "amount": round(float(profile.sums[slot]), 2), "unusual_amount": int(profile.unusual[slot])})
     windows = {}
     for w in (1, 7, 30):
         recent = daily[-w:]
         n = sum(r["transactions"] for r in recent)
         total = sum(r["amount"] for r in recent)
         windows[f"{w}d"] = {"transactions": n, "amount": round(total, 2),
-                            "average_amount": round(total / n, 2) if n else None}
+                            "average_amount": round(total / n, 2) if n else None,
+                            "unusual_amount": sum(r["unusual_amount"] for r in recent)}
     amounts = [round(float(a), 2) for a in profile.amounts]
     habit: dict[str, Any] = {"amounts": amounts, "median": None, "mad": None, "robust_scale": None}
     if len(amounts) >= 3:
@@ -307,11 +309,13 @@ def render_view(view: dict) -> str:
         f"  recent terminals    {view['recent_terminals']} (distinct, of the last {AccountProfile.RECENT_TERMINALS} "
         "kept; a terminal not among them counts as new)",
         "",
-        "windows ending on the last transaction's day (what acct_nb_tx_* / acct_avg_amount_* see)",
+        "windows ending on the last transaction's day (what acct_nb_tx_* / acct_avg_amount_* / acct_nb_unusual_7d "
+        "see; unusual: robust z >= 3)",
     ]
     for w, row in view["windows"].items():
         avg = "n/a" if row["average_amount"] is None else f"{row['average_amount']:.2f}"
-        lines.append(f"  {w:>3}  {row['transactions']:>5} transactions  {row['amount']:>10.2f} total  {avg:>8} average")
+        lines.append(f"  {w:>3}  {row['transactions']:>5} transactions  {row['amount']:>10.2f} total  {avg:>8} average"
+                     f"  {row['unusual_amount']:>3} unusual")
     lines += ["", f"amount habit (last {len(habit['amounts'])} amounts, robust to a burst of fraud)"]
     if habit["median"] is None:
         lines.append("  not enough history yet (the habit features start at 3 amounts)")

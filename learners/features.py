@@ -58,6 +58,8 @@ ACCOUNT_FEATURES = (
     "acct_log_secs_since_prev",
     "acct_new_terminal",
     "acct_history_days",
+    "acct_nb_unusual_7d",
+    "acct_amount_new_high",
 )
 TERMINAL_FEATURES = (
     *(f"term_nb_tx_{w}d" for w in WINDOWS),
@@ -66,10 +68,12 @@ TERMINAL_FEATURES = (
     "term_days_since_first_known_fraud",
     "term_days_since_last_known_fraud",
     "term_known_fraud_days",
-    "term_log_ordinary_known_frauds_30d",
+    "term_log_unexplained_known_frauds_30d",
 )
 FEATURE_NAMES = TX_FEATURES + ACCOUNT_FEATURES + TERMINAL_FEATURES
 _ROBUST_Z = ACCOUNT_FEATURES.index("acct_amount_robust_z")
+_UNUSUAL_7D = ACCOUNT_FEATURES.index("acct_nb_unusual_7d")
+_NEW_HIGH = ACCOUNT_FEATURES.index("acct_amount_new_high")
 
 
 def _day(event_ts: float) -> int:
@@ -97,14 +101,24 @@ def _term_hash(terminal_id: str) -> int:
     return zlib.crc32(terminal_id.encode())
 
 
-PendingTx = tuple[str, float, str, bool]  # (tx_id, event_ts, terminal_id, ordinary amount)
+PendingTx = tuple[str, float, str, bool]  # (tx_id, event_ts, terminal_id, unexplained by its card)
 
 ORDINARY_Z = 3.0  # robust z-score under which an amount is within the card's habit
+UNUSUAL_DAYS = 7  # acct_nb_unusual_7d: the card's purchases of an unusual amount over this many days (a window)
 
 
 def ordinary_amount(account_features: tuple[float, ...]) -> bool:
     """Was the transaction's amount within its card's habit (robust z below ``ORDINARY_Z``)?"""
     return account_features[_ROBUST_Z] < ORDINARY_Z
+
+
+def unexplained_by_card(account_features: tuple[float, ...]) -> bool:
+    """Would a fraud on this transaction be unexplained by its card and its amount: an ordinary
+    amount for the card, not above all its recent amounts, and no purchase of an unusual amount
+    on the card in the last ``UNUSUAL_DAYS`` days? A stolen card's frauds come with its unusual
+    spending, and a large purchase explains itself; a compromised terminal's frauds do neither."""
+    return (account_features[_ROBUST_Z] < ORDINARY_Z and account_features[_UNUSUAL_7D] == 0.0
+            and account_features[_NEW_HIGH] == 0.0)
 
 
 class AccountProfile:
@@ -115,7 +129,8 @@ class AccountProfile:
     spending does not become the card's new normal until it is most of its history.
     """
 
-    __slots__ = ("day", "counts", "sums", "amounts", "n_seen", "first_ts", "last_ts", "terms", "pending", "orphans")
+    __slots__ = ("day", "counts", "sums", "unusual", "amounts", "n_seen", "first_ts", "last_ts", "terms", "pending",
+                 "orphans")
 
     RECENT_AMOUNTS = 16
     RECENT_TERMINALS = 24
@@ -126,6 +141,7 @@ class AccountProfile:
             self.day = -1
             self.counts = array("H", bytes(2 * _HORIZON))
             self.sums = array("f", bytes(4 * _HORIZON))
+            self.unusual = array("H", bytes(2 * _HORIZON))  # purchases of an unusual amount per day
             self.amounts = array("f")
             self.n_seen = 0
             self.first_ts = 0.0
@@ -135,18 +151,21 @@ class AccountProfile:
             self.orphans: list[tuple[str, float, bool]] = []  # labels that came before their transaction
         else:
             (self.day, counts, sums, amounts, self.n_seen, self.first_ts, self.last_ts, terms, pending,
-             orphans) = state
+             orphans, *unusual) = state
+            # saved before the unusual-amount counts: none counted
+            self.unusual = array("H", unusual[0] if unusual else bytes(2 * _HORIZON))
             self.amounts = array("f", amounts)
             self.counts = array("H", counts)
             self.sums = array("f", sums)
             self.terms = array("I", terms)
-            # 3-tuples: saved before the ordinary-amount flag (counted as ordinary)
+            # 3-tuples: saved before the unexplained flag (counted as unexplained)
             self.pending = [p if len(p) > 3 else (*p, True) for p in pending]
             self.orphans = list(orphans)
 
     def snapshot(self) -> tuple:
         return (self.day, self.counts.tobytes(), self.sums.tobytes(), self.amounts.tobytes(), self.n_seen,
-                self.first_ts, self.last_ts, self.terms.tobytes(), tuple(self.pending), tuple(self.orphans))
+                self.first_ts, self.last_ts, self.terms.tobytes(), tuple(self.pending), tuple(self.orphans),
+                self.unusual.tobytes())
 
     def _advance(self, day: int) -> None:
         """Roll the daily ring forward to ``day`` (older days fall out)."""
@@ -157,27 +176,34 @@ class AccountProfile:
             slot = (day - d) % _HORIZON
             self.counts[slot] = 0
             self.sums[slot] = 0.0
+            self.unusual[slot] = 0
         self.day = day
 
-    def _window(self, w: int, day: int) -> tuple[int, float]:
-        n, s = 0, 0.0
-        counts, sums = self.counts, self.sums
+    def _window(self, w: int, day: int) -> tuple[int, float, int]:
+        """Transactions, their amount and how many had an unusual amount, in the ``w`` days
+        that end on ``day``."""
+        n, s, u = 0, 0.0, 0
+        counts, sums, unusual = self.counts, self.sums, self.unusual
         lo = max(day - w + 1, self.day - _HORIZON + 1)
         for d in range(lo, min(day, self.day) + 1):
             slot = d % _HORIZON
             n += counts[slot]
             s += sums[slot]
-        return n, s
+            u += unusual[slot]
+        return n, s, u
 
     def features(self, tx) -> tuple[float, ...]:
         """Account features for ``tx`` from history before it (state unchanged)."""
         day = _day(tx.event_ts)
         out_n: list[float] = []
         out_avg: list[float] = []
+        unusual = 0
         for w in WINDOWS:
-            n, s = self._window(w, day)
+            n, s, u = self._window(w, day)
             out_n.append(float(n))
             out_avg.append(s / n if n else 0.0)
+            if w == UNUSUAL_DAYS:
+                unusual = u
         n30, avg30 = out_n[2], out_avg[2]
         amount = tx.amount
         ratio = math.log((amount + 1.0) / (avg30 + 1.0)) if n30 else 0.0
@@ -187,22 +213,28 @@ class AccountProfile:
             mad = _median(sorted(abs(a - median) for a in ordered))
             median_ratio = math.log((amount + 1.0) / (median + 1.0))
             robust_z = max(-20.0, min(20.0, (amount - median) / (1.4826 * mad + 0.05 * median + 1.0)))
+            new_high = 1.0 if amount > ordered[-1] else 0.0  # above each of the card's recent amounts
         else:
-            median_ratio = robust_z = 0.0
+            median_ratio = robust_z = new_high = 0.0
         since_prev = math.log1p(max(0.0, tx.event_ts - self.last_ts)) if self.n_seen else -1.0
         new_terminal = 0.0 if _term_hash(tx.terminal_id) in self.terms else 1.0
         history_days = min(30.0, (tx.event_ts - self.first_ts) / DAY) if self.n_seen else 0.0
-        return (*out_n, *out_avg, ratio, median_ratio, robust_z, since_prev, new_terminal, history_days)
+        return (*out_n, *out_avg, ratio, median_ratio, robust_z, since_prev, new_terminal, history_days,
+                float(unusual), new_high)
 
-    def update(self, tx, ordinary: bool = True) -> None:
-        """Add ``tx`` to the history and to the transactions awaiting a label (``ordinary``: its
-        amount was within the card's habit, see :func:`ordinary_amount`)."""
+    def update(self, tx, features: tuple[float, ...]) -> bool:
+        """Add ``tx`` (whose account ``features`` were computed before it) to the history and to
+        the transactions awaiting a label; returns whether a fraud on it would be unexplained by
+        its card (:func:`unexplained_by_card`), the flag its label will carry."""
         day = _day(tx.event_ts)
         self._advance(day)
+        unexplained = unexplained_by_card(features)
         if day > self.day - _HORIZON:
             slot = day % _HORIZON
             if self.counts[slot] < 65535:
                 self.counts[slot] += 1
+                if not ordinary_amount(features):
+                    self.unusual[slot] += 1
             self.sums[slot] += tx.amount
         if self.n_seen == 0:
             self.first_ts = tx.event_ts
@@ -218,14 +250,15 @@ class AccountProfile:
         terms.append(h)
         if len(terms) > self.RECENT_TERMINALS:
             del terms[0]
-        self.pending.append((tx.tx_id, tx.event_ts, tx.terminal_id, ordinary))
+        self.pending.append((tx.tx_id, tx.event_ts, tx.terminal_id, unexplained))
         if len(self.pending) > self.MAX_PENDING:
             del self.pending[0]
+        return unexplained
 
     def observe(self, tx) -> tuple[float, ...]:
         """Features for ``tx``, then learn it: the per-transaction step of the flow."""
         f = self.features(tx)
-        self.update(tx, ordinary_amount(f))
+        self.update(tx, f)
         return f
 
     def take_pending(self, tx_id: str) -> Optional[PendingTx]:
@@ -254,8 +287,7 @@ class AccountProfile:
         ``is_fraud=None`` (legitimate, inferred), known as of ``tx``'s time.
         """
         f = self.features(tx)
-        ordinary = ordinary_amount(f)
-        self.update(tx, ordinary)
+        unexplained = self.update(tx, f)
         joined: list[JoinedLabel] = []
         expired: list = []
         if self.orphans:
@@ -263,7 +295,8 @@ class AccountProfile:
             for orphan in self.orphans:
                 if orphan[0] == tx.tx_id:
                     self.pending.pop()
-                    joined.append(JoinedLabel(tx.tx_id, tx.event_ts, tx.terminal_id, orphan[1], orphan[2], ordinary))
+                    joined.append(JoinedLabel(tx.tx_id, tx.event_ts, tx.terminal_id, orphan[1], orphan[2],
+                                              unexplained))
                 elif orphan[1] < tx.event_ts - retention_s:
                     expired.append(orphan)
                 else:
@@ -288,7 +321,7 @@ class JoinedLabel(NamedTuple):
     terminal_id: str
     label_ts: float
     is_fraud: Optional[bool]
-    ordinary: bool = True  # the amount was within the card's habit (ordinary_amount)
+    unexplained: bool = True  # a fraud here is unexplained by its card (unexplained_by_card)
 
 
 class TerminalProfile:
@@ -327,11 +360,11 @@ class TerminalProfile:
         if state is None:
             self.day = -1
             self.counts = array("I", bytes(4 * horizon))
-            self.frauds: list[tuple[int, float]] = []  # (tx day, label event_ts)
+            self.frauds: list[tuple[int, float, bool]] = []  # (tx day, label event_ts, unexplained)
         else:
             self.day, counts, frauds = state
             self.counts = array("I", counts)
-            # (day, label time): saved before the ordinary-amount flag (counted as ordinary)
+            # (day, label time): saved before the unexplained flag (counted as unexplained)
             self.frauds = [f if len(f) > 2 else (*f, True) for f in frauds]
 
     @property
@@ -355,7 +388,7 @@ class TerminalProfile:
         risk_out: list[float] = []
         step = self.step
         cutoff = (math.floor(event_ts / step) - 2) * step if step > 0 else event_ts
-        known = [fr for fr in self.frauds if fr[1] <= cutoff]  # (tx day, label time, ordinary amount)
+        known = [fr for fr in self.frauds if fr[1] <= cutoff]  # (tx day, label time, unexplained)
         for w in WINDOWS:
             n = self._count(end - w + 1, end)
             lo = end - w + 1
@@ -369,12 +402,13 @@ class TerminalProfile:
         else:
             since_first = since_last = -1.0
         # Days with known frauds: one fraud (a stolen card's purchase) is not a compromised terminal.
-        # Frauds of an ordinary amount for their card: what a compromised terminal (a common point
-        # of compromise) leaves, where a stolen card's unusual spending does not.
+        # Frauds unexplained by their card (an ordinary amount, no unusual spending on the card that
+        # week): what a compromised terminal (a common point of compromise) leaves; a stolen card's
+        # frauds come with its unusual spending.
         fraud_days = float(len(set(recent_days)))
-        ordinary = sum(1 for fr in recent if fr[2])
+        unexplained = sum(1 for fr in recent if fr[2])
         return (*n_out, *risk_out, math.log1p(len(recent)), since_first, since_last, fraud_days,
-                math.log1p(ordinary))
+                math.log1p(unexplained))
 
     def update(self, event_ts: float) -> None:
         day = _day(event_ts)
@@ -395,11 +429,11 @@ class TerminalProfile:
         self.update(event_ts)
         return f
 
-    def add_fraud(self, tx_ts: float, label_ts: float, ordinary: bool = True) -> None:
-        """Record a released fraud label for a transaction on this terminal (``ordinary``: its
-        amount was within its card's habit)."""
+    def add_fraud(self, tx_ts: float, label_ts: float, unexplained: bool = True) -> None:
+        """Record a released fraud label for a transaction on this terminal (``unexplained``: by
+        its card, see :func:`unexplained_by_card`)."""
         fd = _day(tx_ts)
         if self.day >= 0 and fd < self.day - self._horizon:
             return  # too old to matter to any window
-        self.frauds.append((fd, label_ts, ordinary))
+        self.frauds.append((fd, label_ts, unexplained))
         self.frauds.sort()

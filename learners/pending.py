@@ -38,7 +38,7 @@ Example = tuple[str, float, bool, bytes]
 
 
 def pack(features: tuple[float, ...]) -> bytes:
-    """Feature vector as float32 bytes (112 bytes for 28 features)."""
+    """Feature vector as float32 bytes (4 per feature: 116 bytes for 29 features)."""
     return _PACK.pack(*features)
 
 

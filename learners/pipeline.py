@@ -106,7 +106,7 @@ class SequentialPipeline:
 
     def _joined(self, account_id: str, joined: JoinedLabel) -> None:
         if joined.is_fraud:
-            self._terminal(joined.terminal_id).add_fraud(joined.tx_ts, joined.label_ts, joined.ordinary)
+            self._terminal(joined.terminal_id).add_fraud(joined.tx_ts, joined.label_ts, joined.unexplained)
         shard = shard_for(account_id, self.config.shards)
         bucket = self._bucket(shard, joined.tx_ts)
         examples = bucket.label(joined.tx_id, learn_at(joined, self.config), joined.is_fraud)

@@ -24,6 +24,7 @@ from connectors.sources import EventListSource
 from dataflows import state_cli
 from dataflows.fraud import build_flow
 from dataflows.settings import Settings
+from learners.features import AccountProfile, ordinary_amount
 from learners.pending import VECTOR_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,6 +102,13 @@ def test_pending_transactions_match_the_last_label_delay(recovered):
     assert sorted(view["amount_habit"]["amounts"]) == pytest.approx(last16, abs=0.01)
     median = (last16[7] + last16[8]) / 2
     assert view["amount_habit"]["median"] == pytest.approx(median, abs=0.02)
+    # the unusual-amount counts are the account's own: replay its transactions through a profile
+    replay = AccountProfile()
+    unusual = [not ordinary_amount(replay.observe(t)) for t in txs]
+    assert sum(d["unusual_amount"] for d in view["daily"]) == sum(unusual)
+    last_day = int(txs[-1].event_ts // 86_400)
+    assert view["windows"]["7d"]["unusual_amount"] == sum(
+        u for t, u in zip(txs, unusual) if t.event_ts // 86_400 > last_day - 7)
 
 
 def test_cli_prints_the_account(recovered):

@@ -174,34 +174,50 @@ def test_frauds_only_feed_infers_legitimate_when_the_card_moves_on():
     assert [(j.tx_id, j.terminal_id, j.label_ts, j.is_fraud) for j in joined] == [("t-1", "m-1", D0 + 9 * DAY, None)]
 
 
-def test_frauds_of_ordinary_amounts_count_as_a_point_of_compromise():
-    # A card with a steady habit: one purchase at its usual amount, one at twenty times it.
+def test_frauds_unexplained_by_their_card_count_as_a_point_of_compromise():
+    # A card with a steady habit: a purchase at its usual amount, one at twenty times it, then
+    # usual amounts the next day (that week had unusual spending) and nine days later (it had not).
     acct = AccountProfile()
     for i, amount in enumerate([20.0, 22.0, 18.0, 21.0, 19.0]):
-        acct.on_transaction(tx(i, D0 + i * 3600, amount), retention_s=8 * DAY)
-    acct.on_transaction(tx(10, D0 + DAY, 21.0, "m-shop"), retention_s=8 * DAY)
-    acct.on_transaction(tx(11, D0 + DAY + 60, 400.0, "m-shop"), retention_s=8 * DAY)
-    usual = acct.join_label("t-10", D0 + 8 * DAY, True)
-    unusual = acct.join_label("t-11", D0 + 8 * DAY + 60, True)
-    assert usual.ordinary and not unusual.ordinary
+        acct.on_transaction(tx(i, D0 + i * 3600, amount), retention_s=30 * DAY)
+    unusual_7d = ACCOUNT_FEATURES.index("acct_nb_unusual_7d")
+    f10, _, _ = acct.on_transaction(tx(10, D0 + DAY, 21.0, "m-shop"), retention_s=30 * DAY)
+    f11, _, _ = acct.on_transaction(tx(11, D0 + DAY + 60, 400.0, "m-shop"), retention_s=30 * DAY)
+    f12, _, _ = acct.on_transaction(tx(12, D0 + 2 * DAY, 20.0, "m-shop"), retention_s=30 * DAY)
+    f13, _, _ = acct.on_transaction(tx(13, D0 + 9 * DAY, 20.0, "m-shop"), retention_s=30 * DAY)
+    assert [f[unusual_7d] for f in (f10, f11, f12, f13)] == [0.0, 0.0, 1.0, 0.0]  # before each purchase
+    new_high = ACCOUNT_FEATURES.index("acct_amount_new_high")
+    assert [f[new_high] for f in (f10, f11, f12, f13)] == [0.0, 1.0, 0.0, 0.0]
+    joined = [acct.join_label(f"t-{i}", D0 + 16 * DAY, True) for i in (10, 11, 12, 13)]
+    # another card of the same habit: 23 is within it (robust z < 3) but above each recent amount
+    other = AccountProfile()
+    for i, amount in enumerate([20.0, 22.0, 18.0, 21.0, 19.0]):
+        other.on_transaction(tx(20 + i, D0 + i * 3600, amount), retention_s=30 * DAY)
+    f14, _, _ = other.on_transaction(tx(14, D0 + DAY, 23.0, "m-shop"), retention_s=30 * DAY)
+    assert f14[new_high] == 1.0 and f14[ACCOUNT_FEATURES.index("acct_amount_robust_z")] < 3
+    joined.append(other.join_label("t-14", D0 + 16 * DAY, True))
+    assert [j.unexplained for j in joined] == [True, False, False, True, False]
 
     term = TerminalProfile(delay_days=7)
-    for j in (usual, unusual):
-        term.add_fraud(j.tx_ts, j.label_ts, j.ordinary)
-    f = term.features(D0 + 9 * DAY)
-    assert f[TERMINAL_FEATURES.index("term_log_known_frauds_30d")] == pytest.approx(math.log1p(2))
-    assert f[TERMINAL_FEATURES.index("term_log_ordinary_known_frauds_30d")] == pytest.approx(math.log1p(1))
+    for j in joined:
+        term.add_fraud(j.tx_ts, j.label_ts, j.unexplained)
+    f = term.features(D0 + 17 * DAY)
+    assert f[TERMINAL_FEATURES.index("term_log_known_frauds_30d")] == pytest.approx(math.log1p(5))
+    assert f[TERMINAL_FEATURES.index("term_log_unexplained_known_frauds_30d")] == pytest.approx(math.log1p(2))
 
 
-def test_profiles_saved_before_the_ordinary_flag_restore():
+def test_profiles_saved_before_the_unexplained_flag_restore():
     acct = AccountProfile()
     acct.on_transaction(tx(1, D0, 10.0, "m-7"), retention_s=8 * DAY)
-    state = list(acct.snapshot())
-    state[8] = tuple(p[:3] for p in state[8])  # pending records were (tx_id, ts, terminal_id)
+    state = list(acct.snapshot())[:10]  # saved before the unusual-amount counts
+    state[8] = tuple(p[:3] for p in state[8])  # and pending records were (tx_id, ts, terminal_id)
     old = AccountProfile(tuple(state))
-    assert old.join_label("t-1", D0 + 7 * DAY, True).ordinary  # unknown: counted as ordinary
+    assert old.join_label("t-1", D0 + 7 * DAY, True).unexplained  # unknown: counted as unexplained
+    f = old.features(tx(2, D0 + 600, 10.0, "m-7"))
+    assert f[ACCOUNT_FEATURES.index("acct_nb_unusual_7d")] == 0.0
+    assert AccountProfile(old.snapshot()).snapshot() == old.snapshot()
     d0 = int(D0 // DAY)
     # frauds were (day, label ts)
     term = TerminalProfile(delay_days=7, state=(d0, bytes(4 * 38), ((d0, D0 + 7 * DAY),)))
     f = term.features(D0 + 8 * DAY)
-    assert f[TERMINAL_FEATURES.index("term_log_ordinary_known_frauds_30d")] == pytest.approx(math.log1p(1))
+    assert f[TERMINAL_FEATURES.index("term_log_unexplained_known_frauds_30d")] == pytest.approx(math.log1p(1))
