@@ -57,7 +57,8 @@ from dataflows.state_cli import feature_layout_error
 from learners.decision import AlertPolicy, PolicyConfig
 from learners.features import AccountProfile, TerminalProfile
 from learners.pending import VECTOR_BYTES, PendingBucket
-from learners.pipeline import PipelineConfig, account_step, learn_at, pending_key, shard_for, terminal_step
+from learners.pipeline import (PipelineConfig, account_step, copies_to, learn_at, pending_key, shard_for,
+                               terminal_step)
 from learners.scoring import ModelConfig, ModelShard, Scored
 
 __all__ = ["FlowParts", "build_flow", "pipeline_config"]
@@ -82,7 +83,8 @@ def pipeline_config(settings: Settings, shards: int) -> PipelineConfig:
         alert_rate=settings.alert_rate,
         shards=shards,
     )
-    return PipelineConfig(model=model, risk_delay_days=settings.risk_delay_days, shards=shards)
+    return PipelineConfig(model=model, risk_delay_days=settings.risk_delay_days, shards=shards,
+                          shard_examples=settings.shard_examples)
 
 
 def simulator_config(settings: Settings) -> SimulatorConfig:
@@ -293,7 +295,7 @@ def build_flow(
     n_shards = shards or settings.model_shards or workers
     config = pipeline_config(settings, n_shards)
     keys = shard_keys(n_shards)  # names independent of the worker count: models survive rescaling
-    stats = RunStats(progress=settings.progress)
+    stats = RunStats(progress=settings.progress, shared_examples=config.shard_examples == "all" and n_shards > 1)
     BOARD.clear()  # a new flow in this process: no clocks from an earlier one
 
     if source is None:
@@ -335,10 +337,24 @@ def build_flow(
     awaiting = op.stateful_batch("await_labels", op.map("key_by_bucket", to_buckets, bucket_key),
                                  lambda state: _BucketLogic(config, stats, state))
     to_score = op.filter("transactions_to_score", terminal_items, lambda v: v[0] == "tx")
+    shard_index = {key: i for i, key in enumerate(keys)}
+
+    def to_shards(kv: tuple[str, tuple]) -> list[tuple[str, tuple]]:
+        """An example to its own shard and, as a copy, to every shard that learns it too
+        (FRAUDFLOW_SHARD_EXAMPLES=all: the same model on each, whatever the split; decisions 18)."""
+        own, example = kv[0].split("/", 1)[0], kv[1]
+        out = [(own, example)]
+        others = copies_to(shard_index[own], example[1:], config)
+        if others:
+            copy = ("copy", *example[1:])
+            out.extend((keys[i], copy) for i in others)
+        return out
+
+    examples = op.flat_map("examples_to_shards", awaiting, to_shards)
     by_shard = op.merge(
         "to_shard",
         op.map("key_by_shard", to_score, lambda v: (keys[shard_for(v[1].account_id, n_shards)], v)),
-        op.map("examples_by_shard", awaiting, lambda kv: (kv[0].split("/", 1)[0], kv[1])),
+        examples,
     )
     model_config = config.model
     exporter = make_exporter(settings, stats.exported)

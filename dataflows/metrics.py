@@ -16,8 +16,10 @@ costs the hot path nothing but a histogram bucket increment per score.
 metric                                      meaning
 ==========================================  =====================================================
 fraudflow_transactions_scored_total         transactions scored
-fraudflow_labels_received_total             labels that reached a model shard
-fraudflow_labels_learned_total{label}       labels the model learned from (fraud / legitimate)
+fraudflow_labels_received_total             labels that reached their model shard
+fraudflow_labels_learned_total{label}       labels the model learned from (fraud / legitimate);
+                                            one shard's count when every shard learns every
+                                            example (FRAUDFLOW_SHARD_EXAMPLES=all)
 fraudflow_dead_letters_total{reason}        rejected input, by reason category
 fraudflow_alerts_total                      alerts emitted
 fraudflow_alerts_suppressed_total           alert candidates folded into an open alert (cool-down)

@@ -44,8 +44,11 @@ class RunStats:
 
     REPORT_EVERY_S = 5.0
 
-    def __init__(self, progress: bool = True) -> None:
+    def __init__(self, progress: bool = True, shared_examples: bool = False) -> None:
         self.progress = progress
+        # every shard learns every example (FRAUDFLOW_SHARD_EXAMPLES=all): what was learned is
+        # one shard's count, not the sum over shards (each example is learned once per shard)
+        self.shared_examples = shared_examples
         self.started = time.monotonic()
         self.transactions = 0
         self.alerts = 0
@@ -148,9 +151,13 @@ class RunStats:
     # -- reporting ----------------------------------------------------------------------
     def counts(self) -> dict[str, Any]:
         shards = list(self.shards.values())
-        learned = sum(s.counts["labels_learned"] for s in shards)
-        received = sum(s.counts["labels_received"] for s in shards)
-        frauds = sum(s.counts["frauds_learned"] for s in shards)
+
+        def learned_count(name: str) -> int:
+            values = [s.counts[name] for s in shards]
+            return max(values, default=0) if self.shared_examples else sum(values)
+
+        learned, frauds = learned_count("labels_learned"), learned_count("frauds_learned")
+        received = sum(s.counts["labels_received"] for s in shards)  # copies are not counted
         elapsed = time.monotonic() - self.started
         return {
             "transactions_scored": self.transactions,
@@ -159,7 +166,7 @@ class RunStats:
             "frauds_learned": frauds,
             "implicit_negatives": sum(s.counts["implicit_negatives"] for s in shards),
             "late_transactions": sum(s.counts["late_transactions"] for s in shards),
-            "late_labels": sum(s.counts["late_labels"] for s in shards),
+            "late_labels": learned_count("late_labels"),
             "pending_transactions": self.pending,
             "forgotten_unjoined": self.forgotten,
             "snapshot_exports": self.snapshot_exports,

@@ -116,6 +116,10 @@ class Settings:
     model_seed: int = field(default=0, metadata=_meta("model seed"))
     model_shards: int = field(default=0, metadata=_meta(
         "model partitions (0: one per worker); fix it in production so rescaling keeps models", _at_least(0)))
+    shard_examples: str = field(default="all", metadata=_meta(
+        "all | own: which labelled examples each model shard learns. all: every one, so the shards score "
+        "their accounts with the same model and splitting it does not change what it learns; own: its "
+        "accounts' only (each shard learns from 1/N of them, less work per shard)", _choice("all", "own")))
     label_mode: str = field(default="", metadata=_meta(
         "all | frauds (default: sim_labels for the simulator, else all)", _choice("", "all", "frauds")))
     label_timeout_days: float = field(default=8.0, metadata=_meta(

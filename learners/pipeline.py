@@ -20,10 +20,10 @@ from typing import Iterable, Iterator, Optional
 from connectors.events import Label, Transaction
 from learners.features import AccountProfile, JoinedLabel, TerminalProfile, transaction_features
 from learners.pending import PendingBucket, bucket_of
-from learners.scoring import ModelConfig, ModelShard, Scored
+from learners.scoring import ModelConfig, ModelShard, Scored, in_sample
 
-__all__ = ["PipelineConfig", "SequentialPipeline", "account_step", "learn_at", "pending_key", "shard_for",
-           "terminal_step"]
+__all__ = ["PipelineConfig", "SequentialPipeline", "account_step", "copies_to", "learn_at", "pending_key",
+           "shard_for", "terminal_step"]
 
 DAY = 86_400.0
 
@@ -33,6 +33,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     risk_delay_days: int = 7  # terminal risk windows end this many days back (label delay)
     shards: int = 1
+    shard_examples: str = "all"  # every shard learns every example ("all") or its accounts' ("own")
 
     @property
     def retention_s(self) -> float:
@@ -43,6 +44,17 @@ class PipelineConfig:
 def shard_for(account_id: str, shards: int) -> int:
     """Stable shard of an account (the same in every process and run)."""
     return zlib.crc32(account_id.encode()) % shards if shards > 1 else 0
+
+
+def copies_to(shard: int, example: tuple, config: "PipelineConfig") -> tuple[int, ...]:
+    """The other shards a labelled example ``(tx_id, label_ts, is_fraud, packed)`` of ``shard``
+    goes to: every one when all shards learn every example and it is in the negative sample
+    (an example outside it only counts, at its own shard)."""
+    if config.shard_examples != "all" or config.shards <= 1:
+        return ()
+    if not in_sample(example[0], example[2], example[3], config.model.negative_sampling):
+        return ()
+    return tuple(i for i in range(config.shards) if i != shard)
 
 
 def pending_key(shard_key: str, tx_ts: float) -> str:
@@ -91,8 +103,11 @@ class SequentialPipeline:
         return bucket
 
     def _examples(self, shard: int, tx_ts: float, examples: list) -> None:
+        own = self.shards[shard]
         for example in examples:
-            self.shards[shard].on_example(*example)
+            own.on_example(*example)
+            for other in copies_to(shard, example, self.config):
+                self.shards[other].on_example(*example, copy=True)
         key = (shard, bucket_of(tx_ts))
         if self.buckets[key].empty:
             del self.buckets[key]

@@ -108,6 +108,14 @@ def _keep_negative(tx_id: str, rate: float) -> bool:
     return rate >= 1.0 or (zlib.crc32(tx_id.encode()) & 0xFFFF) < rate * 65536
 
 
+def in_sample(tx_id: str, is_fraud: Optional[bool], packed: bytes, negative_sampling: float) -> bool:
+    """Is a labelled example learned: every fraud, and the legitimate ones in the sample of
+    their stratum (:func:`_sampling_rate`)?"""
+    if is_fraud:
+        return True
+    return _keep_negative(tx_id, _sampling_rate(_FRAUD_TERMINAL.unpack_from(packed)[0], negative_sampling))
+
+
 def _sampling_rate(fraud_terminal: float, rate: float) -> float:
     """Share of legitimate examples learned in the stratum of a transaction whose terminal
     feature ``term_log_known_frauds_30d`` is ``fraud_terminal``: all of them at a terminal with
@@ -324,14 +332,17 @@ class ModelShard:
         if is_fraud:
             self.counts["frauds_learned"] += 1
 
-    def on_example(self, tx_id: str, label_ts: float, is_fraud: Optional[bool], packed: bytes) -> None:
-        """A labelled example (features joined to the label upstream); learned at the step after it."""
-        self.counts["labels_received"] += 1
-        if is_fraud is None:  # inferred legitimate (frauds-only feeds)
-            self.counts["implicit_negatives"] += 1
-            is_fraud = False
-        rate = _sampling_rate(_FRAUD_TERMINAL.unpack_from(packed)[0], self.config.negative_sampling)
-        if not (is_fraud or _keep_negative(tx_id, rate)):
+    def on_example(self, tx_id: str, label_ts: float, is_fraud: Optional[bool], packed: bytes,
+                   copy: bool = False) -> None:
+        """A labelled example (features joined to the label upstream); learned at the step after
+        it. ``copy``: another shard's example, sent here too (``shard_examples="all"``); it is
+        learned but counted as received by that shard only."""
+        if not copy:
+            self.counts["labels_received"] += 1
+            if is_fraud is None:  # inferred legitimate (frauds-only feeds)
+                self.counts["implicit_negatives"] += 1
+        is_fraud = bool(is_fraud)
+        if not in_sample(tx_id, is_fraud, packed, self.config.negative_sampling):
             return  # a legitimate example outside the sample: never held (the snapshot stays small)
         if label_ts < self.built_to:
             self.counts["late_labels"] += 1
@@ -413,8 +424,8 @@ class ModelShard:
         return Scored(tx, score, threshold, name, reasons)
 
     def on_batch(self, items: list) -> list[Scored]:
-        """Process a batch of ("tx", tx, features, part) and ("example", tx_id, label_ts,
-        is_fraud, packed) items.
+        """Process a batch of ("tx", tx, features, part) and ("example" or "copy", tx_id,
+        label_ts, is_fraud, packed) items.
 
         Items are taken in event-time order (labels first on ties), which undoes most of
         the reordering that keyed exchanges introduce before they reach the shard.
@@ -425,10 +436,11 @@ class ModelShard:
             self.export("on_demand")
         out = []
         for item in items:
-            if item[0] == "tx":
+            kind = item[0]
+            if kind == "tx":
                 out.append(self.on_transaction(item[1], item[2], item[3]))
             else:
-                self.on_example(item[1], item[2], item[3], item[4])
+                self.on_example(item[1], item[2], item[3], item[4], kind == "copy")
         return out
 
 

@@ -123,14 +123,18 @@ def test_no_look_ahead_labels_first_gives_the_same_scores(one_worker, small_stre
 
 
 def test_two_workers_score_once_and_detect_as_well(one_worker, small_stream, small_config):
+    """Two model shards, each learning every example (the default): measured AP 0.6774 vs
+    0.6784 for one worker, AUC 0.8766 vs 0.8769; each shard learning its own accounts' examples
+    only (FRAUDFLOW_SHARD_EXAMPLES=own) gave AP 0.6578 (decisions 18)."""
     events, truth = small_stream
-    _, _, scores1, _ = one_worker
-    alerts2, dlq2, scores2, _ = run_flow(events, workers=2)
+    _, _, scores1, stats1 = one_worker
+    alerts2, dlq2, scores2, stats2 = run_flow(events, workers=2)
     assert sorted(s.tx_id for s in scores2) == sorted(s.tx_id for s in scores1)
+    assert stats2.counts()["labels_received"] == stats1.counts()["labels_received"]  # counted once, not per shard
     after = _iso(small_config.start_ts + 21 * DAY)
     auc1, ap1 = _quality(scores1, truth, after)
     auc2, ap2 = _quality(scores2, truth, after)
-    assert abs(ap2 - ap1) < 0.05 and abs(auc2 - auc1) < 0.02, (ap1, ap2, auc1, auc2)
+    assert abs(ap2 - ap1) < 0.01 and abs(auc2 - auc1) < 0.005, (ap1, ap2, auc1, auc2)
     assert alerts2 and dlq2 == []
 
 

@@ -32,3 +32,22 @@ def test_a_frauds_only_feed_does_not_flood_alerts_after_the_cold_start():
     # Measured on this stream: 4.6 % of supervised scores >= 0.5 with every label, 7.9 % with
     # frauds only; 33 % when frauds were learned a day before the legitimate of their time.
     assert _share_alerting("frauds") < 2 * _share_alerting("all")
+
+
+def test_every_shard_learns_every_example_unless_told_own():
+    events = list(simulate(SimulatorConfig(customers=200, terminals=400, days=20, seed=3)))
+    runs = {}
+    for name, config in {"one": PipelineConfig(), "all": PipelineConfig(shards=3),
+                         "own": PipelineConfig(shards=3, shard_examples="own")}.items():
+        pipe = SequentialPipeline(config)
+        list(pipe.run(events))
+        runs[name] = [(s.counts["labels_received"], s.counts["frauds_learned"]) for s in pipe.shards]
+    (received, frauds), = runs["one"]
+    assert received > 2000 and frauds > 20
+    # a label is received (counted) by its own shard; the others learn a copy of it
+    assert sum(r for r, _ in runs["all"]) == received and all(0 < r < received for r, _ in runs["all"])
+    # each shard learns every fraud, up to its own accounts' last transaction (the last hours differ)
+    assert all(frauds - 5 <= f <= frauds for _, f in runs["all"])
+    own = runs["own"]
+    assert sum(r for r, _ in own) == received and frauds - 15 <= sum(f for _, f in own) <= frauds
+    assert all(f < frauds * 0.6 for _, f in own)
