@@ -335,15 +335,15 @@ class ModelShard:
     def on_example(self, tx_id: str, label_ts: float, is_fraud: Optional[bool], packed: bytes,
                    copy: bool = False) -> None:
         """A labelled example (features joined to the label upstream); learned at the step after
-        it. ``copy``: another shard's example, sent here too (``shard_examples="all"``); it is
-        learned but counted as received by that shard only."""
+        it. ``copy``: another shard's example, sent here too (``shard_examples="all"``) because
+        it is in the sample; it is learned but counted as received by that shard only."""
         if not copy:
             self.counts["labels_received"] += 1
             if is_fraud is None:  # inferred legitimate (frauds-only feeds)
                 self.counts["implicit_negatives"] += 1
+            if not in_sample(tx_id, is_fraud, packed, self.config.negative_sampling):
+                return  # a legitimate example outside the sample: never held (the snapshot stays small)
         is_fraud = bool(is_fraud)
-        if not in_sample(tx_id, is_fraud, packed, self.config.negative_sampling):
-            return  # a legitimate example outside the sample: never held (the snapshot stays small)
         if label_ts < self.built_to:
             self.counts["late_labels"] += 1
             self._learn_example(is_fraud, packed)
