@@ -295,7 +295,7 @@ def build_flow(
     n_shards = shards or settings.model_shards or workers
     config = pipeline_config(settings, n_shards)
     keys = shard_keys(n_shards)  # names independent of the worker count: models survive rescaling
-    stats = RunStats(progress=settings.progress, shared_examples=config.shard_examples == "all" and n_shards > 1)
+    stats = RunStats(progress=settings.progress, shared_examples=config.shard_examples == "all")
     BOARD.clear()  # a new flow in this process: no clocks from an earlier one
 
     if source is None:
