@@ -30,7 +30,8 @@ def main(argv=None) -> None:
     log.info("1/2 throughput: dataflow vs bare loop, export cost")
     t = throughput.main(["--repeat", "1", "--days", "20"] if args.quick else [])
     log.info("2/2 Kafka end to end: 1 and 2 processes, recovery, latency")
-    k = kafka.main(["--customers", "5000", "--terminals", "10000", "--days", "5"] if args.quick else [])
+    quick = ["--customers", "5000", "--terminals", "10000", "--days", "5", "--repeat", "1"]
+    k = kafka.main(quick if args.quick else [])
     lat = k.get("latency_at_half_max", {})
     rows = [
         ("dataflow / bare loop (1 worker)", t["ratio_dataflow_to_loop"], ">= 0.6"),

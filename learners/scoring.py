@@ -288,11 +288,13 @@ class ModelShard:
         k = max(1, int(round(k)))
         self.threshold = sorted(recent, reverse=True)[min(k, len(recent)) - 1] if k <= len(recent) else 0.0
 
-    def _unlabelled_learner(self) -> Any:
-        """The model's first step if it learns from unlabelled transactions (bin edges), else None."""
+    def _first_step(self, wants: str) -> Any:
+        """The model's first step if its ``wants`` property holds (``wants_unlabelled``: bin
+        edges still learning from transactions; ``wants_labels``: cuts still learning from
+        labelled examples), else None."""
         steps = getattr(self.model, "steps", None)
         first = next(iter(steps.values()), None) if steps else None
-        return first if getattr(first, "wants_unlabelled", False) else None
+        return first if getattr(first, wants, False) else None
 
     def _learn_unlabelled(self, boundary: float) -> None:
         """Transactions before ``boundary``, in event-time order: the cold-start detector learns
@@ -303,7 +305,7 @@ class ModelShard:
         self.unlearned = [u for u in self.unlearned if u[0] >= boundary]
         detector, quantile, threshold = self.detector, self.anomaly_quantile, self.anomaly_quantile.get() or 1.0
         cold = not self.supervised
-        observer = self._unlabelled_learner()
+        observer = self._first_step("wants_unlabelled")
         for _, _, packed, _ in due:
             values = _PACK.unpack(packed)
             if observer is not None:
@@ -327,6 +329,9 @@ class ModelShard:
             rate = _sampling_rate(values[_FRAUD_TERMINAL_INDEX], self.config.negative_sampling)
             self.recent.append((_unsample(self.model.predict_proba_one(x).get(True, 0.0), rate), is_fraud, rate))
         self.model.learn_one(x, is_fraud)
+        cuts = self._first_step("wants_labels")
+        if cuts is not None:
+            cuts.learn_label(x, is_fraud)
         self.means = [m + 0.001 * (v - m) for m, v in zip(self.means, values)]
         self.counts["labels_learned"] += 1
         if is_fraud:
@@ -414,7 +419,7 @@ class ModelShard:
         if candidate:
             means = dict(zip(FEATURE_NAMES, self.means))
             reasons = reasons_for(model, x, scorer, top=cfg.reasons, means=means)
-        if not self.supervised or self._unlabelled_learner() is not None:
+        if not self.supervised or self._first_step("wants_unlabelled") is not None:
             self.unlearned.append((event_ts, tx.tx_id, _PACK.pack(*features), score))
         elif self.unlearned:
             self.unlearned = []

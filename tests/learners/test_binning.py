@@ -59,3 +59,50 @@ def test_a_model_pickled_before_clipping_clips_too():
     steps.learn_one(_x(term_nb_tx_7d=1.0))
     del steps.__dict__["clip"]
     assert steps.transform_one(_x(term_nb_tx_7d=1000.0))["term_nb_tx_7d"] == 5.0
+
+
+def test_cuts_are_learned_from_labels_where_the_fraud_share_jumps():
+    # Legitimate amounts spread up to 199; every amount above 215 is fraud. A quantile edge of
+    # the traffic lands wherever the traffic puts it; the learned cut lands between the groups.
+    steps = StepFeatures(warmup=1000, cut_frauds=40)
+    for i in range(400):
+        steps.learn_label(_x(amount=float(i % 200)), False)
+        if i % 10 == 0:
+            assert steps.wants_labels
+            steps.learn_label(_x(amount=216.0 + i / 10), True)
+    assert not steps.wants_labels and not steps._cut_labels  # placed, frozen, buffer gone
+    assert steps.cuts["amount"] == [199.0]  # right above the last legitimate amount: the fraud-rich side takes the gap
+    above, below = steps.transform_one(_x(amount=217.0)), steps.transform_one(_x(amount=150.0))
+    assert above["amount~1"] == 1.0 and "amount~0" not in above
+    assert below["amount~0"] == 1.0
+    assert steps.readable("amount~1") == "amount > 199 (learned cut)"
+    assert steps.readable("amount~0") == "amount <= 199 (learned cut)"
+
+
+def test_the_model_shard_hands_labelled_examples_to_the_cuts():
+    from river import compose, linear_model
+
+    from learners.features import FEATURE_NAMES
+    from learners.pending import pack
+    from learners.scoring import ModelConfig, ModelShard
+
+    shard = ModelShard(ModelConfig(warmup_frauds=0, negative_sampling=1.0, allowed_lateness_s=3600.0))
+    shard.model = compose.Pipeline(StepFeatures(warmup=10_000, cut_frauds=20), linear_model.LogisticRegression())
+    amount = FEATURE_NAMES.index("amount")
+    for i in range(300):
+        values = [0.0] * len(FEATURE_NAMES)
+        values[amount] = 300.0 + i if i % 10 == 0 else float(i % 150)
+        shard._learn_example(i % 10 == 0, pack(tuple(values)))
+    steps = shard.model.steps["StepFeatures"]
+    assert steps.cuts["amount"] == [149.0]
+    # the regression learns the transformed example: the cut's indicator after it is placed
+    assert shard.model.steps["LogisticRegression"]._weights["amount~1"] > 0
+
+
+def test_a_model_pickled_before_learned_cuts_keeps_its_feature_space():
+    steps = StepFeatures(warmup=1000, cut_frauds=1)
+    for name in ("cut_features", "cuts", "_cut_values", "_cut_labels"):
+        del steps.__dict__[name]  # what unpickling an older model gives
+    assert not steps.wants_labels
+    steps.learn_label(_x(amount=500.0), True)
+    assert not any("~" in k for k in steps.transform_one(_x(amount=500.0)))
