@@ -136,8 +136,10 @@ def describe_model(model: Any) -> dict[str, Any]:
         transformer, lr = parts
         scaler = transformer.scaler if isinstance(transformer, StepFeatures) else transformer
         weights = ((_readable(transformer, k), float(v)) for k, v in lr._weights.items())
+        binned = isinstance(transformer, StepFeatures)
+        cuts = {"learned_cuts": transformer.cuts or {}} if binned else {}
         return {
-            "kind": "binned_logistic_regression" if isinstance(transformer, StepFeatures) else "logistic_regression",
+            "kind": "binned_logistic_regression" if binned else "logistic_regression",
             "intercept": lr.intercept,
             "weights": dict(sorted(weights, key=lambda kv: -abs(kv[1]))),
             "scaler_mean": {k: float(v) for k, v in scaler.means.items()},
@@ -147,6 +149,7 @@ def describe_model(model: Any) -> dict[str, Any]:
                 "learning_rate": getattr(lr.optimizer, "learning_rate", None),
                 "l2": lr.l2,
             },
+            **cuts,  # where the labels said the fraud share jumps (empty until placed)
         }
     params = {k: v for k, v in model._get_params().items() if isinstance(v, (int, float, str, bool, type(None)))}
     out: dict[str, Any] = {"kind": type(model).__name__, "hyper_parameters": params}

@@ -106,3 +106,20 @@ def test_a_model_pickled_before_learned_cuts_keeps_its_feature_space():
     assert not steps.wants_labels
     steps.learn_label(_x(amount=500.0), True)
     assert not any("~" in k for k in steps.transform_one(_x(amount=500.0)))
+
+
+def test_the_model_description_shows_the_learned_cuts():
+    from learners.models import build_classifier, describe_model
+
+    model = build_classifier("binned_logreg")
+    steps = model.steps["StepFeatures"]
+    assert describe_model(model)["learned_cuts"] == {}  # not placed yet
+    steps.cut_frauds = 20
+    for i in range(200):
+        steps.learn_label(_x(amount=float(i % 100)), False)
+        if i % 10 == 0:
+            steps.learn_label(_x(amount=150.0 + i), True)
+    model.learn_one(_x(amount=400.0), True)
+    described = describe_model(model)
+    assert described["learned_cuts"]["amount"] == [99.0]
+    assert "amount > 99 (learned cut)" in described["weights"]
