@@ -122,17 +122,19 @@ def ceiling(txs: list, truth: dict, rows: np.ndarray, random_seed: int = 0) -> d
     """The metrics of the oracle described in the module docstring, on transactions ``rows``."""
     from learners.evaluation import evaluate, from_records
 
-    first_fraud_day: dict[str, int] = {}  # compromised terminal -> day of its first fraud
+    # compromised terminal -> time of its first fraud; its label is out a label delay later.
+    # (To the second, not the day: a day-granular oracle counted a terminal's frauds earlier on
+    # the 7th day after its first as visible, 6 cards of seed 1's test week.)
+    first_fraud_ts: dict[str, float] = {}
     for t in txs:
         if truth[t.tx_id].scenario == 2:
-            d = int(t.event_ts // DAY)
-            first_fraud_day[t.terminal_id] = min(first_fraud_day.get(t.terminal_id, d), d)
+            first_fraud_ts[t.terminal_id] = min(first_fraud_ts.get(t.terminal_id, t.event_ts), t.event_ts)
     rng = np.random.default_rng(random_seed)
     scores, hidden = [], 0
     for i in rows.tolist():
         t = txs[i]
         tr = truth[t.tx_id]
-        unseen = tr.scenario == 2 and int(t.event_ts // DAY) - first_fraud_day[t.terminal_id] < DELAY_DAYS
+        unseen = tr.scenario == 2 and t.event_ts < first_fraud_ts[t.terminal_id] + DELAY_DAYS * DAY
         hidden += bool(tr.is_fraud and unseen and 0 <= t.event_ts - _ts(TEST_START) < WEEK * DAY)
         scores.append(2.0 if tr.is_fraud and not unseen else float(rng.random()))
     data = from_records(zip((txs[i].tx_id for i in rows), scores),

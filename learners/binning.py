@@ -98,12 +98,16 @@ class QuantileBinner(base.Transformer):
         name, _, idx = feature.partition("#")
         if not idx or self.edges is None or name not in self.edges:
             return feature
-        cut, i = self.edges[name], int(idx)
-        if i == 0:
-            return f"{name} <= {_fmt(cut[0])}"
-        if i >= len(cut):
-            return f"{name} > {_fmt(cut[-1])}"
-        return f"{name} in ({_fmt(cut[i - 1])}, {_fmt(cut[i])}]"
+        return _interval(name, self.edges[name], int(idx))
+
+
+def _interval(name: str, cut: list[float], i: int) -> str:
+    """Bin ``i`` of the sorted edges ``cut`` as a condition on ``name``."""
+    if i == 0:
+        return f"{name} <= {_fmt(cut[0])}"
+    if i >= len(cut):
+        return f"{name} > {_fmt(cut[-1])}"
+    return f"{name} in ({_fmt(cut[i - 1])}, {_fmt(cut[i])}]"
 
 
 def _entropy(p: np.ndarray | float) -> np.ndarray:
@@ -294,12 +298,7 @@ class StepFeatures(base.Transformer):
     def readable(self, feature: str) -> str:
         name, tilde, idx = feature.partition("~")
         if tilde and self.cuts and name in self.cuts:
-            cut, i = self.cuts[name], int(idx)
-            if i == 0:
-                return f"{name} <= {_fmt(cut[0])} (learned cut)"
-            if i >= len(cut):
-                return f"{name} > {_fmt(cut[-1])} (learned cut)"
-            return f"{name} in ({_fmt(cut[i - 1])}, {_fmt(cut[i])}] (learned cut)"
+            return _interval(name, self.cuts[name], int(idx)) + " (learned cut)"
         name, eq, value = feature.partition("=")
         if eq:
             if value == "-1":
