@@ -122,7 +122,8 @@ def supervised_cuts(values: Sequence[float], is_fraud: Sequence[bool], max_depth
 
     Recursive binary splits that minimise class entropy, kept only while the split pays for
     itself under Fayyad and Irani's minimum-description-length rule (MDLP discretisation),
-    at most ``max_depth`` levels deep; each cut lies halfway between two observed values.
+    at most ``max_depth`` levels deep; each cut sits at the edge of the gap between two
+    observed values that lies toward the less fraudulent side (``<= cut`` is the left bin).
     Quantile edges of unlabelled traffic cannot place a cut at a fraud threshold: a tail
     quantile falls wherever the traffic puts it (222.9 on one seed, where frauds start above
     220). Here 20 legitimate amounts spread over 0-190 and 20 frauds over 230-420 give one cut
