@@ -59,7 +59,11 @@ def in_subprocess(module: str, func: str, *args: str, timeout: float = 3600) -> 
 
 def repeat(n: int, run: Callable[[], dict[str, Any]], key: str) -> dict[str, Any]:
     """Run ``n`` times; keep every run and the median of ``key``."""
-    runs = [run() for _ in range(n)]
+    return summarise([run() for _ in range(n)], key)
+
+
+def summarise(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run with the median ``key``, plus every run's ``key`` and their median."""
     values = [r[key] for r in runs]
     best = sorted(runs, key=lambda r: r[key])[len(runs) // 2]
     return {**best, f"{key}_runs": values, f"{key}_median": statistics.median(values)}

@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.common import DEFAULT_MODEL, ROOT, in_subprocess, load, save, workload
+from benchmarks.common import DEFAULT_MODEL, ROOT, in_subprocess, load, save, summarise, workload
 
 
 def _producer(bootstrap: str):
@@ -214,8 +214,6 @@ ROWS = (("kafka_1_process", 1, False), ("kafka_2_processes", 2, False), ("kafka_
 def throughput_rounds(bootstrap: str, events: list, repeat: int, broker_pid: Optional[int] = None) -> dict:
     """Every row ``repeat`` times, round r in the order ROWS rotated by r; per row the run with
     the median events/s plus all runs' figures."""
-    import statistics
-
     runs: dict[str, list[dict]] = {name: [] for name, _, _ in ROWS}
     for r in range(repeat):
         for name, processes, recovery in ROWS[r % len(ROWS):] + ROWS[:r % len(ROWS)]:
@@ -224,13 +222,7 @@ def throughput_rounds(bootstrap: str, events: list, repeat: int, broker_pid: Opt
             runs[name].append(run)
             print(f"round {r + 1}/{repeat} {name}: {run['events_per_s']:,} events/s, "
                   f"{run['cpu']['flow_cpu_s']} flow CPU-s", file=sys.stderr, flush=True)
-    out = {}
-    for name, rs in runs.items():
-        rates = [x["events_per_s"] for x in rs]
-        median_run = sorted(rs, key=lambda x: x["events_per_s"])[len(rs) // 2]
-        out[name] = {**median_run, "events_per_s_median": statistics.median(rates), "events_per_s_runs": rates,
-                     "runs": rs}
-    return out
+    return {name: {**summarise(rs, "events_per_s"), "runs": rs} for name, rs in runs.items()}
 
 
 BENCH_KEY = "benchmark-signing-key-0123456789"
