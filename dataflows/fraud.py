@@ -49,6 +49,7 @@ from connectors.simulator import SimulatorConfig, SimulatorSource
 from connectors.sources import BOARD, batch_span_for
 from dataflows.cluster import (process_count, process_id, recovery_directory, recovery_enabled, shard_keys,
                                total_workers, under_bytewax_run)
+from dataflows.exchange import keyed
 from dataflows.exports import WarmStart, make_exporter, warm_start
 from dataflows.metrics import serve
 from dataflows.progress import RunStats
@@ -59,7 +60,7 @@ from learners.features import AccountProfile, TerminalProfile
 from learners.pending import VECTOR_BYTES, PendingBucket
 from learners.pipeline import (PipelineConfig, account_step, copies_to, learn_at, pending_key, shard_for,
                                terminal_step)
-from learners.scoring import ModelConfig, ModelShard, Scored
+from learners.scoring import ModelConfig, ModelShard, Scored, in_sample
 
 __all__ = ["FlowParts", "build_flow", "pipeline_config"]
 
@@ -172,7 +173,8 @@ class _TerminalLogic(StatefulBatchLogic):
 
 
 class _BucketLogic(StatefulBatchLogic):
-    """await_labels: feature vectors of one (shard, hour) until their labels come."""
+    """await_labels: feature vectors of one (shard, hour) until their labels come. Examples
+    outside the negative sample leave as one ("unsampled", count, inferred) item per batch."""
 
     # A bucket some of whose labels never come (a frauds-only feed and a card that stopped
     # transacting) is dropped this long (wall clock) after it was last touched.
@@ -189,6 +191,7 @@ class _BucketLogic(StatefulBatchLogic):
         out: list = []
         bucket = self.bucket
         before = len(bucket.features)
+        rate, unsampled, implicit = self.config.model.negative_sampling, 0, 0
         for item in values:
             if item[0] == "tx":
                 _, tx, features, _ = item
@@ -196,7 +199,14 @@ class _BucketLogic(StatefulBatchLogic):
             else:
                 _, _, joined = item
                 examples = bucket.label(joined.tx_id, learn_at(joined, self.config), joined.is_fraud)
-            out.extend(("example", *example) for example in examples)
+            for example in examples:
+                if in_sample(example[0], example[2], example[3], rate):
+                    out.append(("example", *example))
+                else:  # never learned: counted at its shard, and nothing more crosses processes
+                    unsampled += 1
+                    implicit += example[2] is None
+        if unsampled:
+            out.append(("unsampled", unsampled, implicit))
         self._touched = datetime.now(timezone.utc)
         self.stats.awaiting(len(bucket.features) - before)
         return out, bucket.empty
@@ -310,14 +320,14 @@ def build_flow(
     inp = op.input("read_events", flow, source)
     parsed = op.map("parse_validate", inp, _parse)
     valid = op.branch("split_dead_letters", parsed, lambda pe: type(pe[1]) is not DeadLetter)
-    by_account = op.map("key_by_account", valid.trues, lambda pe: (pe[1].account_id, pe))
+    by_account = keyed("key_by_account", valid.trues, lambda pe: (pe[1].account_id, pe), workers)
     account_out = op.stateful_batch(
         "account_profile", by_account, lambda state: _AccountLogic(config, stats, state)
     )
     to_terminal = op.branch("terminal_bound", op.key_rm("unkey_account", account_out),
                             lambda v: v[0] in ("tx", "fraud"))
-    by_terminal = op.map("key_by_terminal", to_terminal.trues,
-                         lambda v: (v[1].terminal_id if v[0] == "tx" else v[2].terminal_id, v))
+    by_terminal = keyed("key_by_terminal", to_terminal.trues,
+                        lambda v: (v[1].terminal_id if v[0] == "tx" else v[2].terminal_id, v), workers)
     delay, step = config.risk_delay_days, config.model.allowed_lateness_s
     terminal_out = op.stateful_batch("terminal_risk", by_terminal,
                                      lambda state: _TerminalLogic(delay, step, state))
@@ -334,7 +344,7 @@ def build_flow(
     # extra hop) and, in parallel, to await_labels, which keeps its features for its label.
     terminal_items = op.key_rm("unkey_terminal", terminal_out)
     to_buckets = op.merge("to_buckets", terminal_items, rest.trues)
-    awaiting = op.stateful_batch("await_labels", op.map("key_by_bucket", to_buckets, bucket_key),
+    awaiting = op.stateful_batch("await_labels", keyed("key_by_bucket", to_buckets, bucket_key, workers),
                                  lambda state: _BucketLogic(config, stats, state))
     to_score = op.filter("transactions_to_score", terminal_items, lambda v: v[0] == "tx")
     shard_index = {key: i for i, key in enumerate(keys)}
@@ -344,16 +354,18 @@ def build_flow(
         (FRAUDFLOW_SHARD_EXAMPLES=all: the same model on each, whatever the split; decisions 18)."""
         own, example = kv[0].split("/", 1)[0], kv[1]
         out = [(own, example)]
+        if example[0] == "unsampled":
+            return out
         others = copies_to(shard_index[own], example[1:], config)
         if others:
             copy = ("copy", *example[1:])
             out.extend((keys[i], copy) for i in others)
         return out
 
-    examples = op.flat_map("examples_to_shards", awaiting, to_shards)
+    examples = keyed("examples_to_shards", awaiting, to_shards, workers, many=True)
     by_shard = op.merge(
         "to_shard",
-        op.map("key_by_shard", to_score, lambda v: (keys[shard_for(v[1].account_id, n_shards)], v)),
+        keyed("key_by_shard", to_score, lambda v: (keys[shard_for(v[1].account_id, n_shards)], v), workers),
         examples,
     )
     model_config = config.model
@@ -372,7 +384,7 @@ def build_flow(
     policy_config = PolicyConfig(cooldown_s=settings.cooldown_hours * 3600.0)
     alerts = op.stateful_batch(
         "alert_policy",
-        op.map("key_candidates", candidates, lambda s: (s.tx.account_id, s)),
+        keyed("key_candidates", candidates, lambda s: (s.tx.account_id, s), workers),
         lambda state: _PolicyLogic(policy_config, stats, state),
     )
     op.output("write_alerts", op.key_rm("unkey_alerts", alerts), alerts_sink)

@@ -355,6 +355,13 @@ class ModelShard:
         else:
             heapq.heappush(self.held, (label_ts, tx_id, is_fraud, packed))
 
+    def on_unsampled(self, received: int, implicit: int) -> None:
+        """``received`` labels of this shard found outside the negative sample upstream (the
+        ``await_labels`` stage drops them there, so they never cross processes), ``implicit``
+        of them inferred legitimate: counted like :meth:`on_example` counts them, never held."""
+        self.counts["labels_received"] += received
+        self.counts["implicit_negatives"] += implicit
+
     # -- scoring -----------------------------------------------------------------------
     def _version_for(self, event_ts: float) -> _Version:
         wanted = self._boundary(event_ts)
@@ -429,8 +436,8 @@ class ModelShard:
         return Scored(tx, score, threshold, name, reasons)
 
     def on_batch(self, items: list) -> list[Scored]:
-        """Process a batch of ("tx", tx, features, part) and ("example" or "copy", tx_id,
-        label_ts, is_fraud, packed) items.
+        """Process a batch of ("tx", tx, features, part), ("example" or "copy", tx_id,
+        label_ts, is_fraud, packed) and ("unsampled", received, implicit) items.
 
         Items are taken in event-time order (labels first on ties), which undoes most of
         the reordering that keyed exchanges introduce before they reach the shard.
@@ -444,6 +451,8 @@ class ModelShard:
             kind = item[0]
             if kind == "tx":
                 out.append(self.on_transaction(item[1], item[2], item[3]))
+            elif kind == "unsampled":
+                self.on_unsampled(item[1], item[2])
             else:
                 self.on_example(item[1], item[2], item[3], item[4], kind == "copy")
         return out
@@ -467,4 +476,6 @@ def _unsample(p: float, rate: float) -> float:
 def _event_order(item: tuple) -> tuple:
     if item[0] == "tx":
         return (item[1].event_ts, 1, item[1].tx_id)
+    if item[0] == "unsampled":  # counts only: no time
+        return (-math.inf, 0, "")
     return (item[2], 0, item[1])
