@@ -25,6 +25,10 @@ Steps (each a named Bytewax operator)::
   example at the event-time step after its label became known (no look-ahead).
 * ``alert_policy`` (keyed by ``account_id``): threshold and per-card cool-down.
 
+With several workers each keyed step's input comes through :func:`dataflows.exchange.keyed`:
+one list per batch and destination worker crosses processes (``*_ferry`` steps), not one
+pickled item per transaction (decisions 22).
+
 Settings come from ``FRAUDFLOW_*`` variables (see ``dataflows.settings``); a bad one stops
 start-up with a message naming it.
 """
