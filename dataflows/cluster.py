@@ -21,43 +21,43 @@ __all__ = ["process_count", "process_id", "recovery_enabled", "shard_keys", "tot
 _M64 = 0xFFFFFFFFFFFFFFFF
 
 
+def _rotl(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & _M64
+
+
 def _siphash13(data: bytes, k0: int = 0, k1: int = 0) -> int:
-    """SipHash-1-3 of ``data`` (the rounds written out: this runs once per key the
-    cross-process exchange routes, :class:`dataflows.exchange.Router`)."""
-    m64 = _M64
     v0 = k0 ^ 0x736F6D6570736575
     v1 = k1 ^ 0x646F72616E646F6D
     v2 = k0 ^ 0x6C7967656E657261
     v3 = k1 ^ 0x7465646279746573
+
+    def rounds(n: int) -> None:
+        nonlocal v0, v1, v2, v3
+        for _ in range(n):
+            v0 = (v0 + v1) & _M64
+            v1 = _rotl(v1, 13) ^ v0
+            v0 = _rotl(v0, 32)
+            v2 = (v2 + v3) & _M64
+            v3 = _rotl(v3, 16) ^ v2
+            v0 = (v0 + v3) & _M64
+            v3 = _rotl(v3, 21) ^ v0
+            v2 = (v2 + v1) & _M64
+            v1 = _rotl(v1, 17) ^ v2
+            v2 = _rotl(v2, 32)
+
     n = len(data)
     end = n - n % 8
-    words = [int.from_bytes(data[i : i + 8], "little") for i in range(0, end, 8)]
-    words.append(int.from_bytes(data[end:], "little") | ((n & 0xFF) << 56))
-    for m in words:  # one compression round per word
+    for i in range(0, end, 8):
+        m = int.from_bytes(data[i : i + 8], "little")
         v3 ^= m
-        v0 = (v0 + v1) & m64
-        v1 = (((v1 << 13) | (v1 >> 51)) & m64) ^ v0
-        v0 = ((v0 << 32) | (v0 >> 32)) & m64
-        v2 = (v2 + v3) & m64
-        v3 = (((v3 << 16) | (v3 >> 48)) & m64) ^ v2
-        v0 = (v0 + v3) & m64
-        v3 = (((v3 << 21) | (v3 >> 43)) & m64) ^ v0
-        v2 = (v2 + v1) & m64
-        v1 = (((v1 << 17) | (v1 >> 47)) & m64) ^ v2
-        v2 = ((v2 << 32) | (v2 >> 32)) & m64
+        rounds(1)
         v0 ^= m
+    tail = int.from_bytes(data[end:], "little") | ((n & 0xFF) << 56)
+    v3 ^= tail
+    rounds(1)
+    v0 ^= tail
     v2 ^= 0xFF
-    for _ in range(3):  # finalisation rounds
-        v0 = (v0 + v1) & m64
-        v1 = (((v1 << 13) | (v1 >> 51)) & m64) ^ v0
-        v0 = ((v0 << 32) | (v0 >> 32)) & m64
-        v2 = (v2 + v3) & m64
-        v3 = (((v3 << 16) | (v3 >> 48)) & m64) ^ v2
-        v0 = (v0 + v3) & m64
-        v3 = (((v3 << 21) | (v3 >> 43)) & m64) ^ v0
-        v2 = (v2 + v1) & m64
-        v1 = (((v1 << 17) | (v1 >> 47)) & m64) ^ v2
-        v2 = ((v2 << 32) | (v2 >> 32)) & m64
+    rounds(3)
     return v0 ^ v1 ^ v2 ^ v3
 
 
