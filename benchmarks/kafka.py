@@ -10,6 +10,9 @@ earlier runs' topics answered more slowly). Ratios are taken between the rows' m
 every run is kept in the JSON: one run per row could not tell a 10 % cost from the machine's
 drift between runs (recovery cost 9.6 / 19.2 / 31.3 % in three single runs).
 
+Before the rows, two bare loops run at once, each over half of the accounts: what the two cores
+give perfectly parallel work with nothing shared, the ceiling of the 2-process ratio here.
+
 Everything runs against a local tansu broker started here; the flow runs as
 ``python -m bytewax.run`` processes. Rates are measured from the output messages' own
 timestamps (first to last score), so interpreter start-up is not counted. The latency run is
@@ -225,6 +228,20 @@ def throughput_rounds(bootstrap: str, events: list, repeat: int, broker_pid: Opt
     return {name: {**summarise(rs, "events_per_s"), "runs": rs} for name, rs in runs.items()}
 
 
+def parallel_ceiling(path: Path, loop: dict) -> dict:
+    """Two bare loops at once, each over half of the accounts with its own model: what the two
+    cores give perfectly parallel Python work with nothing shared (the 2-process target's
+    ceiling on this machine). Their events per second together over the bare loop's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        halves = list(pool.map(lambda i: in_subprocess("benchmarks.throughput", "bare_loop_part", str(path),
+                                                       DEFAULT_MODEL, str(i), "2"), range(2)))
+    together = sum(h["events"] for h in halves) / max(h["seconds"] for h in halves)
+    return {"halves": halves, "events_per_s": round(together),
+            "ratio_to_one_loop": round(together / loop["events_per_s"], 3)}
+
+
 BENCH_KEY = "benchmark-signing-key-0123456789"
 
 
@@ -363,12 +380,14 @@ def main(argv=None) -> dict:
             return lat
         loop = in_subprocess("benchmarks.throughput", "bare_loop", str(path), DEFAULT_MODEL)
         result["bare_loop"] = loop
+        result["parallel_ceiling"] = parallel_ceiling(path, loop)
         rows = throughput_rounds(broker.bootstrap, events, args.repeat, broker_pid=broker.proc.pid)
         one, two, rec = (rows[name]["events_per_s_median"] for name, _, _ in ROWS)
         result.update({
             **rows, "repeat": args.repeat,
             "ratio_1_process_to_loop": round(one / loop["events_per_s"], 3),
             "ratio_2_to_1_processes": round(two / one, 3),
+            "ratio_2_to_1_processes_over_parallel_ceiling": round(two / one / result["parallel_ceiling"]["ratio_to_one_loop"], 3),
             "recovery_throughput_cost": round(1 - rec / one, 3),
             # the same ratios within each round (rows of one round ran back to back)
             "per_round": [{"ratio_2_to_1_processes": round(t["events_per_s"] / o["events_per_s"], 3),

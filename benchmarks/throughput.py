@@ -26,6 +26,23 @@ def bare_loop(path: str, model_kind: str = DEFAULT_MODEL) -> dict:
             "events_per_s": round(len(events) / elapsed), "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
+def bare_loop_part(path: str, model_kind: str = DEFAULT_MODEL, part: str = "0", parts: str = "2") -> dict:
+    """The bare loop over the events of one of ``parts`` groups of accounts (the flow's
+    account-to-shard split), with its own model: run ``parts`` of them at once to see what this
+    machine gives perfectly parallel Python work with nothing shared."""
+    from learners.pipeline import PipelineConfig, SequentialPipeline, shard_for
+    from learners.scoring import ModelConfig
+
+    part_i, parts_n = int(part), int(parts)
+    events = [e for e in load(path) if shard_for(e.account_id, parts_n) == part_i]
+    pipe = SequentialPipeline(PipelineConfig(model=ModelConfig(kind=model_kind)))
+    started = time.perf_counter()
+    scored = sum(1 for _ in pipe.run(events))
+    elapsed = time.perf_counter() - started
+    return {"part": part_i, "parts": parts_n, "events": len(events), "transactions": scored,
+            "seconds": round(elapsed, 3), "events_per_s": round(len(events) / elapsed)}
+
+
 def dataflow(path: str, model_kind: str = DEFAULT_MODEL, workers: int = 1, exports: str = "") -> dict:
     from bytewax.testing import TestingSink, cluster_main, run_main
 
