@@ -13,15 +13,20 @@ import time
 from benchmarks.common import DEFAULT_MODEL, in_subprocess, load, peak_rss_mb, repeat, save, workload
 
 
-def bare_loop(path: str, model_kind: str = DEFAULT_MODEL) -> dict:
+def _run_loop(events: list, model_kind: str) -> tuple[int, float]:
+    """(transactions scored, seconds) of the sequential pipeline over ``events``."""
     from learners.pipeline import PipelineConfig, SequentialPipeline
     from learners.scoring import ModelConfig
 
-    events = load(path)
     pipe = SequentialPipeline(PipelineConfig(model=ModelConfig(kind=model_kind)))
     started = time.perf_counter()
     scored = sum(1 for _ in pipe.run(events))
-    elapsed = time.perf_counter() - started
+    return scored, time.perf_counter() - started
+
+
+def bare_loop(path: str, model_kind: str = DEFAULT_MODEL) -> dict:
+    events = load(path)
+    scored, elapsed = _run_loop(events, model_kind)
     return {"events": len(events), "transactions": scored, "seconds": round(elapsed, 3),
             "events_per_s": round(len(events) / elapsed), "peak_rss_mb": round(peak_rss_mb(), 1)}
 
@@ -30,15 +35,11 @@ def bare_loop_part(path: str, model_kind: str = DEFAULT_MODEL, part: str = "0", 
     """The bare loop over the events of one of ``parts`` groups of accounts (the flow's
     account-to-shard split), with its own model: run ``parts`` of them at once to see what this
     machine gives perfectly parallel Python work with nothing shared."""
-    from learners.pipeline import PipelineConfig, SequentialPipeline, shard_for
-    from learners.scoring import ModelConfig
+    from learners.pipeline import shard_for
 
     part_i, parts_n = int(part), int(parts)
     events = [e for e in load(path) if shard_for(e.account_id, parts_n) == part_i]
-    pipe = SequentialPipeline(PipelineConfig(model=ModelConfig(kind=model_kind)))
-    started = time.perf_counter()
-    scored = sum(1 for _ in pipe.run(events))
-    elapsed = time.perf_counter() - started
+    scored, elapsed = _run_loop(events, model_kind)
     return {"part": part_i, "parts": parts_n, "events": len(events), "transactions": scored,
             "seconds": round(elapsed, 3), "events_per_s": round(len(events) / elapsed)}
 
