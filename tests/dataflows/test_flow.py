@@ -150,7 +150,7 @@ def test_batched_exchange_detects_as_the_plain_exchange(two_workers, small_strea
     through the ``*_ferry`` steps) on two in-process workers scores every transaction once,
     counts the labels the same and detects as the plain keyed exchange does. Scores are not
     compared one by one: two runs of the *plain* two-worker flow already differ on 38,294 of
-    54,717 transactions (by up to 0.16; terminal features follow arrival order across cards),
+    54,717 transactions (by up to 0.16; most likely terminal counts following arrival order),
     with AP 0.7108 vs 0.7107; the batched exchange measured AP 0.7107 vs 0.7108, AUC 0.8765 vs
     0.8765."""
     import dataflows.fraud
