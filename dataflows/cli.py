@@ -109,8 +109,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from connectors.files import truncate
     from dataflows.fraud import build_flow
+    from dataflows.runtime import tune_gc
     from dataflows.settings import Settings, SettingsError
 
+    tune_gc()
     try:
         settings = Settings.from_env().replace(
             source="files", transactions_file=args.transactions, labels_file=args.labels,

@@ -57,6 +57,7 @@ from dataflows.exchange import keyed
 from dataflows.exports import WarmStart, make_exporter, warm_start
 from dataflows.metrics import serve
 from dataflows.progress import RunStats
+from dataflows.runtime import tune_gc
 from dataflows.settings import Settings, SettingsError, load_settings
 from dataflows.state_cli import feature_layout_error
 from learners.decision import AlertPolicy, PolicyConfig
@@ -433,6 +434,7 @@ def _prepare_outputs(settings: Settings) -> None:
 
 
 def _module_flow() -> Dataflow:
+    tune_gc()
     try:
         settings = load_settings()
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
