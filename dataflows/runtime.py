@@ -2,7 +2,7 @@
 
 CPython's cyclic garbage collector runs a young collection every 700 net container
 allocations and, every so often, a full one that walks every live object. A flow process
-holds millions of long-lived objects (account windows, terminal counts, feature vectors
+holds hundreds of thousands of long-lived objects (account windows, terminal counts, feature vectors
 awaiting labels, kept model versions) and allocates in bursts (a batch of 1,000 decoded
 transactions, a model version unpickled for stragglers: ~7,700 tree nodes), so the full
 collections ran often and each cost ~250 ms: 15 s of a 2-process worker's ~140 CPU-s on the
