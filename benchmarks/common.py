@@ -48,8 +48,11 @@ def peak_rss_mb() -> float:
 
 
 def in_subprocess(module: str, func: str, *args: str, timeout: float = 3600) -> dict[str, Any]:
-    """Run ``module.func(*args)`` in a fresh interpreter; it prints one JSON line."""
-    code = f"import json, {module} as m; print(json.dumps(m.{func}(*{list(args)!r})))"
+    """Run ``module.func(*args)`` in a fresh interpreter, with the garbage-collector settings a
+    flow process runs with (``dataflows.runtime.tune_gc``: the bare loop and the in-process
+    flows do their work under the same settings); it prints one JSON line."""
+    code = (f"import json, dataflows.runtime as r, {module} as m; r.tune_gc(); "
+            f"print(json.dumps(m.{func}(*{list(args)!r})))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode != 0:

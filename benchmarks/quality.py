@@ -35,11 +35,9 @@ def one_seed(seed: str, model: str, labels: str, workers: str, days: str = "183"
     from connectors.simulator import SimulatorConfig, simulate
     from connectors.sources import EventListSource
     from dataflows.fraud import build_flow
-    from dataflows.runtime import tune_gc
     from dataflows.settings import Settings
     from learners.evaluation import evaluate, from_records
 
-    tune_gc()
     cfg = SimulatorConfig(seed=int(seed), labels=labels, days=int(days))
     truth: dict = {}
     events = list(simulate(cfg, truth=truth))

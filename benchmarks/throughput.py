@@ -15,11 +15,9 @@ from benchmarks.common import DEFAULT_MODEL, in_subprocess, load, peak_rss_mb, r
 
 def _run_loop(events: list, model_kind: str) -> tuple[int, float]:
     """(transactions scored, seconds) of the sequential pipeline over ``events``."""
-    from dataflows.runtime import tune_gc
     from learners.pipeline import PipelineConfig, SequentialPipeline
     from learners.scoring import ModelConfig
 
-    tune_gc()  # the flow's processes run with it: the loop does the same work under the same settings
     pipe = SequentialPipeline(PipelineConfig(model=ModelConfig(kind=model_kind)))
     started = time.perf_counter()
     scored = sum(1 for _ in pipe.run(events))
@@ -51,10 +49,8 @@ def dataflow(path: str, model_kind: str = DEFAULT_MODEL, workers: int = 1, expor
 
     from connectors.sources import EventListSource
     from dataflows.fraud import build_flow
-    from dataflows.runtime import tune_gc
     from dataflows.settings import Settings
 
-    tune_gc()
     events = load(path)
     workers = int(workers)
     exports = exports not in ("", "0")

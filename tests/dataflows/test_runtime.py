@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from dataflows.runtime import GC_THRESHOLDS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _thresholds_after(statement: str) -> tuple[int, ...]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUDFLOW_", "BYTEWAX_"))}
-    env.update({"PYTHONPATH": ROOT, "FRAUDFLOW_PROGRESS": "0"})
+    env.update({"PYTHONPATH": str(ROOT), "FRAUDFLOW_PROGRESS": "0"})
     code = f"import gc, dataflows.fraud as fraud\n{statement}\nprint(tuple(gc.get_threshold()))"
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
