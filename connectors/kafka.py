@@ -143,7 +143,7 @@ class EventsKafkaSource(KafkaSource):
         # How long the broker may hold a fetch that finds no data. Kafka answers as soon as data
         # arrives, so this costs latency only on an idle partition; every consumer (one per
         # partition) asks again after each answer, so short waits multiply broker requests.
-        # Measured on the test broker (decisions §12): 10 ms overloaded it at 2,500 events/s
+        # Measured on the test broker (decision 0012): 10 ms overloaded it at 2,500 events/s
         # (p99 12.9 s), librdkafka's 500 ms held p99 at 381 ms at 5,190 events/s. Overridable.
         config = {"fetch.wait.max.ms": FETCH_WAIT_MAX_MS, **dict(add_config or {})}
         super().__init__(brokers, [transactions_topic, labels_topic], tail=tail, starting_offset=OFFSET_BEGINNING,

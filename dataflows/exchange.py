@@ -1,4 +1,4 @@
-"""Keyed exchanges that cross processes in batches (decisions 22).
+"""Keyed exchanges that cross processes in batches (decision 0022).
 
 Bytewax 0.21 sends each item bound for a keyed step in another process on its own, pickled
 by itself and unpickled there. Measured on the 2-core machine: ~10 µs per item crossing for

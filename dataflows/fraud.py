@@ -27,7 +27,7 @@ Steps (each a named Bytewax operator)::
 
 With several workers each keyed step's input comes through :func:`dataflows.exchange.keyed`:
 one list per batch and destination worker crosses processes (``*_ferry`` steps), not one
-pickled item per transaction (decisions 22).
+pickled item per transaction (decision 0022).
 
 Settings come from ``FRAUDFLOW_*`` variables (see ``dataflows.settings``); a bad one stops
 start-up with a message naming it.
@@ -356,7 +356,7 @@ def build_flow(
 
     def to_shards(kv: tuple[str, tuple]) -> list[tuple[str, tuple]]:
         """An example to its own shard and, as a copy, to every shard that learns it too
-        (FRAUDFLOW_SHARD_EXAMPLES=all: the same model on each, whatever the split; decisions 18)."""
+        (FRAUDFLOW_SHARD_EXAMPLES=all: the same model on each, whatever the split; decision 0018)."""
         own, example = kv[0].split("/", 1)[0], kv[1]
         out = [(own, example)]
         if example[0] == "unsampled":

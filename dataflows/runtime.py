@@ -1,4 +1,4 @@
-"""Interpreter settings for a process that runs the flow (decisions 23).
+"""Interpreter settings for a process that runs the flow (decision 0023).
 
 CPython's cyclic garbage collector runs a young collection every 700 net container
 allocations and, every so often, a full one that walks every live object. A flow process

@@ -35,7 +35,7 @@ def _logreg(seed: int) -> base.Classifier:
 def _binned_logreg(seed: int) -> base.Classifier:
     # AdaGrad: each indicator's step shrinks with its own gradient history, so a rare bin (an
     # amount above the 99.9th percentile, day 27 of a compromise) learns from its few examples
-    # while the always-present standardised features settle (decisions 19).
+    # while the always-present standardised features settle (decision 0019).
     return compose.Pipeline(
         StepFeatures(),
         linear_model.LogisticRegression(optimizer=optim.AdaGrad(0.2), l2=1e-5, intercept_lr=0.02),

@@ -72,7 +72,7 @@ def learn_at(joined: JoinedLabel, config: "PipelineConfig") -> float:
     frauds-only feed, learned only once its transaction has reached the time-out, like the
     legitimate examples inferred there. Learning frauds at 7 days and inferred legitimate at 8+
     taught the model that whatever grows with calendar time (account history, terminals with
-    known frauds) means fraud: 99 % of transactions scored ≥ 0.5 on days 14–16 (decisions §15).
+    known frauds) means fraud: 99 % of transactions scored ≥ 0.5 on days 14–16 (decision 0015).
     Terminal risk still counts the fraud from ``label_ts``."""
     if joined.is_fraud and config.model.label_mode == "frauds":
         return max(joined.label_ts, joined.tx_ts + config.retention_s)

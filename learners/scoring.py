@@ -59,7 +59,7 @@ _PACK = struct.Struct(f"<{len(FEATURE_NAMES)}f")
 _ANOMALY_INDEX = [FEATURE_NAMES.index(name) for name in ANOMALY_FEATURES]
 # Legitimate examples at a terminal with confirmed frauds are all learned, whatever the
 # negative sampling: that is where the model must tell a compromise that goes on from one
-# that is over, and a 10 % sample left it a handful of examples (decisions §14).
+# that is over, and a 10 % sample left it a handful of examples (decision 0014).
 _FRAUD_TERMINAL_INDEX = FEATURE_NAMES.index("term_log_known_frauds_30d")
 _FRAUD_TERMINAL = struct.Struct(f"<{4 * _FRAUD_TERMINAL_INDEX}xf")  # that one float of a packed vector
 
@@ -390,7 +390,7 @@ class ModelShard:
             version = _Version(built_to, model, detector, threshold, supervised)
             # Keep every kept version unpickled (versions only get newer: evict the oldest).
             # Stragglers of different partitions can want different versions; a one-entry
-            # cache unpickled again at each switch (decisions §13).
+            # cache unpickled again at each switch (decision 0013).
             if len(cache) >= self.KEPT_VERSIONS:
                 del cache[min(cache)]
             cache[built_to] = version

@@ -1,4 +1,4 @@
-"""The batched keyed exchange (decisions 22) on the Bytewax runtime."""
+"""The batched keyed exchange (decision 0022) on the Bytewax runtime."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def test_frauds_rank_well_above_legitimate(one_worker, small_stream, small_confi
     _, _, scores, _ = one_worker
     after = _iso(small_config.start_ts + 21 * DAY)  # after two weeks of labels
     auc, ap = _quality(scores, truth, after)
-    # Measured on this stream (seed 7): AUC 0.881, AP 0.690 (SGD before decisions 19: 0.877 /
+    # Measured on this stream (seed 7): AUC 0.881, AP 0.690 (SGD before decision 0019: 0.877 /
     # 0.678; seeds 8, 9 measured earlier: 0.883/0.604, 0.871/0.601).
     assert auc > 0.855 and ap > 0.60, (auc, ap)
     # Far above what the amount alone gives (measured AUC 0.62, AP 0.27): the model learned.
@@ -84,7 +84,7 @@ def test_frauds_rank_well_above_legitimate(one_worker, small_stream, small_confi
 def test_no_model_version_floods_the_alert_queue(one_worker, small_stream, small_config):
     """Once labels arrive, no day has more than 5 % of its legitimate transactions at score 0.5
     or more. Measured on this stream: at most 2.7 % (day 40); 13.4 % on day 14 before
-    standardised values were clipped (versions scored whole hours at 1.0; decisions 17)."""
+    standardised values were clipped (versions scored whole hours at 1.0; decision 0017)."""
     events, truth = small_stream
     _, _, scores, _ = one_worker
     day_of = {e.tx_id: int((e.event_ts - small_config.start_ts) // DAY) for e in events if isinstance(e, Transaction)}
@@ -131,8 +131,8 @@ def two_workers(small_stream):
 def test_two_workers_score_once_and_detect_as_well(one_worker, two_workers, small_stream, small_config):
     """Two model shards, each learning every example (the default): measured AP 0.6867 vs
     0.6904 for one worker, AUC 0.8779 vs 0.8805; each shard learning its own accounts' examples
-    only (FRAUDFLOW_SHARD_EXAMPLES=own) gave AP 0.6706 (decisions 18; with SGD before decisions
-    19: 0.6774 vs 0.6784, own 0.6578)."""
+    only (FRAUDFLOW_SHARD_EXAMPLES=own) gave AP 0.6706 (decision 0018; with SGD before decision
+    0019: 0.6774 vs 0.6784, own 0.6578)."""
     events, truth = small_stream
     _, _, scores1, stats1 = one_worker
     alerts2, dlq2, scores2, stats2 = two_workers
@@ -146,7 +146,7 @@ def test_two_workers_score_once_and_detect_as_well(one_worker, two_workers, smal
 
 
 def test_batched_exchange_detects_as_the_plain_exchange(two_workers, small_stream, small_config, monkeypatch):
-    """The cross-process exchange (decisions 22: each batch grouped by destination worker,
+    """The cross-process exchange (decision 0022: each batch grouped by destination worker,
     through the ``*_ferry`` steps) on two in-process workers scores every transaction once,
     counts the labels the same and detects as the plain keyed exchange does. Scores are not
     compared one by one: two runs of the *plain* two-worker flow already differ on 38,294 of

@@ -166,7 +166,7 @@ def test_one_and_two_processes_detect_equally(broker, tmp_path):
     barely moves (measured: 0.6377 for 1 process, 0.6396 / 0.6385 / 0.6366 for 2). Before
     standardised values were clipped it wandered by up to 0.0104 (0.5105 vs 0.5209):
     two model versions scored a whole hour at 1.0 and which transactions met them depended on
-    timing (decisions 17).
+    timing (decision 0017).
     """
     truth: dict = {}
     events = list(simulate(SCALING_STREAM, truth=truth))

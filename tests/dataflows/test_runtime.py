@@ -1,4 +1,4 @@
-"""The interpreter settings a flow process runs with (dataflows.runtime, decisions 23)."""
+"""The interpreter settings a flow process runs with (dataflows.runtime, decision 0023)."""
 
 from __future__ import annotations
 

@@ -252,7 +252,7 @@ def test_scores_at_a_terminal_with_known_frauds_are_unsampled_at_their_own_rate(
 
 def test_unsampled_examples_are_counted_at_their_shard_and_never_held():
     """``await_labels`` drops examples outside the negative sample and sends their count
-    (decisions 22); the shard counts them as received, as if each had come."""
+    (decision 0022); the shard counts them as received, as if each had come."""
     shard = ModelShard(ModelConfig())
     assert shard.on_batch([("unsampled", 3, 1), ("unsampled", 2, 0)]) == []
     assert shard.counts["labels_received"] == 5 and shard.counts["implicit_negatives"] == 1
