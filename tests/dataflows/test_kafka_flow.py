@@ -82,7 +82,7 @@ def test_crash_of_a_two_process_cluster_resumes_from_recovery(broker, long_strea
     recovery = init_recovery(tmp_path / "recovery", 2)
     # A full-speed replay of this sparse stream (about 40 transactions an hour: a tenth of a
     # second's lag of one process is hours of event time) lets the stages on one process run
-    # hours ahead of the other's (README, known limitations). A day of allowed lateness absorbs
+    # hours ahead of the other's (decision 0010). A day of allowed lateness absorbs
     # that on an idle machine. Measured: with six hours, 2 of 5 runs failed (22 of 1,432 replayed
     # scored differently; AP 0.0055 from the reference); with a day, 6 of 6 passed with none
     # scored differently, and 1 of 2 failed while a CPU-bound process competed (169 of 4,041).
