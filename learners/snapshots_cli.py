@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dataflows.errors import FraudflowError
-from dataflows.exports import signing_key
-from dataflows.settings import Settings, SettingsError
 from learners import snapshot_format as fmt
 from learners import snapshot_render as render
 
@@ -34,7 +32,10 @@ _KEY_NOTE = ("The signing key is read from FRAUDFLOW_SNAPSHOT_KEY_FILE (a file) 
              "value); it is never printed.")
 
 
-def _settings() -> Settings:
+def _settings() -> Any:
+    """The flow's settings (imported here: the other ``fraudflow`` commands do not pay for them)."""
+    from dataflows.settings import Settings, SettingsError
+
     try:
         return Settings.from_env()
     except SettingsError as exc:
@@ -59,6 +60,9 @@ def _existing_dir(directory: Path) -> Path:
 
 
 def _key() -> Optional[bytes]:
+    from dataflows.exports import signing_key
+    from dataflows.settings import SettingsError
+
     try:
         return signing_key(_settings())
     except SettingsError as exc:
