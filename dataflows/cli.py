@@ -21,13 +21,13 @@ from datetime import date
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from dataflows.errors import FraudflowError
+
 __all__ = ["main"]
 
 log = logging.getLogger("fraudflow")
 
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit code 2."""
+UserError = FraudflowError  # the name the commands here and in connectors/ use
 
 
 def _existing_file(path: str) -> str:

@@ -1,26 +1,28 @@
 """Model snapshot exports from the flow, and warm start from a verified export.
 
-Each model shard writes a signed export (``learners.snapshots``) every
+Each model shard writes a signed export (:mod:`learners.snapshot_format`) every
 ``FRAUDFLOW_SNAPSHOT_INTERVAL_HOURS`` of event time, at the end of a bounded input, and when
 asked (``POST /snapshots`` on the metrics port). ``FRAUDFLOW_WARM_START`` names an export that
 every shard starts from; it is verified (signature, model file checksum, model kind, feature
 list) before anything is unpickled, and a bad file stops start-up with a message naming it.
+
+This is where the snapshot settings are read: :func:`signing_key` turns
+``FRAUDFLOW_SNAPSHOT_KEY_FILE`` / ``FRAUDFLOW_SNAPSHOT_KEY`` into key bytes for the flow and for
+``fraudflow snapshots``; the format itself only takes values.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
 import subprocess
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from connectors.events import format_ts
 from dataflows.settings import Settings, SettingsError
 from learners.features import FEATURE_NAMES
-from learners.models import describe_model
+from learners.snapshot_format import SnapshotError, build_document, check_key, load_model, write_export
 
 __all__ = ["WarmStart", "code_version", "make_exporter", "signing_key", "warm_start"]
 
@@ -46,46 +48,44 @@ def code_version() -> str:
 
 
 def signing_key(settings: Settings) -> Optional[bytes]:
-    """The HMAC key from FRAUDFLOW_SNAPSHOT_KEY_FILE / FRAUDFLOW_SNAPSHOT_KEY (settings or env)."""
-    from learners.snapshots import SnapshotError, signing_key_from_env
+    """The HMAC key of ``FRAUDFLOW_SNAPSHOT_KEY_FILE`` (trailing newline stripped) or
+    ``FRAUDFLOW_SNAPSHOT_KEY``, or None when neither is set.
 
-    environ = dict(os.environ)
-    if settings.snapshot_key_file:
-        environ["FRAUDFLOW_SNAPSHOT_KEY_FILE"] = settings.snapshot_key_file
-    if settings.snapshot_key:
-        environ["FRAUDFLOW_SNAPSHOT_KEY"] = settings.snapshot_key
+    Raises
+    ------
+    SettingsError
+        The key file is unreadable, or the key is empty or shorter than 16 bytes. The message
+        names the setting, never the key.
+    """
+    path = settings.snapshot_key_file
+    if path:
+        if settings.snapshot_key:
+            log.warning("both FRAUDFLOW_SNAPSHOT_KEY_FILE and FRAUDFLOW_SNAPSHOT_KEY are set; using the key file")
+        try:
+            key = Path(path).read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise SettingsError(f"FRAUDFLOW_SNAPSHOT_KEY_FILE: cannot read the signing key file {path}: "
+                                f"{exc.strerror or exc}") from None
+        source = f"FRAUDFLOW_SNAPSHOT_KEY_FILE ({path})"
+    elif settings.snapshot_key:
+        key, source = settings.snapshot_key.encode(), "FRAUDFLOW_SNAPSHOT_KEY"
+    else:
+        return None
     try:
-        return signing_key_from_env(environ)
+        return check_key(key, source)
     except SnapshotError as exc:
         raise SettingsError(str(exc)) from None
-
-
-def _ts(value: float) -> Optional[str]:
-    return format_ts(value) if value not in (float("inf"), float("-inf")) else None
 
 
 def export_document(shard: Any, settings: Settings, reason: str) -> dict[str, Any]:
     """The readable half of an export: what the shard's model is and has learned."""
     cfg = shard.config
-    model = describe_model(shard.model)
-    model["family"] = model.pop("kind")
-    model["kind"] = cfg.kind  # what FRAUDFLOW_MODEL_KIND names: warm start checks it
-    model["name"] = cfg.model_name
-    model.setdefault("hyper_parameters", {})["seed"] = cfg.seed
-    return {
-        "shard": shard.name or "shard",
-        "reason": reason,
-        "event_time": {"first": _ts(shard.first_ts), "last": _ts(shard.last_ts), "built_to": _ts(shard.built_to)},
-        "model": model,
-        "features": list(FEATURE_NAMES),
-        "counts": dict(shard.counts),
-        "quality": shard.online_quality(),
-        "threshold": cfg.threshold,
-        "negative_sampling": cfg.negative_sampling,
-        "supervised": shard.supervised,
-        "code_version": code_version(),
-        "settings_fingerprint": settings.fingerprint(),
-    }
+    return build_document(
+        shard=shard.name or "shard", reason=reason, kind=cfg.kind, model_name=cfg.model_name, model=shard.model,
+        features=FEATURE_NAMES, counts=shard.counts, quality=shard.online_quality(), threshold=cfg.threshold,
+        negative_sampling=cfg.negative_sampling, supervised=shard.supervised, seed=cfg.seed,
+        code_version=code_version(), settings_fingerprint=settings.fingerprint(), first_ts=shard.first_ts,
+        last_ts=shard.last_ts, built_to=shard.built_to)
 
 
 def make_exporter(settings: Settings, on_written: Callable[[], None]) -> Optional[Callable[[Any, str], None]]:
@@ -93,9 +93,10 @@ def make_exporter(settings: Settings, on_written: Callable[[], None]) -> Optiona
     directory = settings.effective_snapshot_dir
     if not directory:
         return None
-    from learners.snapshots import write_export
-
-    key = signing_key(settings)  # None: learners.snapshots warns once that exports are unsigned
+    key = signing_key(settings)
+    if key is None:
+        log.warning("model exports are written unsigned (set FRAUDFLOW_SNAPSHOT_KEY_FILE or FRAUDFLOW_SNAPSHOT_KEY "
+                    "to sign them); unsigned exports cannot be loaded back")
 
     def export(shard: Any, reason: str) -> None:
         if shard.name is None and shard.counts["scored"] == 0:
@@ -127,13 +128,13 @@ def warm_start(settings: Settings) -> Optional[WarmStart]:
     """Load and verify FRAUDFLOW_WARM_START; any problem is a SettingsError naming it."""
     if not settings.warm_start:
         return None
-    from learners.snapshots import SnapshotError, load_model
-
+    key = signing_key(settings)
     try:
-        model, document = load_model(settings.warm_start, signing_key(settings), expect_kind=settings.model_kind,
+        model, document = load_model(settings.warm_start, key, expect_kind=settings.model_kind,
                                      expect_features=list(FEATURE_NAMES))
     except SnapshotError as exc:
-        raise SettingsError(f"FRAUDFLOW_WARM_START: {settings.warm_start}: {exc}") from None
+        where = "" if key else "; the key comes from FRAUDFLOW_SNAPSHOT_KEY_FILE or FRAUDFLOW_SNAPSHOT_KEY"
+        raise SettingsError(f"FRAUDFLOW_WARM_START: {settings.warm_start}: {exc}{where}") from None
     log.info("warm start from %s (%s, %s labels learned)", settings.warm_start, document.get("shard"),
              document.get("counts", {}).get("labels_learned"))
     return WarmStart(model, document, settings.warm_start)

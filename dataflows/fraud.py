@@ -59,7 +59,7 @@ from dataflows.metrics import serve
 from dataflows.progress import RunStats
 from dataflows.runtime import tune_gc
 from dataflows.settings import Settings, SettingsError, load_settings
-from dataflows.state_cli import feature_layout_error
+from dataflows.recovery_store import feature_layout_error
 from learners.decision import AlertPolicy, PolicyConfig
 from learners.features import AccountProfile, TerminalProfile
 from learners.pending import VECTOR_BYTES, PendingBucket

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import zlib
 from array import array
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 __all__ = [
     "ACCOUNT_FEATURES",
@@ -95,6 +95,14 @@ def _median(ordered: list[float]) -> float:
     n = len(ordered)
     mid = n // 2
     return ordered[mid] if n % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def _habit(ordered: list[float]) -> tuple[float, float, float]:
+    """A card's amount habit from its recent amounts, sorted: median, median absolute deviation,
+    and the robust scale an amount's z-score divides by (``acct_amount_robust_z``)."""
+    median = _median(ordered)
+    mad = _median(sorted(abs(a - median) for a in ordered))
+    return median, mad, 1.4826 * mad + 0.05 * median + 1.0
 
 
 def _term_hash(terminal_id: str) -> int:
@@ -167,6 +175,62 @@ class AccountProfile:
                 self.first_ts, self.last_ts, self.terms.tobytes(), tuple(self.pending), tuple(self.orphans),
                 self.unusual.tobytes())
 
+    @staticmethod
+    def is_snapshot(value: Any) -> bool:
+        """Has ``value`` (plain data read back from a store) the layout of :meth:`snapshot`, this
+        version's or the one before the per-day unusual-amount counts (10 values)?"""
+        if not isinstance(value, tuple) or len(value) not in (10, 11):
+            return False
+        day, counts, sums, amounts, n_seen, first_ts, last_ts, terms, pending, orphans, *unusual = value
+        return (isinstance(day, int) and all(isinstance(b, bytes) for b in (counts, sums, amounts, terms, *unusual))
+                and all(len(b) == 2 * _HORIZON for b in unusual)
+                and isinstance(n_seen, int) and isinstance(first_ts, (int, float))
+                and isinstance(last_ts, (int, float)) and isinstance(pending, (tuple, list))
+                and isinstance(orphans, (tuple, list)) and len(counts) == 2 * _HORIZON and len(sums) == 4 * _HORIZON)
+
+    def describe(self, days: int = 30) -> dict[str, Any]:
+        """What the profile holds, as plain values, for people (``fraudflow state show``).
+
+        ``daily``: the last ``days`` days up to the profile's latest day (from its first
+        transaction if that is later; at most the 31 kept), each with its transactions, amount
+        and purchases of an unusual amount; ``amounts``: the last ``RECENT_AMOUNTS`` amounts
+        and the habit the features take from them (``median``, ``mad``, ``robust_scale``: None
+        under 3 amounts); ``recent_terminals``: how many are kept; ``pending``: transactions
+        awaiting a label ``(tx_id, event_ts, terminal_id, unexplained)``; ``orphans``: labels
+        that came before their transaction ``(tx_id, label_ts, is_fraud)``. Times are POSIX
+        seconds (None before the first transaction), days count from 1970-01-01.
+
+        >>> from connectors.events import Transaction
+        >>> acct = AccountProfile()
+        >>> for i, amount in enumerate([20.0, 22.0, 18.0, 30.0]):
+        ...     _ = acct.observe(Transaction(f"t-{i}", "c-1", 1522540800.0 + 3600 * i, amount, "m-1"))
+        >>> d = acct.describe()
+        >>> d["daily"], d["median"], d["mad"], d["robust_scale"]
+        ([{'day': 17622, 'transactions': 4, 'amount': 90.0, 'unusual_amount': 0}], 21.0, 2.0, 5.0152)
+        """
+        first_day = _day(self.first_ts) if self.n_seen else self.day
+        daily = []
+        for d in range(max(first_day, self.day - min(days, _HORIZON) + 1), self.day + 1):
+            slot = d % _HORIZON
+            daily.append({"day": d, "transactions": self.counts[slot], "amount": float(self.sums[slot]),
+                          "unusual_amount": self.unusual[slot]})
+        median = mad = scale = None
+        if len(self.amounts) >= 3:
+            median, mad, scale = _habit(sorted(self.amounts))
+        return {
+            "transactions_seen": self.n_seen,
+            "first_ts": self.first_ts if self.n_seen else None,
+            "last_ts": self.last_ts if self.n_seen else None,
+            "daily": daily,
+            "amounts": list(self.amounts),
+            "median": median,
+            "mad": mad,
+            "robust_scale": scale,
+            "recent_terminals": len(self.terms),
+            "pending": list(self.pending),
+            "orphans": list(self.orphans),
+        }
+
     def _advance(self, day: int) -> None:
         """Roll the daily ring forward to ``day`` (older days fall out)."""
         if day <= self.day:
@@ -209,10 +273,9 @@ class AccountProfile:
         ratio = math.log((amount + 1.0) / (avg30 + 1.0)) if n30 else 0.0
         if len(self.amounts) >= 3:
             ordered = sorted(self.amounts)
-            median = _median(ordered)
-            mad = _median(sorted(abs(a - median) for a in ordered))
+            median, _, scale = _habit(ordered)
             median_ratio = math.log((amount + 1.0) / (median + 1.0))
-            robust_z = max(-20.0, min(20.0, (amount - median) / (1.4826 * mad + 0.05 * median + 1.0)))
+            robust_z = max(-20.0, min(20.0, (amount - median) / scale))
             new_high = 1.0 if amount > ordered[-1] else 0.0  # above each of the card's recent amounts
         else:
             median_ratio = robust_z = new_high = 0.0

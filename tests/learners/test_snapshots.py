@@ -17,10 +17,13 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from learners import snapshots as snap
+from dataflows.exports import make_exporter, signing_key
+from dataflows.settings import Settings, SettingsError
+from learners import snapshot_format as fmt
+from learners import snapshot_render as render
 from learners.features import FEATURE_NAMES
 from learners.models import build_classifier
-from learners.snapshots import SnapshotError, load_model, verify, write_export
+from learners.snapshot_format import SnapshotError, load_model, verify, write_export
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = b"fraudflow-test-signing-key-0123456789"
@@ -51,13 +54,13 @@ def _trained(kind: str = "logreg", n: int = 400, seed: int = 0):
 
 def _document(model, kind: str = "logreg", shard: str = "shard-0.0", last_ts: float = T0 + 7.5 * 86_400,
               reason: str = "interval", **extra) -> dict:
-    doc = snap.new_document(
+    doc = fmt.build_document(
         shard=shard, reason=reason, kind=kind, model=model, features=FEATURE_NAMES,
         counts={"scored": 5_000, "labels_received": 4_200, "labels_learned": 400, "frauds_learned": 80,
                 "implicit_negatives": 0, "late_transactions": 3},
         quality={"window_labels": 350, "window_frauds": 12, "average_precision": 0.61, "auc_roc": 0.87},
-        threshold=0.5, negative_sampling=0.1, code_version="test", settings_fingerprint="0123456789abcdef",
-        first_ts=T0, last_ts=last_ts, built_to=last_ts - 3 * 3600,
+        threshold=0.5, negative_sampling=0.1, supervised=True, seed=0, code_version="test",
+        settings_fingerprint="0123456789abcdef", first_ts=T0, last_ts=last_ts, built_to=last_ts - 3 * 3600,
     )
     doc.update(extra)
     return doc
@@ -94,7 +97,9 @@ def test_document_follows_the_format(export, logreg):
     assert doc["format"] == "fraudflow-snapshot/1" and doc["created_at"].endswith("Z")
     assert doc["event_time"] == {"first": "2018-08-01T00:00:00Z", "last": "2018-08-08T12:00:00Z",
                                  "built_to": "2018-08-08T09:00:00Z"}
-    assert doc["model"]["kind"] == "logreg" and doc["model"]["name"] == "logistic_regression"
+    assert doc["model"]["kind"] == doc["model"]["name"] == "logreg"
+    assert doc["model"]["family"] == "logistic_regression" and doc["model"]["hyper_parameters"]["seed"] == 0
+    assert doc["supervised"] is True
     weights = list(doc["model"]["weights"].values())
     assert weights == sorted(weights, key=lambda w: -abs(w))
     assert set(doc["model"]) >= {"intercept", "scaler_mean", "scaler_std", "hyper_parameters"}
@@ -196,19 +201,20 @@ def test_missing_binary_and_unreadable_or_foreign_json(export, tmp_path):
     assert verify(tmp_path / "absent.json", KEY).reason == "unreadable JSON"
     foreign = tmp_path / "package.json"
     foreign.write_text('{"name": "left-pad"}')
-    assert verify(foreign, KEY) == snap.VerifyResult(foreign, False, "not a fraudflow snapshot", None)
+    assert verify(foreign, KEY) == fmt.VerifyResult(foreign, False, "not a fraudflow snapshot", None)
     with pytest.raises(SnapshotError, match="not a fraudflow snapshot"):
         load_model(foreign, KEY)
 
 
 # -- unsigned exports ----------------------------------------------------------------------
-def test_unsigned_exports_are_written_with_one_warning_and_never_load(tmp_path, logreg, caplog, monkeypatch):
-    monkeypatch.setattr(snap, "_warned_unsigned", False)
-    with caplog.at_level(logging.WARNING, logger="learners.snapshots"):
+def test_unsigned_exports_are_written_with_one_warning_and_never_load(tmp_path, logreg, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert make_exporter(Settings(snapshot_dir=str(tmp_path)), lambda: None) is not None  # the flow's start-up
         first = write_export(tmp_path, _document(logreg), logreg, None)
         write_export(tmp_path, _document(logreg, last_ts=T0 + 86_400), logreg, None)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "unsigned" in warnings[0].getMessage()
+    assert "FRAUDFLOW_SNAPSHOT_KEY_FILE" in warnings[0].getMessage()
     assert json.loads(first.read_text())["signature"] is None
     assert verify(first, KEY).reason == "unsigned"
     with pytest.raises(SnapshotError, match="unsigned"):
@@ -233,7 +239,7 @@ def test_wrong_features_are_refused(export):
 def test_a_future_format_is_refused_after_verification(export):
     doc = json.loads(export.read_text())
     doc["format"] = "fraudflow-snapshot/2"
-    doc["signature"]["value"] = hmac.new(KEY, snap.canonical_json(doc), hashlib.sha256).hexdigest()
+    doc["signature"]["value"] = hmac.new(KEY, fmt.canonical_json(doc), hashlib.sha256).hexdigest()
     export.write_text(json.dumps(doc))
     assert verify(export, KEY).ok
     with pytest.raises(SnapshotError, match="format 'fraudflow-snapshot/2' is not supported"):
@@ -249,28 +255,35 @@ def test_bad_shard_or_reason_is_refused(tmp_path, logreg):
 
 
 # -- the key -------------------------------------------------------------------------------
-def test_signing_key_from_env(tmp_path):
-    assert snap.signing_key_from_env({}) is None
+def test_signing_key_from_the_settings(tmp_path):
+    def key(**env: str):
+        return signing_key(Settings.from_env({f"FRAUDFLOW_{k}": v for k, v in env.items()}))
+
+    assert key() is None
     key_file = tmp_path / "key"
     key_file.write_bytes(KEY + b"\n")
-    assert snap.signing_key_from_env({"FRAUDFLOW_SNAPSHOT_KEY_FILE": str(key_file)}) == KEY
-    assert snap.signing_key_from_env({"FRAUDFLOW_SNAPSHOT_KEY": KEY.decode()}) == KEY
-    with pytest.raises(SnapshotError, match="FRAUDFLOW_SNAPSHOT_KEY_FILE: cannot read"):
-        snap.signing_key_from_env({"FRAUDFLOW_SNAPSHOT_KEY_FILE": str(tmp_path / "nope")})
-    with pytest.raises(SnapshotError, match="FRAUDFLOW_SNAPSHOT_KEY: .* empty"):
-        snap.signing_key_from_env({"FRAUDFLOW_SNAPSHOT_KEY": ""})
-    with pytest.raises(SnapshotError, match="FRAUDFLOW_SNAPSHOT_KEY: .*at least 16") as info:
-        snap.signing_key_from_env({"FRAUDFLOW_SNAPSHOT_KEY": "hunter2"})
+    assert key(SNAPSHOT_KEY_FILE=str(key_file)) == KEY
+    assert key(SNAPSHOT_KEY=KEY.decode()) == KEY
+    assert key(SNAPSHOT_KEY_FILE=str(key_file), SNAPSHOT_KEY="another-key-of-sufficient-length") == KEY
+    assert key(SNAPSHOT_KEY="") is None  # empty is unset, as for every FRAUDFLOW_ string setting
+    with pytest.raises(SettingsError, match="FRAUDFLOW_SNAPSHOT_KEY_FILE: no such file"):
+        key(SNAPSHOT_KEY_FILE=str(tmp_path / "nope"))
+    with pytest.raises(SettingsError, match="FRAUDFLOW_SNAPSHOT_KEY_FILE: cannot read"):
+        signing_key(Settings(snapshot_key_file=str(tmp_path / "nope")))  # gone after the settings were read
+    with pytest.raises(SettingsError, match="FRAUDFLOW_SNAPSHOT_KEY: .*at least 16") as info:
+        key(SNAPSHOT_KEY="hunter2")
     assert "hunter2" not in str(info.value)
     key_file.write_bytes(b"\n")
-    with pytest.raises(SnapshotError, match="FRAUDFLOW_SNAPSHOT_KEY_FILE.* empty"):
-        snap.signing_key_from_env({"FRAUDFLOW_SNAPSHOT_KEY_FILE": str(key_file)})
+    with pytest.raises(SettingsError, match="FRAUDFLOW_SNAPSHOT_KEY_FILE.* empty"):
+        key(SNAPSHOT_KEY_FILE=str(key_file))
+    with pytest.raises(SnapshotError, match="test: the snapshot signing key is empty"):
+        fmt.check_key(b"", "test")
 
 
 # -- reading for people --------------------------------------------------------------------
 def test_show_lists_the_top_weights_with_sign(export):
     doc = json.loads(export.read_text())
-    text = snap.render_show(doc, top=5)
+    text = render.render_show(doc, top=5)
     top5 = list(doc["model"]["weights"].items())[:5]
     for name, weight in top5:
         line = next(line for line in text.splitlines() if line.strip().startswith(name + " "))
@@ -288,9 +301,9 @@ def test_show_and_plot_tree_importances(tmp_path):
     doc = json.loads(path.read_text())
     importances = doc["model"]["feature_importances"]
     assert importances and abs(sum(importances.values()) - 1.0) < 1e-9
-    text = snap.render_show(doc)
+    text = render.render_show(doc)
     assert "feature importances" in text and next(iter(importances)) in text
-    png = snap.plot_export(doc, tmp_path / "arf.png")
+    png = render.plot_export(doc, tmp_path / "arf.png")
     assert imread(png).shape[0] > 200
     model, _ = load_model(path, KEY, expect_kind="arf")
     x = _rows(1, 5)[0][0]
@@ -305,7 +318,7 @@ def test_diff_shows_what_moved(tmp_path, logreg):
     b_doc["features"] = [*FEATURE_NAMES, "acct_new_country"]
     b = write_export(tmp_path, b_doc, later, KEY)
     da, db = json.loads(a.read_text()), json.loads(b.read_text())
-    text = snap.diff_exports(da, db, top=3)
+    text = render.diff_exports(da, db, top=3)
     wa, wb = da["model"]["weights"], db["model"]["weights"]
     most = max(wa, key=lambda n: abs(wb[n] - wa[n]))
     assert most in text
@@ -320,17 +333,19 @@ def test_list_exports_sorted_by_shard_then_event_time(tmp_path, logreg):
         write_export(tmp_path, _document(logreg, shard=shard, last_ts=T0 + day * 86_400, reason=reason), logreg,
                      KEY)
     (tmp_path / "notes.json").write_text("[]")
-    names = [s["name"] for s in snap.list_exports(tmp_path)]
+    names = [s["name"] for s in fmt.list_exports(tmp_path)]
     assert names == ["shard-0.0-20180803T000000Z-interval", "shard-0.0-20180806T000000Z-shutdown",
                      "shard-1.0-20180804T000000Z-interval", "shard-10.0-20180802T000000Z-on_demand"]
 
 
 # -- the command line ----------------------------------------------------------------------
-def _cli(*args: str, key: bytes | None = KEY, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _cli(*args: str, key: bytes | None = KEY, cwd: Path | None = None, **settings: str
+         ) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDFLOW_")}
     env["PYTHONPATH"] = str(ROOT)
     if key is not None:
         env["FRAUDFLOW_SNAPSHOT_KEY"] = key.decode()
+    env.update({f"FRAUDFLOW_{k}": v for k, v in settings.items()})
     return subprocess.run([sys.executable, "-m", "dataflows.cli", "snapshots", *args], env=env, cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=120)
 
@@ -404,6 +419,22 @@ def test_cli_user_errors_are_one_line(export_dir, tmp_path):
     short_key = _cli("verify", str(export_dir), key=b"short")
     assert short_key.returncode == 2 and "FRAUDFLOW_SNAPSHOT_KEY" in short_key.stderr
     assert "short" not in short_key.stderr.replace("FRAUDFLOW", "")
+
+
+def test_cli_default_directory_is_where_the_flow_writes(export_dir, tmp_path):
+    listed = _cli("list", SNAPSHOT_DIR=str(export_dir))
+    assert listed.returncode == 0 and "2 export(s)" in listed.stdout
+    verified = _cli("verify", SNAPSHOT_DIR=str(export_dir))
+    assert verified.returncode == 0 and verified.stdout.count("OK") == 2
+    # the flow on the simulator writes to fraudflow-output/snapshots under its working directory
+    (tmp_path / "fraudflow-output").mkdir()
+    export_dir.rename(tmp_path / "fraudflow-output" / "snapshots")
+    assert "2 export(s)" in _cli("list", cwd=tmp_path).stdout
+    # on Kafka without FRAUDFLOW_SNAPSHOT_DIR the flow writes none: the command asks for the directory
+    off = _cli("list", cwd=tmp_path, SOURCE="kafka", KAFKA_BROKERS="127.0.0.1:9")
+    assert off.returncode == 2 and off.stderr.count("\n") == 1 and "give the directory" in off.stderr
+    bad = _cli("list", cwd=tmp_path, SNAPSHOT_INTERVAL_HOURS="soon")
+    assert bad.returncode == 2 and "FRAUDFLOW_SNAPSHOT_INTERVAL_HOURS" in bad.stderr
 
 
 def test_cli_help_explains_each_action():
