@@ -12,6 +12,19 @@ It never raises, whatever the bytes.
 'invalid transaction: Object missing required field `account_id`'
 >>> parse_record(b'\\xff\\xfe', Origin("f", 3)).reason
 'invalid JSON: JSON is malformed: invalid character (byte 0)'
+
+What the flow cannot hold is rejected too, with the reason (decision 0024): amounts above
+``MAX_AMOUNT`` (features are float32), times outside ``[MIN_EVENT_TS, wall clock + MAX_FUTURE_S]``,
+records larger than ``MAX_RECORD_BYTES``. A dead letter is bounded when written
+(:meth:`DeadLetter.to_json`): at most ``DEAD_RAW_BYTES`` of the original bytes, with the
+original size and SHA-256, so it always fits in a Kafka message.
+
+>>> parse_record(b'{"tx_id": "t-1", "account_id": "c-1", "ts": "2018-04-01T00:07:56Z", "amount": 1e300,'
+...              b' "currency": "EUR", "terminal_id": "m-1"}', Origin("f", 4)).reason
+'invalid transaction: amount 1e+300 is above the largest accepted amount (1e+09)'
+>>> parse_record(b'{"tx_id": "t-1", "account_id": "c-1", "ts": "2099-01-01T00:00:00Z", "is_fraud": true}',
+...              Origin("f", 5)).category
+'bad_timestamp'
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import time
 from datetime import datetime, timezone
 from typing import Annotated, Any, Optional, Union
 
@@ -42,6 +56,17 @@ _TzDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 # The JSON number range msgspec accepts as float; inf/nan are rejected below.
 _Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+
+# What the flow can hold (decision 0024). Features are packed as float32 (max 3.4e38), and no
+# card transaction is near a billion in any currency unit.
+MAX_AMOUNT = 1e9
+# Event times: nothing before 2000 (card data this flow scores is recent; 1970 is an unset
+# clock), nothing more than a day ahead of the wall clock (a payment cannot happen tomorrow).
+MIN_EVENT_TS = 946_684_800.0  # 2000-01-01T00:00:00Z
+MAX_FUTURE_S = 86_400.0
+MAX_RECORD_BYTES = 64 * 1024  # a contract record is ~200 bytes; extra fields are carried through
+DEAD_RAW_BYTES = 8 * 1024  # original bytes kept in a dead letter (plus size and SHA-256)
+DEAD_REASON_CHARS = 2_000
 
 
 class Origin(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -88,6 +113,7 @@ class Transaction(msgspec.Struct, frozen=True, gc=False):
     terminal_id: str
     currency: str = "EUR"
     extra: Optional[dict] = None  # fields beyond the contract, carried through to outputs
+    origin: Optional[Origin] = None  # where it was read (dead letters of later steps name it)
 
 
 class Label(msgspec.Struct, frozen=True, gc=False):
@@ -98,27 +124,48 @@ class Label(msgspec.Struct, frozen=True, gc=False):
     event_ts: float
     is_fraud: bool
     terminal_id: Optional[str] = None
+    origin: Optional[Origin] = None  # where it was read (a label for an unknown transaction names it)
 
 
 class DeadLetter(msgspec.Struct, frozen=True, gc=False):
-    """A rejected input: original bytes, the reason, and where it came from."""
+    """A rejected input: original bytes, the reason, and where it came from.
+
+    ``category`` is a short, bounded name for metrics (``invalid_json``, ``bad_timestamp``,
+    ``step_failure`` …); ``reason`` is the sentence for people.
+    """
 
     raw: bytes
     reason: str
     origin: Origin
     step: str = "parse"
+    category: str = "other"
 
     def to_json(self) -> dict[str, Any]:
+        """The ``dlq`` record, bounded: at most ``DEAD_RAW_BYTES`` of the original bytes (cut
+        whole UTF-8 characters; ``truncated`` and the original ``size`` and ``sha256`` say so)."""
+        raw = self.raw
+        doc: dict[str, Any] = {}
+        if len(raw) > DEAD_RAW_BYTES:
+            doc["truncated"] = True
+            doc["size"] = len(raw)
+            doc["sha256"] = hashlib.sha256(raw).hexdigest()
+            raw = raw[:DEAD_RAW_BYTES]
         try:
-            text, enc = self.raw.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            text, enc = base64.b64encode(self.raw).decode("ascii"), "base64"
+            text, enc = raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError as exc:
+            if doc and exc.start >= len(raw) - 3:  # the cut fell inside a character
+                text, enc = raw[: exc.start].decode("utf-8", "replace"), "utf-8"
+            else:
+                text, enc = base64.b64encode(raw).decode("ascii"), "base64"
+        reason = self.reason if len(self.reason) <= DEAD_REASON_CHARS else self.reason[:DEAD_REASON_CHARS] + "…"
         return {
             "raw": text,
             "encoding": enc,
-            "reason": self.reason,
+            "reason": reason,
+            "category": self.category,
             "step": self.step,
             "origin": self.origin.as_dict(),
+            **doc,
         }
 
 
@@ -186,60 +233,90 @@ def encode(record: msgspec.Struct | dict[str, Any]) -> bytes:
 Event = Union[Transaction, Label]
 
 
-def _reject(raw: bytes, origin: Origin, reason: str) -> DeadLetter:
-    return DeadLetter(raw=raw, reason=reason, origin=origin)
+def _reject(raw: bytes, origin: Origin, reason: str, category: str) -> DeadLetter:
+    return DeadLetter(raw=raw, reason=reason, origin=origin, category=category)
 
 
-def parse_record(raw: bytes | str, origin: Origin, kind: Optional[str] = None) -> Event | DeadLetter:
+def _ts_problem(kind: str, event_ts: float, now: Optional[float]) -> Optional[str]:
+    """Why an event time is outside the accepted window, or None."""
+    latest = (time.time() if now is None else now) + MAX_FUTURE_S
+    if MIN_EVENT_TS <= event_ts <= latest:
+        return None
+    return (f"invalid {kind}: ts {format_ts(event_ts)} is outside the accepted window "
+            f"[{format_ts(MIN_EVENT_TS)}, now + {MAX_FUTURE_S / 3600:.0f} h]")
+
+
+def parse_record(raw: bytes | str, origin: Origin, kind: Optional[str] = None,
+                 now: Optional[float] = None) -> Event | DeadLetter:
     """Decode one input record into a typed event or a dead letter; never raises.
 
     ``kind`` is ``"transaction"`` or ``"label"`` when the source knows (one topic per
-    kind); ``None`` tells them apart by their fields (``is_fraud`` marks a label).
+    kind); ``None`` tells them apart by their fields (``is_fraud`` marks a label). ``now``
+    (POSIX seconds, default the wall clock) bounds how far in the future an event may be.
     """
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
+    if len(raw) > MAX_RECORD_BYTES:
+        return _reject(raw, origin, f"record of {len(raw):,} bytes is larger than the {MAX_RECORD_BYTES:,}-byte limit",
+                       "too_large")
     try:
         doc = _decode_any.decode(raw)
     except msgspec.DecodeError as exc:
-        return _reject(raw, origin, f"invalid JSON: {exc}")
-    except Exception as exc:  # pragma: no cover - defensive: decoder internals
-        return _reject(raw, origin, f"undecodable input: {type(exc).__name__}")
+        return _reject(raw, origin, f"invalid JSON: {exc}", "invalid_json")
+    except Exception as exc:  # e.g. RecursionError on deeply nested input
+        return _reject(raw, origin, f"undecodable input: {type(exc).__name__}", "invalid_json")
     if not isinstance(doc, dict):
-        return _reject(raw, origin, f"expected a JSON object, got {type(doc).__name__}")
+        return _reject(raw, origin, f"expected a JSON object, got {type(doc).__name__}", "not_an_object")
     if kind is None:
         if "is_fraud" in doc:
             kind = "label"
         elif "amount" in doc:
             kind = "transaction"
         else:
-            return _reject(raw, origin, "not a transaction or label: has neither 'amount' nor 'is_fraud'")
+            return _reject(raw, origin, "not a transaction or label: has neither 'amount' nor 'is_fraud'",
+                           "not_an_event")
+    category = "invalid_label" if kind == "label" else "invalid_transaction"
     try:
         if kind == "label":
             wire = msgspec.convert(doc, _WireLabel)
+            event_ts = wire.ts.timestamp()
+            problem = _ts_problem(kind, event_ts, now)
+            if problem:
+                return _reject(raw, origin, problem, "bad_timestamp")
             return Label(
                 tx_id=wire.tx_id,
                 account_id=wire.account_id,
-                event_ts=wire.ts.timestamp(),
+                event_ts=event_ts,
                 is_fraud=wire.is_fraud,
                 terminal_id=wire.terminal_id,
+                origin=origin,
             )
         wire_tx = msgspec.convert(doc, _WireTransaction)
     except msgspec.ValidationError as exc:
-        return _reject(raw, origin, f"invalid {kind}: {exc}")
+        return _reject(raw, origin, f"invalid {kind}: {exc}", category)
     except Exception as exc:  # pragma: no cover - defensive
-        return _reject(raw, origin, f"invalid {kind}: {type(exc).__name__}: {exc}")
+        return _reject(raw, origin, f"invalid {kind}: {type(exc).__name__}: {exc}", category)
     amount = wire_tx.amount
     if not math.isfinite(amount) or amount < 0:
-        return _reject(raw, origin, f"invalid transaction: amount must be a finite number >= 0, got {amount!r}")
+        return _reject(raw, origin, f"invalid transaction: amount must be a finite number >= 0, got {amount!r}",
+                       category)
+    if amount > MAX_AMOUNT:
+        return _reject(raw, origin, f"invalid transaction: amount {amount:g} is above the largest accepted amount "
+                                    f"({MAX_AMOUNT:g})", category)
+    event_ts = wire_tx.ts.timestamp()
+    problem = _ts_problem(kind, event_ts, now)
+    if problem:
+        return _reject(raw, origin, problem, "bad_timestamp")
     extra = {k: v for k, v in doc.items() if k not in _TX_FIELDS} or None
     return Transaction(
         tx_id=wire_tx.tx_id,
         account_id=wire_tx.account_id,
-        event_ts=wire_tx.ts.timestamp(),
+        event_ts=event_ts,
         amount=amount,
         terminal_id=wire_tx.terminal_id,
         currency=wire_tx.currency,
         extra=extra,
+        origin=origin,
     )
 
 

@@ -13,9 +13,11 @@ interleaving lines.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
+from collections import deque
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Optional
 
@@ -23,7 +25,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.events import DeadLetter, Label, Origin, Transaction, encode, parse_record
-from connectors.sources import MAX_BATCH_SPAN_S, EventTimeBatcher
+from connectors.sources import DEFAULT_MAX_LEAD_S, MAX_BATCH_SPAN_S, EventTimeBatcher, LeadGuard
 
 __all__ = ["FileEventsSource", "JsonlSink", "read_events", "write_jsonl"]
 
@@ -43,78 +45,112 @@ def _lines(path: str, start: int) -> Iterator[tuple[int, bytes]]:
 
 
 class _Reader:
-    """One JSONL file as a stream of (event_ts, order, event) with its resume position."""
+    """One JSONL file as a stream of (event_ts, stream, event, resume position) records.
 
-    def __init__(self, path: str, stream: int, offset: int = 0, lineno: int = 0) -> None:
+    A :class:`~connectors.sources.LeadGuard` holds back a lone event far ahead in event time
+    (a dead letter unless the next line confirms the jump). The resume position of a record is
+    where reading must restart to read it again: (byte offset, line number, guard frontier).
+    """
+
+    def __init__(self, path: str, stream: int, offset: int = 0, lineno: int = 0, frontier: float = -math.inf,
+                 max_lead_s: float = DEFAULT_MAX_LEAD_S) -> None:
         self.path = path
         self.stream = stream
         self.offset = offset
         self.lineno = lineno
         self._it = _lines(path, offset)
+        self._guard = LeadGuard(max_lead_s, frontier)
+        self._ready: deque = deque()
+        self._done = False
 
-    def next(self) -> Optional[tuple[float, int, Any]]:
-        for offset, line in self._it:
+    def _reject(self, item: tuple, reason: str) -> tuple:
+        _, stream, event, pos, raw = item
+        dead = DeadLetter(raw, f"invalid {_KIND[stream]}: {reason}", event.origin, step="read_events",
+                          category="bad_timestamp")
+        return (-math.inf, stream, dead, pos, raw)
+
+    def position(self) -> tuple:
+        """Where to resume to read the first record not yet returned."""
+        if self._ready:
+            return self._ready[0][3]
+        held = self._guard.suspect
+        if held is not None:
+            return held[0][3]
+        return (self.offset, self.lineno, self._guard.frontier)
+
+    def next(self) -> Optional[tuple]:
+        ready, guard = self._ready, self._guard
+        while not ready:
+            if self._done:
+                return None
+            line = next(self._it, None)
+            if line is None:
+                self._done = True
+                ready.extend(guard.flush(self._reject))
+                continue
+            self.offset, raw = line
             self.lineno += 1
-            self.offset = offset
-            stripped = line.strip()
+            stripped = raw.strip()
             if not stripped:
                 continue
+            record_pos = (self.offset - len(raw), self.lineno - 1, guard.frontier)
             event = parse_record(stripped, Origin(self.path, self.lineno), _KIND[self.stream])
-            # Dead letters sort by the time of the last good record so they flow out promptly.
-            ts = event.event_ts if not isinstance(event, DeadLetter) else float("-inf")
-            return ts, self.stream, event
-        return None
+            if isinstance(event, DeadLetter):  # dead letters sort first, so they flow out promptly
+                ready.append((-math.inf, self.stream, event, record_pos, stripped))
+            else:
+                ready.extend(guard.push((event.event_ts, self.stream, event, record_pos, stripped), event.event_ts,
+                                        self._reject))
+        return ready.popleft()
 
 
 class _MergedFiles:
-    def __init__(self, tx_path: str, label_path: str, state: Optional[tuple] = None) -> None:
-        (tx_off, tx_line), (lb_off, lb_line) = state or ((0, 0), (0, 0))
-        self.readers = [_Reader(tx_path, 0, tx_off, tx_line), _Reader(label_path, 1, lb_off, lb_line)]
-        # Resume positions of records taken from a reader but not yet emitted.
-        self.heads: list[Optional[tuple[float, int, Any]]] = [None, None]
-        self._positions = [(r.offset, r.lineno) for r in self.readers]
-        for i, reader in enumerate(self.readers):
-            self.heads[i] = reader.next()
+    def __init__(self, tx_path: str, label_path: str, state: Optional[tuple] = None,
+                 max_lead_s: float = DEFAULT_MAX_LEAD_S) -> None:
+        positions = [tuple(p) + (-math.inf,) * (3 - len(p)) for p in (state or ((0, 0), (0, 0)))]
+        self.readers = [_Reader(tx_path, 0, *positions[0], max_lead_s=max_lead_s),
+                        _Reader(label_path, 1, *positions[1], max_lead_s=max_lead_s)]
+        self.heads: list[Optional[tuple]] = [reader.next() for reader in self.readers]
 
     def __iter__(self) -> Iterator[Any]:
         return self
 
-    def __next__(self) -> Any:
-        heads = self.heads
-        live = [k for k in range(2) if heads[k] is not None]
-        if not live:
-            raise StopIteration
-        # Labels (stream 1) win ties with transactions: a label known at t may inform t.
-        i = min(live, key=lambda k: (heads[k][0], -heads[k][1]))
-        _, _, event = heads[i]
-        reader = self.readers[i]
-        self._positions[i] = (reader.offset, reader.lineno)
-        heads[i] = reader.next()
-        return event
-
-    def peek(self) -> Any:
-        """The record ``next()`` would return, or None at the end (nothing is consumed)."""
+    def _pick(self) -> Optional[int]:
         heads = self.heads
         live = [k for k in range(2) if heads[k] is not None]
         if not live:
             return None
-        i = min(live, key=lambda k: (heads[k][0], -heads[k][1]))
-        return heads[i][2]
+        # Labels (stream 1) win ties with transactions: a label known at t may inform t.
+        return min(live, key=lambda k: (heads[k][0], -heads[k][1]))
+
+    def __next__(self) -> Any:
+        i = self._pick()
+        if i is None:
+            raise StopIteration
+        event = self.heads[i][2]
+        self.heads[i] = self.readers[i].next()
+        return event
+
+    def peek(self) -> Any:
+        """The record ``next()`` would return, or None at the end (nothing is consumed)."""
+        i = self._pick()
+        return None if i is None else self.heads[i][2]
 
     def position(self) -> tuple:
         """Where to resume so the next record returned is the next one not yet emitted."""
-        return tuple(self._positions)
+        return tuple(head[3] if head is not None else reader.position()
+                     for head, reader in zip(self.heads, self.readers))
 
 
-def read_events(transactions_path: str, labels_path: str) -> Iterator[Transaction | Label | DeadLetter]:
+def read_events(transactions_path: str, labels_path: str,
+                max_lead_s: float = DEFAULT_MAX_LEAD_S) -> Iterator[Transaction | Label | DeadLetter]:
     """Transactions and labels merged by event time (each file is read in order)."""
-    return iter(_MergedFiles(transactions_path, labels_path))
+    return iter(_MergedFiles(transactions_path, labels_path, max_lead_s=max_lead_s))
 
 
 class _FilePartition(StatefulSourcePartition[tuple[int, Any], tuple]):
     def __init__(self, tx_path: str, label_path: str, batch_size: int, max_span_s: float,
-                 state: Optional[tuple]) -> None:
-        self._merged = _MergedFiles(tx_path, label_path, state)
+                 state: Optional[tuple], max_lead_s: float = DEFAULT_MAX_LEAD_S) -> None:
+        self._merged = _MergedFiles(tx_path, label_path, state, max_lead_s)
         self._batch = EventTimeBatcher(batch_size, max_span_s)
 
     def next_batch(self) -> list[tuple[int, Any]]:
@@ -128,18 +164,19 @@ class FileEventsSource(FixedPartitionedSource[tuple[int, Any], tuple]):
     """Recorded transactions and labels as one event-time-ordered partition."""
 
     def __init__(self, transactions_path: str, labels_path: str, batch_size: int = 1000,
-                 max_batch_span_s: float = MAX_BATCH_SPAN_S) -> None:
+                 max_batch_span_s: float = MAX_BATCH_SPAN_S, max_lead_s: float = DEFAULT_MAX_LEAD_S) -> None:
         self.transactions_path = transactions_path
         self.labels_path = labels_path
         self.batch_size = batch_size
         self.max_batch_span_s = max_batch_span_s
+        self.max_lead_s = max_lead_s
 
     def list_parts(self) -> list[str]:
         return ["files"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[tuple]) -> _FilePartition:
         return _FilePartition(self.transactions_path, self.labels_path, self.batch_size, self.max_batch_span_s,
-                              resume_state)
+                              resume_state, self.max_lead_s)
 
 
 # -- sinks -------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from bytewax.outputs import StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Producer
 
 from connectors.events import DeadLetter, Origin, encode, parse_record
-from connectors.sources import BOARD, MAX_BATCH_SPAN_S, EventTimePacer, batch_span_for, beat
+from connectors.sources import (BOARD, DEFAULT_MAX_LEAD_S, MAX_BATCH_SPAN_S, EventTimePacer, LeadGuard, batch_span_for,
+                                beat)
 
 __all__ = ["CheckedKafkaSink", "EventsKafkaSource", "kafka_sinks", "kafka_source"]
 
@@ -43,7 +44,8 @@ class _EventsPartition(StatefulSourcePartition[tuple[int, Any], Optional[int]]):
     """One topic-partition: decoded events in event-time-bounded batches."""
 
     def __init__(self, inner: StatefulSourcePartition, topic: str, partition: int, kind: str,
-                 start_offset: int, max_span_s: float, pacer: EventTimePacer) -> None:
+                 start_offset: int, max_span_s: float, pacer: EventTimePacer,
+                 max_lead_s: float = DEFAULT_MAX_LEAD_S) -> None:
         self._inner = inner
         self._pacer = pacer
         self._key = (topic, partition)
@@ -57,6 +59,7 @@ class _EventsPartition(StatefulSourcePartition[tuple[int, Any], Optional[int]]):
         self._carry: list[tuple[int, Any]] = []  # (offset, event) decoded but not yet emitted
         self._exhausted = False
         self._last_warning = 0.0
+        self._guard = LeadGuard(max_lead_s)  # a lone event far ahead in event time waits for the next
 
     def _decode(self, messages: list) -> None:
         for msg in messages:
@@ -76,22 +79,33 @@ class _EventsPartition(StatefulSourcePartition[tuple[int, Any], Optional[int]]):
                 continue
             origin = Origin(msg.topic or self._topic, msg.offset, msg.partition)
             if msg.value is None:
-                event: Any = DeadLetter(b"", "empty message (no value)", origin, step="read_events")
+                event: Any = DeadLetter(b"", "empty message (no value)", origin, step="read_events",
+                                        category="empty_message")
             else:
                 event = parse_record(msg.value, origin, self._kind)
-            self._carry.append((msg.offset, event))
+            ts = None if type(event) is DeadLetter else event.event_ts
+            for offset, ready, _ in self._guard.push((msg.offset, event, msg.value), ts, self._suspect_dead):
+                self._carry.append((offset, ready))
+
+    def _suspect_dead(self, item: tuple, reason: str) -> tuple:
+        offset, event, raw = item
+        return (offset, DeadLetter(raw or b"", f"invalid {self._kind}: {reason}", event.origin, step="read_events",
+                                   category="bad_timestamp"), raw)
 
     def next_batch(self) -> list[tuple[int, Any]]:
         beat()
         if not self._carry:
             if self._exhausted:
+                self._pacer.unregister(self._key)
                 raise StopIteration
             try:
                 self._decode(self._inner.next_batch())
             except StopIteration:
                 self._exhausted = True
-                self._pacer.unregister(self._key)
-                raise
+                self._carry.extend((offset, dead) for offset, dead, _ in self._guard.flush(self._suspect_dead))
+                if not self._carry:
+                    self._pacer.unregister(self._key)
+                    raise
         carry, part, span = self._carry, self._partition, self._max_span_s
         head = next((getattr(e, "event_ts", None) for _, e in carry if getattr(e, "event_ts", None) is not None),
                     None)
@@ -123,6 +137,9 @@ class _EventsPartition(StatefulSourcePartition[tuple[int, Any], Optional[int]]):
         return None
 
     def snapshot(self) -> Optional[int]:
+        held = self._guard.suspect
+        if held is not None:  # a suspect is read again after a resume
+            return min(held[0][0], self._carry[0][0]) if self._carry else held[0][0]
         if self._carry:
             return self._carry[0][0]
         return self._next_offset
@@ -137,7 +154,9 @@ class EventsKafkaSource(KafkaSource):
 
     def __init__(self, brokers: list[str], transactions_topic: str, labels_topic: str, *, tail: bool = True,
                  add_config: Optional[dict[str, str]] = None, batch_size: int = 2000,
-                 max_batch_span_s: float = MAX_BATCH_SPAN_S, process: int = 0, processes: int = 1) -> None:
+                 max_batch_span_s: float = MAX_BATCH_SPAN_S, process: int = 0, processes: int = 1,
+                 max_lead_s: float = DEFAULT_MAX_LEAD_S) -> None:
+        self.max_lead_s = max_lead_s
         self.process = process
         self.processes = max(1, processes)
         # How long the broker may hold a fetch that finds no data. Kafka answers as soon as data
@@ -167,7 +186,8 @@ class EventsKafkaSource(KafkaSource):
         idx, topic = for_part.split("-", 1)
         inner = super().build_part(step_id, for_part, resume_state)
         start = resume_state if resume_state is not None else OFFSET_BEGINNING
-        return _EventsPartition(inner, topic, int(idx), self.kinds[topic], start, self.max_batch_span_s, self.pacer)
+        return _EventsPartition(inner, topic, int(idx), self.kinds[topic], start, self.max_batch_span_s, self.pacer,
+                                self.max_lead_s)
 
 
 class _CheckedPartition(StatelessSinkPartition[Any]):
@@ -232,7 +252,7 @@ def kafka_source(settings: Any, process: int = 0, processes: int = 1) -> EventsK
         _brokers(settings), settings.kafka_topic_transactions, settings.kafka_topic_labels,
         tail=not settings.kafka_stop_at_end, add_config=dict(settings.kafka_options),
         batch_size=settings.kafka_batch_size, process=process, processes=processes,
-        max_batch_span_s=batch_span_for(settings.allowed_lateness_s),
+        max_batch_span_s=batch_span_for(settings.allowed_lateness_s), max_lead_s=settings.max_event_lead_hours * 3600,
     )
 
 

@@ -9,7 +9,8 @@ from typing import Any, Container, Hashable, Iterator, Optional, Sequence
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-__all__ = ["MAX_BATCH_SPAN_S", "batch_span_for", "EventListSource", "EventTimeBatcher", "EventTimePacer", "beat", "last_poll"]
+__all__ = ["MAX_BATCH_SPAN_S", "batch_span_for", "EventListSource", "EventTimeBatcher", "EventTimePacer", "LeadGuard",
+           "beat", "last_poll"]
 
 _LAST_POLL = [0.0]
 
@@ -27,6 +28,9 @@ def last_poll() -> float:
 # steps reorder what they process together, so this bounds the disorder the model shards see;
 # the flow sets it to a quarter of ``allowed_lateness_s`` (900 s for the default hour).
 MAX_BATCH_SPAN_S = 900.0
+# How far one event may run ahead of its partition's event time before it is a suspect
+# (:class:`LeadGuard`; FRAUDFLOW_MAX_EVENT_LEAD_HOURS).
+DEFAULT_MAX_LEAD_S = 86_400.0
 
 
 def batch_span_for(allowed_lateness_s: float) -> float:
@@ -76,6 +80,78 @@ class EventTimeBatcher:
             raise StopIteration
         return batch
 
+
+
+class LeadGuard:
+    """One input partition's defence against a lone event far ahead in event time (decision 0024).
+
+    A record stamped years ahead (a bad clock, a typo) would move the partition's event time,
+    and with it the watermark every model shard learns by, and stall the pacing of the other
+    partitions behind it. An event more than ``max_lead_s`` ahead of the partition's event time
+    (the newest accepted, plus the wall time since it last advanced: a live partition that was
+    quiet for a day may jump a day) is held as a *suspect* until the partition's next event:
+    if that one is far ahead too, the partition really jumped (a gap in a backfill) and both go
+    on; if not, the suspect was alone and becomes a dead letter. The first event of a partition
+    sets its event time.
+
+    >>> guard = LeadGuard(max_lead_s=86_400.0)
+    >>> reject = lambda item, reason: ("dead", item)
+    >>> [guard.push(x, x, reject) for x in (1.0e9, 1.0e9 + 60, 4.0e9)]
+    [[1000000000.0], [1000000060.0], []]
+    >>> guard.push(1.0e9 + 120, 1.0e9 + 120, reject)  # the suspect was alone
+    [('dead', 4000000000.0), 1000000120.0]
+    >>> guard.push(2.0e9, 2.0e9, reject), guard.push(2.0e9 + 5, 2.0e9 + 5, reject)  # a real jump
+    ([], [2000000000.0, 2000000005.0])
+    """
+
+    __slots__ = ("max_lead_s", "frontier", "advanced_at", "suspect", "_wall")
+
+    def __init__(self, max_lead_s: float, frontier: float = -math.inf, wall=time.monotonic) -> None:
+        self.max_lead_s = max_lead_s
+        self.frontier = frontier
+        self._wall = wall
+        self.advanced_at = wall()
+        self.suspect: Optional[tuple[Any, float]] = None
+
+    def _accept(self, ts: float) -> None:
+        if ts > self.frontier:
+            self.frontier = ts
+            self.advanced_at = self._wall()
+
+    def push(self, item: Any, ts: Optional[float], reject) -> list:
+        """Items that may go on now, in order; ``reject(item, reason)`` makes a dead letter of
+        a lone suspect. Items without an event time (dead letters) pass at once."""
+        if ts is None:
+            return [item]
+        out: list = []
+        if self.suspect is not None:
+            held, held_ts = self.suspect
+            self.suspect = None
+            if ts > self.frontier + self.max_lead_s:  # far ahead too: the partition jumped
+                self._accept(held_ts)
+                out.append(held)
+            else:
+                out.append(reject(item=held, reason=self._reason(held_ts)))
+        if self.frontier == -math.inf or ts <= self.frontier + self.max_lead_s + (self._wall() - self.advanced_at):
+            self._accept(ts)
+            out.append(item)
+        else:
+            self.suspect = (item, ts)
+        return out
+
+    def _reason(self, ts: float) -> str:
+        from connectors.events import format_ts
+
+        return (f"ts {format_ts(ts)} is {(ts - self.frontier) / 86_400:,.1f} days ahead of its partition's event "
+                f"time ({format_ts(self.frontier)}) and the next event did not follow it: taken for a bad clock")
+
+    def flush(self, reject) -> list:
+        """End of the input: a suspect still held was never confirmed."""
+        if self.suspect is None:
+            return []
+        held, held_ts = self.suspect
+        self.suspect = None
+        return [reject(item=held, reason=self._reason(held_ts))]
 
 
 class EventTimePacer:
@@ -163,6 +239,17 @@ class ClockBoard:
         with self._lock:
             active = [ts for p, ts in self._clock.items() if p not in exclude and self._heard[p] > quiet_since]
         return min(active) if active else math.inf
+
+    def event_time(self) -> float:
+        """How far the transactions have come: the slowest active partition, or, when all are
+        quiet, the newest clock heard (-inf: nothing yet)."""
+        quiet_since = time.monotonic() - self.idle_after_s
+        with self._lock:
+            clocks = self._clock
+            active = [ts for p, ts in clocks.items() if self._heard[p] > quiet_since]
+            if active:
+                return min(active)
+            return max(clocks.values(), default=-math.inf)
 
     def clear(self) -> None:
         with self._lock:

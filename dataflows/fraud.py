@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 
@@ -47,7 +49,8 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from connectors.events import DeadLetter, Label, Origin, Score, Transaction, encode, format_ts, parse_record
+from connectors.events import (DeadLetter, Label, Origin, Score, Transaction, encode, format_ts, label_to_json,
+                               parse_record, transaction_to_json)
 from connectors.files import FileEventsSource, JsonlSink, truncate
 from connectors.simulator import SimulatorConfig, SimulatorSource
 from connectors.sources import BOARD, batch_span_for
@@ -64,7 +67,7 @@ from learners.decision import AlertPolicy, PolicyConfig
 from learners.features import AccountProfile, TerminalProfile
 from learners.pending import VECTOR_BYTES, PendingBucket
 from learners.pipeline import (PipelineConfig, account_step, copies_to, learn_at, pending_key, shard_for,
-                               terminal_step)
+                               stamped_before_transaction, terminal_step)
 from learners.scoring import ModelConfig, ModelShard, Scored, in_sample
 
 __all__ = ["FlowParts", "build_flow", "pipeline_config"]
@@ -107,48 +110,146 @@ def simulator_config(settings: Settings) -> SimulatorConfig:
 
 
 # -- keyed stages --------------------------------------------------------------------------
+# A step that raises on one event (a bug: validation let it through) must not stop the flow
+# and then stop it again on every restart: the event goes to ``dlq`` with the exception, and
+# the traceback to the log (decision 0025).
+_FAILURE_LOG_EVERY_S = 60.0
+_last_failure_log: dict[tuple[str, str], float] = {}
+
+
+def step_failure(step: str, exc: BaseException, doc: dict, origin: Optional[Origin]) -> DeadLetter:
+    """A dead letter for an event that ``step`` raised on; the traceback is logged (at most
+    once a minute per step and exception type)."""
+    key = (step, type(exc).__name__)
+    now = time.monotonic()
+    if now - _last_failure_log.get(key, -math.inf) >= _FAILURE_LOG_EVERY_S:
+        _last_failure_log[key] = now
+        log.error("step %r failed on the event from %s (sent to the dead letters); a bug to report",
+                  step, origin.as_dict() if origin else "?", exc_info=exc)
+    text = f"{type(exc).__name__}: {exc}"
+    return DeadLetter(encode(doc), f"step {step!r} failed on this event: {text[:500]}", origin or _NO_ORIGIN,
+                      step=step, category="step_failure")
+
+
+_NO_ORIGIN = Origin("unknown", -1)
+
+
+def _joined_doc(account_id: str, joined) -> dict:
+    return {"tx_id": joined.tx_id, "account_id": account_id, "ts": format_ts(joined.label_ts),
+            "is_fraud": joined.is_fraud, "terminal_id": joined.terminal_id}
+
+
+def _item_failure(step: str, exc: BaseException, item: tuple) -> DeadLetter:
+    """A dead letter for a stage item: a transaction ``("tx", tx, ...)`` or a joined label
+    ``(kind, account_id, joined)``."""
+    if item[0] == "tx":
+        return step_failure(step, exc, transaction_to_json(item[1]), item[1].origin)
+    return step_failure(step, exc, _joined_doc(item[1], item[2]), None)
+
+
+def _shard_failure(item: tuple, exc: BaseException) -> DeadLetter:
+    if item[0] == "tx":
+        return step_failure("score_then_learn", exc, transaction_to_json(item[1]), item[1].origin)
+    doc = {"kind": item[0], **({"tx_id": item[1], "label_ts": format_ts(item[2]), "is_fraud": item[3]}
+                               if item[0] != "unsampled" else {"received": item[1]})}
+    return step_failure("score_then_learn", exc, doc, None)
+
+
+def _before_reason(label_ts: float, tx_ts: float) -> str:
+    return (f"label stamped before its transaction (label ts {format_ts(label_ts)}, transaction ts "
+            f"{format_ts(tx_ts)}): not learned")
+
+
+def _origin_tuple(origin: Optional[Origin]) -> Optional[tuple]:
+    return None if origin is None else (origin.source, origin.position, origin.partition)
+
+
 class _AccountLogic(StatefulBatchLogic):
-    """account_profile: features, pending transactions, label join."""
+    """account_profile: features, pending transactions, label join.
+
+    A label whose transaction this account has not seen waits (an orphan) until the
+    transactions' event time has passed the label by one learning step (``allowed_lateness_s``,
+    read off the model shards' clocks, :data:`connectors.sources.BOARD`); then it is a dead letter
+    naming where it was read. A transaction cannot come later than that without being late.
+    """
+
+    ORPHAN_CHECK_S = 1.0  # wall-clock poll while orphans wait for event time to pass them
 
     def __init__(self, config: PipelineConfig, stats: RunStats, state: Optional[tuple]) -> None:
         self.profile = AccountProfile(state)
         self.config = config
         self.stats = stats
 
-    def _joined(self, account_id: str, joined, out: list) -> None:
+    def _joined(self, account_id: str, joined, out: list, origin: Optional[Origin] = None) -> None:
+        if stamped_before_transaction(joined):
+            out.append(("dead", DeadLetter(encode(_joined_doc(account_id, joined)), _before_reason(joined.label_ts,
+                                                                                                   joined.tx_ts),
+                                           origin or _NO_ORIGIN, step="account_profile", category="bad_timestamp")))
+            return
         if joined.is_fraud:
             out.append(("fraud", account_id, joined))
             self.stats.confirm(joined.tx_id)
         else:
             out.append(("label", account_id, joined))
 
-    def _orphan_dead_letter(self, account_id: str, orphan: tuple) -> tuple:
-        tx_id, label_ts, is_fraud = orphan
+    @staticmethod
+    def _orphan_dead_letter(orphan: tuple, why: str, tx: Optional[Transaction] = None) -> tuple:
+        """``tx``: the orphan's own transaction, which came after the label's ts."""
+        tx_id, label_ts, is_fraud, account_id, origin = (*orphan, "?", None)[:5] if len(orphan) < 5 else orphan
         raw = encode({"tx_id": tx_id, "account_id": account_id, "ts": format_ts(label_ts), "is_fraud": is_fraud})
-        reason = "label for a transaction this flow never saw (or saw too long ago to keep)"
-        return ("dead", DeadLetter(raw, reason, Origin("labels", -1), step="account_profile"))
+        where = Origin(*origin) if origin else Origin("labels", -1)
+        if tx is not None:
+            return ("dead", DeadLetter(raw, _before_reason(label_ts, tx.event_ts), where, step="account_profile",
+                                       category="bad_timestamp"))
+        return ("dead", DeadLetter(raw, f"label for a transaction this flow never saw ({why})", where,
+                                   step="account_profile", category="unknown_transaction"))
+
+    def _one(self, part: int, event: Any, out: list) -> None:
+        profile = self.profile
+        if type(event) is Transaction:
+            features, joined, expired = account_step(profile, event, self.config)
+            out.append(("tx", event, features, part))
+            for j in joined:
+                self._joined(event.account_id, j, out)
+            for orphan in expired:
+                out.append(self._orphan_dead_letter(orphan, "by its ts plus one learning step of event time",
+                                                    event if orphan[0] == event.tx_id else None))
+        else:
+            j = profile.join_label(event.tx_id, event.event_ts, event.is_fraud, event.account_id,
+                                   _origin_tuple(event.origin))
+            if j is not None:
+                self._joined(event.account_id, j, out, event.origin)
 
     def on_batch(self, values: list) -> tuple[list, bool]:
         out: list = []
-        profile = self.profile
         for part, event in values:
-            if type(event) is Transaction:
-                features, joined, expired = account_step(profile, event, self.config)
-                out.append(("tx", event, features, part))
-                for j in joined:
-                    self._joined(event.account_id, j, out)
-                for orphan in expired:
-                    out.append(self._orphan_dead_letter(event.account_id, orphan))
-            else:
-                j = profile.join_label(event.tx_id, event.event_ts, event.is_fraud)
-                if j is not None:
-                    self._joined(event.account_id, j, out)
+            try:
+                self._one(part, event, out)
+            except Exception as exc:
+                doc = transaction_to_json(event) if type(event) is Transaction else label_to_json(event)
+                out.append(("dead", step_failure("account_profile", exc, doc, event.origin)))
         return out, False
+
+    def notify_at(self) -> Optional[datetime]:
+        if self.profile.orphans:
+            return datetime.now(timezone.utc) + timedelta(seconds=self.ORPHAN_CHECK_S)
+        return None
+
+    def on_notify(self) -> tuple[list, bool]:
+        """Orphans the transactions' event time has passed by a learning step are dead letters."""
+        horizon = BOARD.event_time() - self.config.model.allowed_lateness_s
+        profile = self.profile
+        due = [o for o in profile.orphans if o[1] < horizon]
+        if not due:
+            return [], False
+        profile.orphans = [o for o in profile.orphans if o[1] >= horizon]
+        out = [self._orphan_dead_letter(o, "by its ts plus one learning step of event time") for o in due]
+        return out, profile.empty
 
     def on_eof(self) -> tuple[list, bool]:
         # End of a bounded input: labels whose transaction never came are dead letters.
         orphans, self.profile.orphans = self.profile.orphans, []
-        return [self._orphan_dead_letter("?", o) for o in orphans], False
+        return [self._orphan_dead_letter(o, "by the end of the input") for o in orphans], False
 
     def snapshot(self) -> tuple:
         return self.profile.snapshot()
@@ -164,13 +265,16 @@ class _TerminalLogic(StatefulBatchLogic):
         out: list = []
         profile = self.profile
         for item in values:
-            if item[0] == "tx":
-                _, tx, account_features, part = item
-                out.append(("tx", tx, terminal_step(profile, tx, account_features), part))
-            else:
-                _, account_id, joined = item
-                profile.add_fraud(joined.tx_ts, joined.label_ts, joined.unexplained)
-                out.append(("label", account_id, joined))
+            try:
+                if item[0] == "tx":
+                    _, tx, account_features, part = item
+                    out.append(("tx", tx, terminal_step(profile, tx, account_features), part))
+                else:
+                    _, account_id, joined = item
+                    profile.add_fraud(joined.tx_ts, joined.label_ts, joined.unexplained)
+                    out.append(("label", account_id, joined))
+            except Exception as exc:
+                out.append(("dead", _item_failure("terminal_risk", exc, item)))
         return out, False
 
     def snapshot(self) -> tuple:
@@ -198,12 +302,16 @@ class _BucketLogic(StatefulBatchLogic):
         before = len(bucket.features)
         rate, unsampled, implicit = self.config.model.negative_sampling, 0, 0
         for item in values:
-            if item[0] == "tx":
-                _, tx, features, _ = item
-                examples = bucket.add(tx.tx_id, features)
-            else:
-                _, _, joined = item
-                examples = bucket.label(joined.tx_id, learn_at(joined, self.config), joined.is_fraud)
+            try:
+                if item[0] == "tx":
+                    _, tx, features, _ = item
+                    examples = bucket.add(tx.tx_id, features)
+                else:
+                    _, _, joined = item
+                    examples = bucket.label(joined.tx_id, learn_at(joined, self.config), joined.is_fraud)
+            except Exception as exc:
+                out.append(("dead", _item_failure("await_labels", exc, item)))
+                continue
             for example in examples:
                 if in_sample(example[0], example[2], example[3], rate):
                     out.append(("example", *example))
@@ -245,10 +353,17 @@ class _ShardLogic(StatefulBatchLogic):
             first_tx = next((v for v in values if v[0] == "tx"), None)
             if first_tx is not None:
                 shard.name = self.name_of(first_tx[1].account_id)
-        out = shard.on_batch(values)
+        failed: list = []
+
+        def on_error(item: tuple, exc: Exception) -> DeadLetter:
+            failed.append(item)
+            return _shard_failure(item, exc)
+
+        out = shard.on_batch(values, on_error=on_error)
         BOARD.publish(shard.clocks)  # cross-process pacing of the Kafka source
-        self.stats.scored(out, shard)
+        self.stats.scored([s for s in out if type(s) is not DeadLetter] if failed else out, shard)
         return out, False
+
 
     def on_eof(self) -> tuple[list, bool]:
         self.shard.export("shutdown")
@@ -266,9 +381,20 @@ class _PolicyLogic(StatefulBatchLogic):
         self.stats = stats
 
     def on_batch(self, values: list) -> tuple[list, bool]:
-        alerts = [a for a in map(self.policy.decide, values) if a is not None]
-        self.stats.alerted(alerts, len(values) - len(alerts))
-        return alerts, False
+        out: list = []
+        decide = self.policy.decide
+        failed = 0
+        for scored in values:
+            try:
+                alert = decide(scored)
+            except Exception as exc:
+                out.append(step_failure("alert_policy", exc, transaction_to_json(scored.tx), scored.tx.origin))
+                failed += 1
+                continue
+            if alert is not None:
+                out.append(alert)
+        self.stats.alerted([a for a in out if type(a) is not DeadLetter] if failed else out, len(values) - len(out))
+        return out, False
 
     def snapshot(self) -> tuple:
         return self.policy.snapshot()
@@ -347,10 +473,13 @@ def build_flow(
 
     # A transaction goes to its model shard straight from terminal_risk (scored without an
     # extra hop) and, in parallel, to await_labels, which keeps its features for its label.
-    terminal_items = op.key_rm("unkey_terminal", terminal_out)
+    terminal_split = op.branch("terminal_dead", op.key_rm("unkey_terminal", terminal_out), lambda v: v[0] != "dead")
+    terminal_items = terminal_split.trues
     to_buckets = op.merge("to_buckets", terminal_items, rest.trues)
-    awaiting = op.stateful_batch("await_labels", keyed("key_by_bucket", to_buckets, bucket_key, workers),
-                                 lambda state: _BucketLogic(config, stats, state))
+    awaiting_split = op.branch("await_dead", op.stateful_batch(
+        "await_labels", keyed("key_by_bucket", to_buckets, bucket_key, workers),
+        lambda state: _BucketLogic(config, stats, state)), lambda kv: kv[1][0] != "dead")
+    awaiting = awaiting_split.trues
     to_score = op.filter("transactions_to_score", terminal_items, lambda v: v[0] == "tx")
     shard_index = {key: i for i, key in enumerate(keys)}
 
@@ -380,9 +509,10 @@ def build_flow(
     def name_of(account_id: str) -> str:
         return keys[shard_for(account_id, n_shards)]
 
-    scored = op.key_rm("unkey_shard", op.stateful_batch(
+    scored_split = op.branch("shard_dead", op.key_rm("unkey_shard", op.stateful_batch(
         "score_then_learn", by_shard, lambda state: _ShardLogic(model_config, stats, name_of, exporter, warm, state)
-    ))
+    )), lambda s: type(s) is not DeadLetter)
+    scored = scored_split.trues
     if scores_sink is not None:
         op.output("write_scores", op.map("score_record", scored, _score_record), scores_sink)
     candidates = op.filter("alert_candidates", scored, lambda s: s.reasons is not None)
@@ -392,13 +522,17 @@ def build_flow(
         keyed("key_candidates", candidates, lambda s: (s.tx.account_id, s), workers),
         lambda state: _PolicyLogic(policy_config, stats, state),
     )
-    op.output("write_alerts", op.key_rm("unkey_alerts", alerts), alerts_sink)
+    alerts_split = op.branch("policy_dead", op.key_rm("unkey_alerts", alerts), lambda a: type(a) is not DeadLetter)
+    op.output("write_alerts", alerts_split.trues, alerts_sink)
     dead = op.merge(
         "dead_letters",
         op.map("parse_dead", valid.falses, lambda pe: pe[1]),
-        op.map("join_dead", rest.falses, lambda v: v[1]),
+        op.map("stage_dead", op.merge("stages_dead", rest.falses, terminal_split.falses,
+                                      op.key_rm("unkey_await_dead", awaiting_split.falses)), lambda v: v[1]),
+        scored_split.falses,
+        alerts_split.falses,
     )
-    op.output("write_dlq", op.inspect("count_dead", dead, lambda _s, d: stats.dead(d.reason)), dlq_sink)
+    op.output("write_dlq", op.inspect("count_dead", dead, lambda _s, d: stats.dead(d.category)), dlq_sink)
     if settings.metrics_port:
         serve(stats, settings.metrics_port, liveness_timeout_s=settings.liveness_timeout_s,
               request_snapshot=stats.request_exports)
@@ -410,7 +544,8 @@ def _default_source(settings: Settings) -> Source:
     if settings.source == "simulator":
         return SimulatorSource(simulator_config(settings), partitions=settings.sim_partitions, max_batch_span_s=span)
     if settings.source == "files":
-        return FileEventsSource(settings.transactions_file, settings.labels_file, max_batch_span_s=span)
+        return FileEventsSource(settings.transactions_file, settings.labels_file, max_batch_span_s=span,
+                                max_lead_s=settings.max_event_lead_hours * 3600)
     from connectors.kafka import kafka_source
 
     return kafka_source(settings, process_id(), process_count())

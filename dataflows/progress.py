@@ -14,26 +14,6 @@ from connectors.events import format_ts
 # Scores histogram buckets (upper bounds), shared with the Prometheus exposition.
 SCORE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0)
 
-# Dead-letter reasons by category: bounded label values for metrics.
-_REASON_PREFIXES = (
-    ("invalid JSON", "invalid_json"),
-    ("expected a JSON object", "not_an_object"),
-    ("not a transaction or label", "not_an_event"),
-    ("invalid transaction", "invalid_transaction"),
-    ("invalid label", "invalid_label"),
-    ("label for a transaction", "unknown_transaction"),
-    ("kafka error", "kafka_error"),
-    ("empty message", "empty_message"),
-)
-
-
-def reason_category(reason: str) -> str:
-    """``'invalid transaction: Expected `str`...'`` -> ``'invalid_transaction'``."""
-    for prefix, category in _REASON_PREFIXES:
-        if reason.startswith(prefix):
-            return category
-    return "other"
-
 __all__ = ["RunStats"]
 
 log = logging.getLogger("fraudflow.progress")
@@ -106,8 +86,8 @@ class RunStats:
             if tx_id in self._alerted:
                 self.alerts_confirmed += 1
 
-    def dead(self, reason: str = "") -> None:
-        category = reason_category(reason)
+    def dead(self, category: str = "other") -> None:
+        """A dead letter of ``category`` (:attr:`connectors.events.DeadLetter.category`)."""
         with self._lock:
             self.dead_letters += 1
             self._dead_by_reason[category] = self._dead_by_reason.get(category, 0) + 1

@@ -131,6 +131,10 @@ class Settings:
     allowed_lateness_s: float = field(default=3_600.0, metadata=_meta(
         "event-time disorder the flow absorbs (s); the model learns labels in steps of this size, so a "
         "label is used 1 to 2 steps after it is known", _at_least(1)))
+    max_event_lead_hours: float = field(default=24.0, metadata=_meta(
+        "an event this far ahead of its input partition's event time (plus the wall time since that advanced) "
+        "is held until the partition's next event confirms the jump; alone, it is a dead letter (a bad clock)",
+        _at_least(0.01)))
     negative_sampling: float = field(default=0.1, metadata=_meta(
         "share of legitimate labels the model learns from (all frauds are learned, and every legitimate one at a "
         "terminal with known frauds); 0.1 balances the classes and measured better than 1.0", _between(0.001, 1.0)))

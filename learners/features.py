@@ -332,20 +332,27 @@ class AccountProfile:
                 return rec
         return None
 
-    def join_label(self, tx_id: str, label_ts: float, is_fraud: bool) -> Optional["JoinedLabel"]:
-        """Join a label to its pending transaction; hold it if the transaction is not here yet."""
+    @property
+    def empty(self) -> bool:
+        """Nothing learned and nothing held: the state of an account only a label named."""
+        return self.n_seen == 0 and not self.pending and not self.orphans
+
+    def join_label(self, tx_id: str, label_ts: float, is_fraud: bool, account_id: str = "?",
+                   origin: Optional[tuple] = None) -> Optional["JoinedLabel"]:
+        """Join a label to its pending transaction; hold it if the transaction is not here yet
+        (``account_id`` and ``origin`` kept to name it if it never joins)."""
         rec = self.take_pending(tx_id)
         if rec is None:
-            self.orphans.append((tx_id, label_ts, is_fraud))
+            self.orphans.append((tx_id, label_ts, is_fraud, account_id, origin))
             return None
         return JoinedLabel(tx_id, rec[1], rec[2], label_ts, is_fraud, rec[3])
 
-    def on_transaction(self, tx, retention_s: float, infer_negatives: bool = False
+    def on_transaction(self, tx, retention_s: float, infer_negatives: bool = False, orphan_wait_s: float = math.inf
                        ) -> tuple[tuple[float, ...], list["JoinedLabel"], list]:
         """Features for ``tx``, then learn it; also join any label that arrived before it.
 
-        Returns (features, joined labels, expired orphan labels). Pending records and orphan
-        labels older than ``retention_s`` (event time) are dropped; with ``infer_negatives``
+        Returns (features, joined labels, expired orphan labels). Orphan labels older than
+        ``orphan_wait_s`` and pending records older than ``retention_s`` (event time) are dropped; with ``infer_negatives``
         (frauds-only feeds) a dropped pending transaction is returned as a joined label with
         ``is_fraud=None`` (legitimate, inferred), known as of ``tx``'s time.
         """
@@ -356,11 +363,13 @@ class AccountProfile:
         if self.orphans:
             still = []
             for orphan in self.orphans:
-                if orphan[0] == tx.tx_id:
+                if orphan[0] == tx.tx_id and orphan[1] < tx.event_ts:  # stamped before its transaction
+                    expired.append(orphan)
+                elif orphan[0] == tx.tx_id:
                     self.pending.pop()
                     joined.append(JoinedLabel(tx.tx_id, tx.event_ts, tx.terminal_id, orphan[1], orphan[2],
                                               unexplained))
-                elif orphan[1] < tx.event_ts - retention_s:
+                elif orphan[1] < tx.event_ts - min(orphan_wait_s, retention_s):
                     expired.append(orphan)
                 else:
                     still.append(orphan)

@@ -23,7 +23,7 @@ from learners.pending import PendingBucket, bucket_of
 from learners.scoring import ModelConfig, ModelShard, Scored, in_sample
 
 __all__ = ["PipelineConfig", "SequentialPipeline", "account_step", "copies_to", "learn_at", "pending_key",
-           "shard_for", "terminal_step"]
+           "shard_for", "stamped_before_transaction", "terminal_step"]
 
 DAY = 86_400.0
 
@@ -63,8 +63,17 @@ def pending_key(shard_key: str, tx_ts: float) -> str:
 
 
 def account_step(profile: AccountProfile, tx: Transaction, config: "PipelineConfig"):
-    """Account stage for a transaction: (features, labels joined now, orphans expired)."""
-    return profile.on_transaction(tx, config.retention_s, infer_negatives=config.model.label_mode == "frauds")
+    """Account stage for a transaction: (features, labels joined now, orphans expired). A label
+    whose transaction has not come one learning step after it is an orphan for good."""
+    return profile.on_transaction(tx, config.retention_s, infer_negatives=config.model.label_mode == "frauds",
+                                  orphan_wait_s=config.model.allowed_lateness_s)
+
+
+def stamped_before_transaction(joined: JoinedLabel) -> bool:
+    """A label dated before the transaction it labels is bad data (a chargeback cannot come
+    before the payment): it is a dead letter, never learned, so it cannot teach the model
+    anything before the transaction happened (decision 0024)."""
+    return joined.label_ts < joined.tx_ts
 
 
 def learn_at(joined: JoinedLabel, config: "PipelineConfig") -> float:
@@ -120,6 +129,9 @@ class SequentialPipeline:
         return t
 
     def _joined(self, account_id: str, joined: JoinedLabel) -> None:
+        if stamped_before_transaction(joined):
+            self.unmatched_labels += 1
+            return
         if joined.is_fraud:
             self._terminal(joined.terminal_id).add_fraud(joined.tx_ts, joined.label_ts, joined.unexplained)
         shard = shard_for(account_id, self.config.shards)

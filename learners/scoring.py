@@ -435,26 +435,33 @@ class ModelShard:
         self.last_ts = max(self.last_ts, event_ts)
         return Scored(tx, score, threshold, name, reasons)
 
-    def on_batch(self, items: list) -> list[Scored]:
+    def on_batch(self, items: list, on_error: Optional[Callable[[tuple, Exception], Any]] = None) -> list:
         """Process a batch of ("tx", tx, features, part), ("example" or "copy", tx_id,
         label_ts, is_fraud, packed) and ("unsampled", received, implicit) items.
 
         Items are taken in event-time order (labels first on ties), which undoes most of
-        the reordering that keyed exchanges introduce before they reach the shard.
+        the reordering that keyed exchanges introduce before they reach the shard. An item
+        that raises is passed to ``on_error(item, exc)``, whose result takes its place in the
+        output (without it, the exception propagates).
         """
         items.sort(key=_event_order)
         self._now = time.monotonic()
         if self.export_requested:
             self.export("on_demand")
-        out = []
+        out: list = []
         for item in items:
-            kind = item[0]
-            if kind == "tx":
-                out.append(self.on_transaction(item[1], item[2], item[3]))
-            elif kind == "unsampled":
-                self.on_unsampled(item[1], item[2])
-            else:
-                self.on_example(item[1], item[2], item[3], item[4], kind == "copy")
+            try:
+                kind = item[0]
+                if kind == "tx":
+                    out.append(self.on_transaction(item[1], item[2], item[3]))
+                elif kind == "unsampled":
+                    self.on_unsampled(item[1], item[2])
+                else:
+                    self.on_example(item[1], item[2], item[3], item[4], kind == "copy")
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                out.append(on_error(item, exc))
         return out
 
 
