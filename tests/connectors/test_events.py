@@ -121,3 +121,45 @@ def test_fuzz_near_valid_transactions(doc):
     _lands_somewhere(result)
     if doc == TX:
         assert isinstance(result, Transaction)
+
+
+@pytest.mark.parametrize("amount", [1e300, 1e39, 3.5e38, 1e9 + 1])
+def test_amounts_the_flow_cannot_hold_are_rejected(amount):
+    dead = parse_record(json.dumps({**TX, "amount": amount}).encode(), ORIGIN, "transaction")
+    assert isinstance(dead, DeadLetter) and dead.category == "invalid_transaction"
+    assert "largest accepted amount" in dead.reason
+
+
+@pytest.mark.parametrize("ts", ["2099-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "1999-12-31T23:59:59Z",
+                                "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z"])
+def test_event_times_outside_the_window_are_rejected(ts):
+    for doc, kind in ((TX, "transaction"), (LABEL, "label")):
+        dead = parse_record(json.dumps({**doc, "ts": ts}).encode(), ORIGIN, kind)
+        assert isinstance(dead, DeadLetter) and dead.category == "bad_timestamp", dead
+        assert "outside the accepted window" in dead.reason
+
+
+def test_the_window_follows_the_wall_clock():
+    doc = json.dumps({**TX, "ts": "2030-01-01T12:00:00Z"}).encode()
+    assert isinstance(parse_record(doc, ORIGIN, "transaction", now=1893456000.0), Transaction)  # 2030-01-01
+    assert isinstance(parse_record(doc, ORIGIN, "transaction", now=1893456000.0 - 86_400), DeadLetter)
+
+
+def test_dead_letters_are_bounded_and_keep_size_and_hash():
+    import hashlib
+
+    raw = json.dumps({**TX, "note": "é" * 600_000}).encode()
+    dead = parse_record(raw, ORIGIN, "transaction")
+    assert dead.category == "too_large"
+    doc = json.loads(encode(dead))
+    assert doc["truncated"] and doc["size"] == len(raw) and doc["sha256"] == hashlib.sha256(raw).hexdigest()
+    assert doc["encoding"] == "utf-8" and len(encode(dead)) < 12_000  # cut between characters, still text
+    assert doc["origin"] == {"topic": "transactions", "partition": 3, "offset": 17}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=20_000))
+def test_any_bytes_give_an_event_or_a_bounded_dead_letter(raw):
+    out = parse_record(raw, ORIGIN)
+    if isinstance(out, DeadLetter):
+        assert len(encode(out)) < 12_000 and out.category != "other"

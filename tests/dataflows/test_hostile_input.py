@@ -171,3 +171,26 @@ def test_a_step_that_raises_on_one_event_dead_letters_it(clean_lines, baseline, 
         assert set(scores) == set(clean_scores)
     else:
         assert set(scores) == set(clean_scores) - {json.loads(d.raw)["tx_id"] for d in failures}
+
+
+def test_replay_of_a_file_with_a_poison_line_exits_cleanly(clean_lines, tmp_path):
+    """`fraudflow replay` (the user's command, a subprocess) on a file whose one line held an
+    amount of 1e300 (before: an OverflowError in await_labels, a Rust panic, exit 1)."""
+    import subprocess
+    import sys
+
+    _, tx, labels = clean_lines
+    tx = list(tx[:3000])
+    tx.insert(100, _tx("t-huge", msgspec.json.decode(tx[100])["ts"], 1e300))
+    (tmp_path / "tx.jsonl").write_text("\n".join(tx) + "\n")
+    (tmp_path / "labels.jsonl").write_text("\n".join(labels[:10]) + "\n")
+    run = subprocess.run([sys.executable, "-m", "dataflows.cli", "replay", str(tmp_path / "tx.jsonl"),
+                          str(tmp_path / "labels.jsonl"), "--dlq", str(tmp_path / "dlq.jsonl"),
+                          "--alerts", str(tmp_path / "alerts.jsonl"), "--scores", str(tmp_path / "scores.jsonl")],
+                         capture_output=True, text=True, timeout=300,
+                         env={"PATH": "/usr/bin:/bin", "FRAUDFLOW_SNAPSHOT_DIR": "off"}, cwd=Path(__file__).parents[2])
+    assert run.returncode == 0, run.stderr
+    assert "panicked" not in run.stderr and "Traceback" not in run.stderr
+    (dead,) = [json.loads(line) for line in (tmp_path / "dlq.jsonl").read_text().splitlines()]
+    assert dead["origin"]["line"] == 101 and "largest accepted amount" in dead["reason"]
+    assert sum(1 for _ in (tmp_path / "scores.jsonl").open()) == 3000
