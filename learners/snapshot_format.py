@@ -21,7 +21,7 @@ ever unpickled.
 This module takes values: the key as bytes (at least 16, :func:`check_key`) or None for an
 unsigned export, which is never loaded back; the directory as a path. Where they come from
 (``FRAUDFLOW_SNAPSHOT_KEY_FILE``, ``FRAUDFLOW_SNAPSHOT_DIR``...) is the entry points' business
-(:mod:`dataflows.exports`, :mod:`learners.snapshots_cli`). Text pages, diffs and plots of
+(:mod:`dataflows.exports`, :mod:`dataflows.cli.snapshots`). Text pages, diffs and plots of
 exports are in :mod:`learners.snapshot_render`.
 
 >>> doc = {"shard": "shard-0.0", "reason": "interval", "event_time": {"last": "2018-08-08T12:00:00Z"}}

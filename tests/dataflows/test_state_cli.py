@@ -21,7 +21,8 @@ from bytewax.testing import TestingSink, run_main
 from connectors.events import Label, Transaction, format_ts
 from connectors.simulator import SimulatorConfig, simulate
 from connectors.sources import EventListSource
-from dataflows import recovery_store, state_cli
+from dataflows import recovery_store
+from dataflows.cli import state as state_cli
 from dataflows.fraud import build_flow
 from dataflows.settings import Settings
 from learners.features import AccountProfile, ordinary_amount

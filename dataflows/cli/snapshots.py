@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from dataflows.cli.common import positive_int
 from dataflows.errors import FraudflowError
 from learners import snapshot_format as fmt
 from learners import snapshot_render as render
@@ -195,16 +196,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 # -- wiring --------------------------------------------------------------------------------
-def _top(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def register(subparsers: Any) -> None:
     """Add ``fraudflow snapshots {list,show,diff,verify}`` to the CLI's subparsers."""
     parser = subparsers.add_parser(
@@ -232,7 +223,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dir", metavar="DIR", help=_DIR_HELP)
     p.add_argument("--plot", metavar="PNG", help="also draw the top weights or importances as a bar chart here")
     p.add_argument("--json", action="store_true", help="print the JSON document instead (status on stderr)")
-    p.add_argument("--top", type=_top, default=15, help="weights or importances to list (default %(default)s)")
+    p.add_argument("--top", type=positive_int, default=15, help="weights or importances to list (default %(default)s)")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("diff", help="what changed between two exports",
@@ -242,7 +233,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("a", metavar="A", help="older export: name (or unique prefix) or file")
     p.add_argument("b", metavar="B", help="newer export: name (or unique prefix) or file")
     p.add_argument("--dir", metavar="DIR", help=_DIR_HELP)
-    p.add_argument("--top", type=_top, default=15, help="changes to list (default %(default)s)")
+    p.add_argument("--top", type=positive_int, default=15, help="changes to list (default %(default)s)")
     p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("verify", help="check signatures and model files; exit 1 if any fails",

@@ -45,7 +45,7 @@ def client_config(settings: Any, brokers: Optional[str] = None) -> dict[str, Any
 
 
 def _settings(args: argparse.Namespace):
-    from dataflows.cli import UserError
+    from dataflows.errors import FraudflowError as UserError
     from dataflows.settings import Settings, SettingsError
 
     try:
@@ -57,7 +57,7 @@ def _settings(args: argparse.Namespace):
 def _connect(factory, config: dict[str, Any]):
     from kafka.errors import NoBrokersAvailable
 
-    from dataflows.cli import UserError
+    from dataflows.errors import FraudflowError as UserError
 
     try:
         return factory(**config)
@@ -160,7 +160,7 @@ def produce_files(config: dict[str, Any], prefix: str, topics: dict[str, str], r
 def cmd_produce(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dataflows.cli import UserError
+    from dataflows.errors import FraudflowError as UserError
 
     settings = _settings(args)
     for suffix in ("transactions", "labels"):
@@ -183,7 +183,7 @@ def format_alert(doc: dict[str, Any]) -> str:
 def cmd_tail(args: argparse.Namespace) -> int:
     from kafka import KafkaConsumer, TopicPartition
 
-    from dataflows.cli import UserError
+    from dataflows.errors import FraudflowError as UserError
 
     settings = _settings(args)
     topic = {"alerts": settings.kafka_topic_alerts, "dlq": settings.kafka_topic_dlq,

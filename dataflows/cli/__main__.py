@@ -1,0 +1,7 @@
+"""``python -m dataflows.cli``: the ``fraudflow`` command."""
+
+import sys
+
+from dataflows.cli import main
+
+sys.exit(main())
