@@ -156,7 +156,7 @@ class AccountProfile:
             self.last_ts = 0.0
             self.terms = array("I")
             self.pending: list[PendingTx] = []
-            self.orphans: list[tuple[str, float, bool]] = []  # labels that came before their transaction
+            self.orphans: list[tuple] = []  # labels before their transaction: (tx_id, ts, is_fraud, account_id, origin)
         else:
             (self.day, counts, sums, amounts, self.n_seen, self.first_ts, self.last_ts, terms, pending,
              orphans, *unusual) = state
