@@ -260,9 +260,8 @@ def produce_files(config: dict[str, Any], prefix: str, topics: dict[str, str], r
         sent += 1
         if sent % 1000 == 0:
             producer.poll(0)
-        if rate > 0:
-            ahead = sent / rate - (time.monotonic() - started)
-            if ahead > 0:
+        if rate > 0:  # poll returns early when a delivery report is served: wait out the rest
+            while (ahead := sent / rate - (time.monotonic() - started)) > 0:
                 producer.poll(ahead)
         if bar is not None:
             bar.update(acked["transaction"] + acked["label"])
