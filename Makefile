@@ -7,21 +7,35 @@ PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
 	  $$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null && { echo $$p; break; }; \
 	done)
 STAMP := $(VENV)/.installed
+# The exact versions CI tested: constraints.txt (every runtime and test package) and, for the
+# image, deploy/requirements.lock (the runtime ones), both written by pip-compile (`make lock`).
+CONSTRAINTS := constraints.txt
+PIP_TOOLS := pip-tools==7.6.2
+LOCK_VENV := $(VENV)/pip-tools
+PIP_COMPILE_FLAGS ?=
 
-.PHONY: demo test bench broker evaluate-reference install clean help
+.PHONY: demo test bench broker evaluate-reference install lock clean help
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -n "$(PYTHON)" || { echo "fraudflow needs Python 3.11 or 3.12 (bytewax 0.21 wheels); none found on PATH"; exit 1; }
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11) <= v <= (3, 12) else "fraudflow needs Python 3.11 or 3.12 (bytewax 0.21 wheels); found %d.%d" % v)'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
 	@touch $@
 
-install: $(STAMP)  ## create .venv with everything (the test broker included)
+install: $(STAMP)  ## create .venv with everything (the test broker included), at the versions in constraints.txt
+
+lock:  ## re-resolve constraints.txt and deploy/requirements.lock (PIP_COMPILE_FLAGS=--upgrade for new releases)
+	@test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet '$(PIP_TOOLS)'; }
+	$(LOCK_VENV)/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links $(PIP_COMPILE_FLAGS) \
+	    --extra test --output-file $(CONSTRAINTS) pyproject.toml
+	$(LOCK_VENV)/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
+	    --constraint $(CONSTRAINTS) --output-file deploy/requirements.lock pyproject.toml
+	@echo "now: make install && make test (the new versions are what CI will run)"
 
 demo: $(STAMP)  ## run the dataflow on the embedded simulator (about a minute)
 	$(PY) -m bytewax.run dataflows.fraud:flow

@@ -1,11 +1,15 @@
-"""Kafka housekeeping commands (kafka-python, independent of the flow's confluent-kafka path).
+"""Kafka housekeeping commands, on the flow's own client (confluent-kafka / librdkafka).
 
     fraudflow topics create [--partitions 4] [--replication 1]
-    fraudflow produce PREFIX [--rate 2000]
-    fraudflow tail alerts [--from-beginning] [--max N] [--idle-timeout S]
+    fraudflow produce PREFIX [--rate N] [-q]
+    fraudflow tail alerts|dlq|scores [--from-beginning] [-n N] [--idle-timeout S] [--json]
 
-Brokers and client options come from the same settings as the flow
-(``FRAUDFLOW_KAFKA_BROKERS``, ``FRAUDFLOW_KAFKA_OPT_*``), or ``--brokers``.
+Brokers and client options are the flow's: ``FRAUDFLOW_KAFKA_BROKERS`` (or ``--brokers``) and
+every ``FRAUDFLOW_KAFKA_OPT_*`` librdkafka option, passed to the client unchanged, so the
+commands reach a secured cluster exactly as the flow does (librdkafka itself rejects an
+unknown option). Each command first asks the brokers for the topic list and gives up after
+``--connect-timeout`` seconds with one line naming ``FRAUDFLOW_KAFKA_BROKERS`` (exit 2).
+librdkafka's own log lines go to the ``fraudflow.kafka.client`` logger at DEBUG (``-v``).
 """
 
 from __future__ import annotations
@@ -15,55 +19,81 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Iterator, Optional
+from pathlib import Path
+from typing import Any, Iterator, Optional, TextIO
+
+from dataflows.errors import FraudflowError
 
 log = logging.getLogger("fraudflow.kafka")
 
-_KAFKA_PYTHON_OPTS = {
-    # librdkafka option -> kafka-python argument
-    "security.protocol": "security_protocol",
-    "sasl.mechanism": "sasl_mechanism",
-    "sasl.mechanisms": "sasl_mechanism",
-    "sasl.username": "sasl_plain_username",
-    "sasl.password": "sasl_plain_password",
-    "ssl.ca.location": "ssl_cafile",
-    "ssl.certificate.location": "ssl_certfile",
-    "ssl.key.location": "ssl_keyfile",
-    "ssl.key.password": "ssl_password",
-    "client.id": "client_id",
-}
+CONNECT_TIMEOUT_S = 10.0
+LINGER_MS = 20  # producer batching: up to 20 ms of messages per request, as a production loader would
 
 
-def client_config(settings: Any, brokers: Optional[str] = None) -> dict[str, Any]:
-    """kafka-python keyword arguments from the flow's settings (same brokers, same security)."""
-    config: dict[str, Any] = {"bootstrap_servers": [b.strip() for b in (brokers or settings.kafka_brokers).split(",")
-                                                    if b.strip()]}
-    for key, value in settings.kafka_options.items():
-        if key in _KAFKA_PYTHON_OPTS:
-            config[_KAFKA_PYTHON_OPTS[key]] = value
-    return config
+class ClientLog:
+    """librdkafka's log and error callbacks: lines to DEBUG, the last error kept for the user's message."""
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger("fraudflow.kafka.client")
+        self.last_error: Optional[str] = None
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:  # called by confluent-kafka as logger.log(...)
+        message = fmt % args if args else fmt
+        if level >= logging.ERROR:
+            self.last_error = str(args[-1]) if args else message
+        self._log.debug(message)
+
+    def error(self, err: Any) -> None:  # error_cb
+        self.last_error = err.str() if hasattr(err, "str") else str(err)
+        self._log.debug("client error: %s", self.last_error)
 
 
-def _settings(args: argparse.Namespace):
-    from dataflows.errors import FraudflowError as UserError
+def _user_error(message: str) -> Exception:
+    return FraudflowError(message)
+
+
+def _settings():
     from dataflows.settings import Settings, SettingsError
 
     try:
         return Settings.from_env()
     except SettingsError as exc:
-        raise UserError(f"bad setting: {exc}") from None
+        raise _user_error(f"bad setting: {exc}") from None
 
 
-def _connect(factory, config: dict[str, Any]):
-    from kafka.errors import NoBrokersAvailable
+def client_config(settings: Any, brokers: Optional[str], client_log: ClientLog) -> dict[str, Any]:
+    """The flow's librdkafka configuration (same brokers, same security options), plus our log hooks."""
+    servers = ",".join(b.strip() for b in (brokers or settings.kafka_brokers).split(",") if b.strip())
+    if not servers:
+        raise _user_error("no brokers: set FRAUDFLOW_KAFKA_BROKERS (e.g. 127.0.0.1:9092) or pass --brokers")
+    return {"bootstrap.servers": servers, **settings.kafka_options,
+            "logger": client_log, "error_cb": client_log.error}
 
-    from dataflows.errors import FraudflowError as UserError
+
+def _new_client(factory: Any, config: dict[str, Any]) -> Any:
+    from confluent_kafka import KafkaException
 
     try:
-        return factory(**config)
-    except NoBrokersAvailable:
-        raise UserError(f"no Kafka broker reachable at {','.join(config['bootstrap_servers'])} "
-                        "(start one with `make broker`, or set FRAUDFLOW_KAFKA_BROKERS)") from None
+        return factory(config)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise _user_error(f"bad Kafka client option (FRAUDFLOW_KAFKA_OPT_*): {exc}") from None
+
+
+def existing_topics(client: Any, config: dict[str, Any], timeout_s: float) -> dict[str, int]:
+    """{topic: partition count} from the brokers; a user error naming the setting if none answers in time."""
+    from confluent_kafka import KafkaException
+
+    client_log: ClientLog = config["logger"]
+    try:
+        metadata = client.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        if hasattr(client, "poll"):
+            client.poll(0)  # serve the queued log and error callbacks: the cause of the failure
+        cause = client_log.last_error or exc.args[0].str()
+        raise _user_error(
+            f"no Kafka broker answered at {config['bootstrap.servers']} within {timeout_s:g} s ({cause}); "
+            "check FRAUDFLOW_KAFKA_BROKERS (or --brokers), or start a local one with `make broker`") from None
+    return {name: len(topic.partitions) for name, topic in metadata.topics.items() if not name.startswith("__")}
 
 
 def topics_for(settings: Any) -> list[str]:
@@ -71,38 +101,40 @@ def topics_for(settings: Any) -> list[str]:
             settings.kafka_topic_dlq, settings.kafka_topic_scores]
 
 
-def create_topics(config: dict[str, Any], names: list[str], partitions: int, replication: int) -> dict[str, str]:
-    """Create the topics that do not exist yet; returns name -> 'created' | 'exists'."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+def create_topics(config: dict[str, Any], names: list[str], partitions: int, replication: int,
+                  timeout_s: float = CONNECT_TIMEOUT_S) -> dict[str, str]:
+    """Create the topics that do not exist yet; returns name -> 'created' | 'exists (N partitions)'."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = _connect(KafkaAdminClient, config)
-    try:
-        existing = set(admin.list_topics())
-        result = {}
-        for name in names:
-            if name in existing:
-                result[name] = "exists"
-                continue
+    admin = _new_client(AdminClient, config)
+    have = existing_topics(admin, config, timeout_s)
+    result = {name: f"exists ({have[name]} partitions)" for name in names if name in have}
+    missing = [name for name in names if name not in have]
+    if missing:
+        futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=replication)
+                                       for n in missing], request_timeout=timeout_s)
+        for name, future in futures.items():
             try:
-                admin.create_topics([NewTopic(name, partitions, replication)])
+                future.result(timeout=timeout_s)
                 result[name] = "created"
-            except TopicAlreadyExistsError:
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise _user_error(f"cannot create topic {name!r}: {exc.args[0].str()}") from None
                 result[name] = "exists"
-        return result
-    finally:
-        admin.close()
+    return {name: result[name] for name in names}
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    result = create_topics(client_config(settings, args.brokers), topics_for(settings), args.partitions,
-                           args.replication)
+    settings = _settings()
+    config = client_config(settings, args.brokers, ClientLog())
+    result = create_topics(config, topics_for(settings), args.partitions, args.replication, args.connect_timeout)
     for name, status in result.items():
         print(f"{name:20s} {status}")
     return 0
 
 
+# -- produce --------------------------------------------------------------------------------
 def merged_lines(prefix: str) -> Iterator[tuple[str, bytes, Optional[str]]]:
     """(kind, raw line, account_id) from PREFIX.{transactions,labels}.jsonl in label-release order."""
     from connectors.events import DeadLetter
@@ -126,53 +158,136 @@ def _raw_lines(path: str) -> Iterator[bytes]:
                 yield line.rstrip(b"\r\n")
 
 
-def produce_files(config: dict[str, Any], prefix: str, topics: dict[str, str], rate: float = 0.0,
-                  progress: bool = True) -> dict[str, int]:
-    """Produce a recorded stream to the input topics, keyed by account, in event-time order."""
-    from kafka import KafkaProducer
-
-    producer = _connect(KafkaProducer, {**config, "linger_ms": 20, "batch_size": 256 * 1024, "acks": "all"})
-    counts = {"transaction": 0, "label": 0}
-    started = last_report = time.monotonic()
+def count_lines(*paths: str) -> int:
+    """Non-blank lines: the messages ``produce`` will send."""
     total = 0
-    try:
-        for kind, raw, account_id in merged_lines(prefix):
-            producer.send(topics[kind], value=raw, key=account_id.encode() if account_id else None)
-            counts[kind] += 1
-            total += 1
-            if rate > 0:
-                ahead = total / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
-            now = time.monotonic()
-            if progress and now - last_report >= 2:
-                last_report = now
-                print(f"\rproduced {total:,} ({total / (now - started):,.0f}/s)", end="", file=sys.stderr, flush=True)
-        producer.flush()
-    finally:
-        producer.close()
-    if progress:
-        elapsed = time.monotonic() - started
-        print(f"\rproduced {total:,} in {elapsed:.1f} s ({total / max(elapsed, 1e-9):,.0f}/s)", file=sys.stderr)
-    return counts
+    for path in paths:
+        with open(path, "rb") as fh:
+            total += sum(1 for line in fh if line.strip())
+    return total
+
+
+class ProgressBar:
+    """``[####......]  12,000/40,000  30%  18,250 msg/s  ETA 0:02`` on a stream (stderr).
+
+    On a terminal the line is redrawn in place ten times a second; otherwise (a log file, a
+    pipe) one line is written every ``every_s`` seconds. ``finish`` writes the final line.
+
+    >>> import io
+    >>> out = io.StringIO()
+    >>> bar = ProgressBar(200, out, width=10, now=lambda: 0.0)
+    >>> print(bar.render(50, elapsed=2.0))
+    [##........]  50/200  25%  25 msg/s  ETA 0:06
+    """
+
+    def __init__(self, total: int, stream: TextIO, width: int = 30, every_s: Optional[float] = None,
+                 now=time.monotonic) -> None:
+        self.total, self.stream, self.width, self.now = total, stream, width, now
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.every_s = every_s if every_s is not None else (0.1 if self.tty else 2.0)
+        self.started = self._last = now()
+
+    def render(self, done: int, elapsed: float) -> str:
+        fraction = done / self.total if self.total else 1.0
+        filled = min(self.width, int(fraction * self.width))
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = f"ETA {_clock((self.total - done) / rate)}" if rate > 0 and done < self.total else (
+            f"in {_clock(elapsed)}" if done >= self.total else "ETA -:--")
+        return (f"[{'#' * filled}{'.' * (self.width - filled)}]  {done:,}/{self.total:,}  {fraction:.0%}  "
+                f"{rate:,.0f} msg/s  {eta}")
+
+    def update(self, done: int) -> None:
+        now = self.now()
+        if now - self._last >= self.every_s:
+            self._last = now
+            self._write(self.render(done, now - self.started), final=False)
+
+    def finish(self, done: int) -> None:
+        self._write(self.render(done, self.now() - self.started), final=True)
+
+    def _write(self, line: str, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def produce_files(config: dict[str, Any], prefix: str, topics: dict[str, str], rate: float = 0.0,
+                  progress: Optional[TextIO] = sys.stderr, timeout_s: float = CONNECT_TIMEOUT_S) -> dict[str, int]:
+    """Produce a recorded stream to the input topics, keyed by account, in label-release order.
+
+    Returns the acknowledged count per kind; a user error if a topic is missing or a message
+    was not delivered.
+    """
+    from confluent_kafka import Producer
+
+    producer = _new_client(Producer, {**config, "linger.ms": LINGER_MS, "acks": "all"})
+    have = existing_topics(producer, config, timeout_s)
+    for topic in topics.values():
+        if topic not in have:
+            raise _user_error(f"topic {topic!r} does not exist at {config['bootstrap.servers']}: "
+                              "create the topics with `fraudflow topics create` first")
+    total = count_lines(f"{prefix}.transactions.jsonl", f"{prefix}.labels.jsonl")
+    bar = ProgressBar(total, progress) if progress is not None else None
+    acked = {"transaction": 0, "label": 0}
+    failed: list[str] = []
+
+    def delivered(kind: str):
+        def report(err: Any, _msg: Any) -> None:
+            if err is None:
+                acked[kind] += 1
+            else:
+                failed.append(err.str())
+        return report
+
+    callbacks = {kind: delivered(kind) for kind in acked}
+    started, sent = time.monotonic(), 0
+    for kind, raw, account_id in merged_lines(prefix):
+        while True:
+            try:
+                producer.produce(topics[kind], value=raw, key=account_id.encode() if account_id else None,
+                                 on_delivery=callbacks[kind])
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.05)
+        sent += 1
+        if sent % 1000 == 0:
+            producer.poll(0)
+        if rate > 0:  # poll returns early when a delivery report is served: wait out the rest
+            while (ahead := sent / rate - (time.monotonic() - started)) > 0:
+                producer.poll(ahead)
+        if bar is not None:
+            bar.update(acked["transaction"] + acked["label"])
+    while producer.flush(0.1 if bar is not None else 1.0):
+        if bar is not None:
+            bar.update(acked["transaction"] + acked["label"])
+    if bar is not None:
+        bar.finish(acked["transaction"] + acked["label"])
+    if failed:
+        raise _user_error(f"{len(failed):,} of {sent:,} messages were not delivered (first: {failed[0]})")
+    return acked
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from dataflows.errors import FraudflowError as UserError
-
-    settings = _settings(args)
     for suffix in ("transactions", "labels"):
         if not Path(f"{args.prefix}.{suffix}.jsonl").is_file():
-            raise UserError(f"no such file: {args.prefix}.{suffix}.jsonl (write it with `fraudflow simulate`)")
+            raise _user_error(f"no such file: {args.prefix}.{suffix}.jsonl (write it with `fraudflow simulate`)")
+    settings = _settings()
     topics = {"transaction": settings.kafka_topic_transactions, "label": settings.kafka_topic_labels}
-    counts = produce_files(client_config(settings, args.brokers), args.prefix, topics, args.rate,
-                           progress=not args.quiet)
+    counts = produce_files(client_config(settings, args.brokers, ClientLog()), args.prefix, topics, args.rate,
+                           progress=None if args.quiet else sys.stderr, timeout_s=args.connect_timeout)
     print(json.dumps({"produced": counts, "topics": topics}))
     return 0
 
 
+# -- tail -----------------------------------------------------------------------------------
 def format_alert(doc: dict[str, Any]) -> str:
     reasons = ", ".join(f"{name} {value:+.2f}" for name, value in doc.get("reasons", [])[:3])
     return (f"{doc.get('ts', '?'):20s}  {doc.get('account_id', '?'):10s} {doc.get('terminal_id', '?'):8s} "
@@ -180,42 +295,63 @@ def format_alert(doc: dict[str, Any]) -> str:
             f"({doc.get('model', '?')})  {reasons}")
 
 
+def _show(value: Optional[bytes], readable_alert: bool) -> str:
+    try:
+        doc = json.loads(value or b"")
+    except ValueError:
+        return (value or b"").decode("utf-8", "replace")
+    if readable_alert and isinstance(doc, dict):
+        try:
+            return format_alert(doc)
+        except (TypeError, ValueError):
+            pass
+    return json.dumps(doc)
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
-    from kafka import KafkaConsumer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
-    from dataflows.errors import FraudflowError as UserError
-
-    settings = _settings(args)
+    settings = _settings()
     topic = {"alerts": settings.kafka_topic_alerts, "dlq": settings.kafka_topic_dlq,
              "scores": settings.kafka_topic_scores}[args.what]
-    consumer = _connect(KafkaConsumer, {**client_config(settings, args.brokers), "enable_auto_commit": False,
-                                        "consumer_timeout_ms": 500})
+    config = client_config(settings, args.brokers, ClientLog())
+    # Partitions are assigned, not subscribed: no consumer group (tansu stalls on group joins);
+    # the group id is only a name librdkafka asks for, nothing is committed under it.
+    consumer = _new_client(Consumer, {**config, "group.id": "fraudflow-tail", "enable.auto.commit": False,
+                                      "enable.partition.eof": True})
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            raise UserError(f"topic {topic!r} does not exist (create it with `fraudflow topics create`)")
-        # Manual assignment: no consumer group (some brokers stall on group joins).
-        assigned = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(assigned)
-        (consumer.seek_to_beginning if args.from_beginning else consumer.seek_to_end)(*assigned)
-        shown, idle_since = 0, time.monotonic()
+        have = existing_topics(consumer, config, args.connect_timeout)
+        if topic not in have:
+            raise _user_error(f"topic {topic!r} does not exist at {config['bootstrap.servers']} "
+                              "(create it with `fraudflow topics create`)")
+        start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
+        consumer.assign([TopicPartition(topic, p, start) for p in range(have[topic])])
+        if not args.from_beginning:
+            print(f"waiting for new messages on {topic} (--from-beginning shows the earlier ones)",
+                  file=sys.stderr, flush=True)
+        shown, quiet_since = 0, time.monotonic()
+        at_end: set[int] = set()
+        caught_up = not args.from_beginning  # from the end: said so above
         while args.max is None or shown < args.max:
-            got = False
-            for msg in consumer:
-                got = True
-                try:
-                    doc = json.loads(msg.value)
-                    print(format_alert(doc) if args.what == "alerts" and not args.json else json.dumps(doc), flush=True)
-                except ValueError:
-                    print(msg.value, flush=True)
-                shown += 1
-                if args.max is not None and shown >= args.max:
-                    break
+            msg = consumer.poll(0.2)
             now = time.monotonic()
-            if got:
-                idle_since = now
-            elif args.idle_timeout and now - idle_since > args.idle_timeout:
-                break
+            if msg is None:
+                if args.idle_timeout and now - quiet_since >= args.idle_timeout:
+                    break
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                    if len(at_end) == have[topic] and not caught_up:
+                        caught_up = True
+                        print(f"caught up with {topic}: {shown:,} shown, waiting for new messages",
+                              file=sys.stderr, flush=True)
+                    continue
+                raise _user_error(f"reading {topic}: {msg.error().str()}")
+            quiet_since = now
+            at_end.discard(msg.partition())
+            print(_show(msg.value(), args.what == "alerts" and not args.json), flush=True)
+            shown += 1
     except KeyboardInterrupt:
         pass
     finally:
@@ -223,30 +359,58 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--brokers", help="bootstrap servers (default FRAUDFLOW_KAFKA_BROKERS)")
+    p.add_argument("--connect-timeout", type=_non_negative, default=CONNECT_TIMEOUT_S, metavar="S",
+                   help="give up when no broker answers within S seconds (default %(default)g)")
+
+
 def register(sub) -> None:
     p = sub.add_parser("topics", help="Kafka topics: create the ones the flow uses (idempotent)",
                        description="Create the transactions, labels, alerts, dlq and scores topics (names from "
                                    "FRAUDFLOW_KAFKA_TOPIC_*); existing topics are left as they are.")
     p.add_argument("action", choices=["create"], help="what to do")
-    p.add_argument("--partitions", type=int, default=4, help="partitions per topic (default %(default)s)")
-    p.add_argument("--replication", type=int, default=1, help="replication factor (default %(default)s)")
-    p.add_argument("--brokers", help="bootstrap servers (default FRAUDFLOW_KAFKA_BROKERS)")
+    p.add_argument("--partitions", type=_positive_count, default=4, help="partitions per topic (default %(default)s)")
+    p.add_argument("--replication", type=_positive_count, default=1,
+                   help="replication factor (default %(default)s)")
+    _client_args(p)
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("produce", help="load files written by `fraudflow simulate` into the input topics",
                        description="Produce PREFIX.transactions.jsonl and PREFIX.labels.jsonl to the input topics in "
-                                   "label-release (event-time) order, keyed by account_id.")
+                                   "label-release (event-time) order, keyed by account_id, with a progress bar on "
+                                   "stderr. The topics must exist (`fraudflow topics create`).")
     p.add_argument("prefix", help="the --out prefix given to `fraudflow simulate`")
-    p.add_argument("--rate", type=float, default=0.0, help="messages per second (default: as fast as possible)")
-    p.add_argument("--brokers", help="bootstrap servers (default FRAUDFLOW_KAFKA_BROKERS)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    p.add_argument("--rate", type=_non_negative, default=0.0,
+                   help="messages per second (default: as fast as possible)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _client_args(p)
     p.set_defaults(func=cmd_produce)
 
-    p = sub.add_parser("tail", help="follow the alerts (or dlq, scores) topic in readable form")
+    p = sub.add_parser("tail", help="print the alerts (or dlq, scores) topic in readable form",
+                       description="Follow an output topic: by default only messages that arrive from now on; "
+                                   "--from-beginning starts at the oldest. Runs until Ctrl-C, -n messages, or "
+                                   "--idle-timeout quiet seconds.")
     p.add_argument("what", choices=["alerts", "dlq", "scores"], help="which output topic")
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest message, not the newest")
-    p.add_argument("--max", type=int, help="stop after this many messages")
-    p.add_argument("--idle-timeout", type=float, default=0.0, help="stop after this many quiet seconds (0: never)")
+    p.add_argument("-n", "--max", type=_positive_count, metavar="N",
+                   help="stop after printing N messages (with --from-beginning: the first N)")
+    p.add_argument("--idle-timeout", type=_non_negative, default=0.0, metavar="S",
+                   help="stop after S seconds without a message (default 0: never)")
     p.add_argument("--json", action="store_true", help="print alerts as JSON")
-    p.add_argument("--brokers", help="bootstrap servers (default FRAUDFLOW_KAFKA_BROKERS)")
+    _client_args(p)
     p.set_defaults(func=cmd_tail)

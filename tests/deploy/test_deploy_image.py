@@ -1,8 +1,10 @@
-"""deploy/Dockerfile, /.dockerignore and deploy/requirements.lock, checked without Docker.
+"""deploy/Dockerfile, /.dockerignore, deploy/requirements.lock and constraints.txt, checked without Docker.
 
 No image can be built here (no Docker engine); these tests check what a build depends on:
-the instructions' shape, that every COPY source is in the build context, and that the lock
-pins exactly the runtime dependency closure.
+the instructions' shape, that every COPY source is in the build context, that the lock pins
+the complete runtime dependency closure at the versions the tests run with, and that
+`make install` installed exactly constraints.txt (both files are written by pip-compile:
+`make lock`).
 """
 
 from __future__ import annotations
@@ -14,14 +16,36 @@ from pathlib import Path
 
 import pytest
 import yaml
+from importlib.metadata import PackageNotFoundError, distribution
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-from deploy.lock import read_lock, runtime_closure
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 LOCK = ROOT / "deploy" / "requirements.lock"
+CONSTRAINTS = ROOT / "constraints.txt"
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+RUNTIME = [Requirement(r) for r in PROJECT["dependencies"]]
+TEST_ONLY = [Requirement(r) for r in PROJECT["optional-dependencies"]["test"]]
+# The image: python:3.12-slim (Debian, glibc), amd64 or arm64.
+IMAGE_MARKERS = {
+    "python_version": "3.12", "python_full_version": "3.12.0", "implementation_name": "cpython",
+    "platform_python_implementation": "CPython", "sys_platform": "linux", "platform_system": "Linux",
+    "os_name": "posix", "platform_machine": "x86_64", "extra": "",
+}
+
+
+def pins(path: Path) -> dict[str, str]:
+    """{normalised name: version} of a pip-compile output file; every line must be ``name==version``."""
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==" and "*" not in spec.version, f"{path.name}: not pinned: {line}"
+            found[canonicalize_name(req.name)] = spec.version
+    return found
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -123,13 +147,40 @@ def test_the_build_context_leaves_out_everything_else(path: str) -> None:
     assert not in_context(path)
 
 
-def test_lock_pins_exactly_the_runtime_dependency_closure() -> None:
-    pins = read_lock(LOCK)
-    closure = runtime_closure()
-    assert set(pins) == set(closure), "deploy/requirements.lock is stale: run python deploy/lock.py"
-    assert all(v and "*" not in v for v in pins.values())
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for dep in map(Requirement, project["dependencies"]):
-        assert pins[canonicalize_name(dep.name)] in dep.specifier, f"{dep} not satisfied by the lock"
-    test_only = {canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["test"]}
-    assert not test_only & set(pins), "test-only packages do not belong in the image"
+def test_lock_pins_the_complete_runtime_closure_at_the_tested_versions() -> None:
+    lock, tested = pins(LOCK), pins(CONSTRAINTS)
+    assert {name: tested.get(name) for name in lock} == lock, "the image and the tests resolve differently: make lock"
+    for dep in RUNTIME:
+        assert lock[canonicalize_name(dep.name)] in dep.specifier, f"{dep} not satisfied by the lock"
+    for name, version in lock.items():  # pip check for the image's platform, without the image
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            pytest.fail(f"{name} is locked but not installed: make install")
+        assert dist.version == version, f"{name}: tests run {dist.version}, the image gets {version}: make install"
+        for req in map(Requirement, dist.requires or ()):
+            if req.marker is None or req.marker.evaluate(IMAGE_MARKERS):
+                got = lock.get(canonicalize_name(req.name))
+                assert got is not None, f"{name} needs {req}, missing from the lock: make lock"
+                assert req.specifier.contains(got, prereleases=True), f"{name} needs {req}, the lock has {got}"
+    assert not {canonicalize_name(r.name) for r in TEST_ONLY} & set(lock), "test-only packages do not belong in the image"
+
+
+def test_the_environment_is_exactly_the_constraints() -> None:
+    """`make install` installs constraints.txt: what runs here is what a fresh machine and CI get."""
+    tested = pins(CONSTRAINTS)
+    for dep in RUNTIME + TEST_ONLY:
+        assert canonicalize_name(dep.name) in tested and tested[canonicalize_name(dep.name)] in dep.specifier, dep
+    installed = {}
+    for name in tested:
+        try:
+            installed[name] = distribution(name).version
+        except PackageNotFoundError:
+            installed[name] = None
+    assert installed == tested, "the environment differs from constraints.txt: make install (or make lock)"
+
+
+def test_every_dependency_has_an_upper_bound() -> None:
+    """A new major (or, before 1.0, minor) release of a dependency is taken only through `make lock`."""
+    for dep in RUNTIME + TEST_ONLY:
+        assert any(s.operator in ("<", "<=", "==", "~=") for s in dep.specifier), f"{dep}: no upper bound"
