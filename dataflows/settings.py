@@ -102,6 +102,9 @@ class Settings:
     kafka_batch_size: int = field(default=2000, metadata=_meta("max messages per poll", _at_least(1)))
     kafka_options: Mapping[str, str] = field(default_factory=dict, metadata=_meta(
         "librdkafka options from FRAUDFLOW_KAFKA_OPT_* (security.protocol, sasl.*, ssl.*)"))
+    kafka_startup_timeout_s: float = field(default=30.0, metadata=_meta(
+        "at start-up, wait at most this long for a broker to answer and for the flow's topics to exist, "
+        "then stop with an error", _at_least(1)))
     # -- outputs -----------------------------------------------------------------------
     alerts: str = field(default="fraudflow-output/alerts.jsonl", metadata=_meta(
         "alerts JSONL file, or - for stdout (simulator/files sources)"))
