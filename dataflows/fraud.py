@@ -464,6 +464,9 @@ def _one_line(exc: BaseException) -> str:
     while (root.__cause__ or root.__context__) is not None:
         root = root.__cause__ or root.__context__
     text = f"{type(root).__name__}: {root}".splitlines()[0]
+    if re.search(r"(Send|Recv) thread panic", text):  # timely's connection to a peer process broke
+        return ("lost the connection to another process of the cluster (it died, or the network failed); "
+                "restart every process (with -r they resume from the last snapshot)")
     if root is not exc:
         where = re.sub(r"^\(src/[^)]*\):\s*", "", str(exc)).splitlines()
         if where:
@@ -491,6 +494,10 @@ def _report_failures(stats: RunStats, debug: bool) -> None:
         os.environ["RUST_BACKTRACE"] = "0"
 
 
+def _kafka_note(problem: Optional[str]) -> Optional[str]:
+    return f"Kafka client: {problem}" if problem else None
+
+
 def _module_flow() -> Dataflow:
     tune_gc()
     try:
@@ -507,14 +514,15 @@ def _module_flow() -> Dataflow:
         _report_failures(parts.stats, debug=settings.log_level == "DEBUG")
         if settings.progress:
             atexit.register(parts.stats.print_summary, settings)
-            hint = None
             if settings.source == "kafka":
                 from connectors.kafka import kafka_problem
 
-                def hint(within_s: float) -> Optional[str]:
-                    problem = kafka_problem(within_s)
-                    return f"Kafka client ({settings.kafka_brokers}, FRAUDFLOW_KAFKA_BROKERS): {problem}" if problem else None
-            watch_idle(parts.stats, **({"hint": hint} if hint else {}))
+                watch_idle(parts.stats, settings.idle_report_s,
+                           f"most likely writing to a Kafka broker that does not answer ({settings.kafka_brokers}, "
+                           "FRAUDFLOW_KAFKA_BROKERS); it continues when the broker answers",
+                           lambda within_s: _kafka_note(kafka_problem(within_s)))
+            else:
+                watch_idle(parts.stats, settings.idle_report_s)
     return parts.flow
 
 

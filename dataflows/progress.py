@@ -202,7 +202,8 @@ class RunStats:
         share = f" ({c['alerts_confirmed_fraud'] / c['alerts']:.0%})" if c["alerts"] else ""
         head = "fraudflow summary" + ("" if len(self.shards) <= 1 else f" (this process: {len(self.shards)} shards)")
         if self.failure is not None:
-            head = f"fraudflow summary: the run FAILED ({self.failure}); counts up to the failure"
+            reason = self.failure if len(self.failure) <= 100 else self.failure[:99] + "…"
+            head = f"fraudflow summary: the run FAILED ({reason}); counts up to the failure"
         up_to = f"   up to {c['event_time']}" if c["event_time"] is not None else ""
         model = (f"  model                 {c['supervised_shards']} of {c['model_shards']} shards supervised"
                  " (the others still on the cold-start anomaly score)" if c["model_shards"]
@@ -236,21 +237,28 @@ class RunStats:
         print(text, file=sys.stderr, flush=True)
 
 
-def watch_idle(stats: RunStats, every_s: float = 30.0,
+def watch_idle(stats: RunStats, every_s: float = 30.0, blocked_hint: str = "",
                hint: Callable[[float], Optional[str]] = lambda within_s: None) -> threading.Thread:
     """Log a line every ``every_s`` while no transaction is scored, so a quiet flow is never a
-    silent one: either it is caught up and polling its input, or it is blocked (the input has
-    not been polled: a sink waiting for the broker, say). ``hint(within_s)`` may add why (the
-    Kafka client's latest complaint)."""
+    silent one: either it is caught up and polling its input (INFO), or it is blocked (WARNING:
+    the input has not been polled for ``every_s``, e.g. a sink waiting for a broker that does not
+    answer; ``blocked_hint`` says what to suspect). ``hint(within_s)`` may add the latest complaint
+    of a client library."""
+    tick = min(1.0, every_s / 4)
 
     def run() -> None:
         scored, since = stats.transactions, time.monotonic()
+        next_line = since + every_s
         while True:
-            time.sleep(every_s)
+            time.sleep(tick)
             now = time.monotonic()
             if stats.transactions != scored:
                 scored, since = stats.transactions, now
+                next_line = now + every_s
                 continue
+            if now < next_line:
+                continue
+            next_line = now + every_s
             extra = hint(every_s)
             extra = f"; {extra}" if extra else ""
             polled = last_poll()
@@ -259,8 +267,8 @@ def watch_idle(stats: RunStats, every_s: float = 30.0,
                          now - since, f"{scored:,}", extra)
             else:
                 quiet = f"for {now - polled:.0f} s" if polled else "yet"
-                log.warning("no transaction scored for %.0f s and the input not polled %s: the flow is waiting "
-                            "on a step or an output%s", now - since, quiet, extra)
+                log.warning("no transaction scored for %.0f s and the input not polled %s: the flow is blocked%s%s",
+                            now - since, quiet, f", {blocked_hint}" if blocked_hint else "", extra)
 
     thread = threading.Thread(target=run, name="fraudflow-idle-watch", daemon=True)
     thread.start()
