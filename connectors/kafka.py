@@ -44,7 +44,7 @@ from confluent_kafka.admin import AdminClient
 from connectors.events import DeadLetter, Origin, encode, parse_record
 from connectors.sources import BOARD, MAX_BATCH_SPAN_S, EventTimePacer, batch_span_for, beat
 
-__all__ = ["CheckedKafkaSink", "EventsKafkaSource", "KafkaStartupError", "check_cluster", "client_log",
+__all__ = ["CheckedKafkaSink", "EventsKafkaSource", "KafkaStartupError", "check_cluster", "client_log", "kafka_problem",
            "kafka_sinks", "kafka_source"]
 
 log = logging.getLogger(__name__)

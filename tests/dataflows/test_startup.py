@@ -105,6 +105,7 @@ def test_repeated_client_lines_are_held_back():
     assert sum("Connect to" in m for m in shown) == 1
 
 
+@pytest.mark.broker
 def test_missing_topics_are_named_and_never_created(broker, tmp_path):
     suffix = uuid.uuid4().hex[:8]
     names = {k: f"{k}-{suffix}" for k in ("transactions", "labels", "alerts", "dlq")}
@@ -130,6 +131,7 @@ def test_missing_topics_are_named_and_never_created(broker, tmp_path):
         admin.close()
 
 
+@pytest.mark.broker
 def test_topics_created_while_the_flow_waits(broker, tmp_path):
     suffix = uuid.uuid4().hex[:8]
     names = {k: f"{k}-{suffix}" for k in ("transactions", "labels", "alerts", "dlq")}
@@ -213,6 +215,7 @@ def test_a_cluster_that_loses_a_process_says_the_run_failed(tmp_path):
 STREAM = SimulatorConfig(customers=500, terminals=1_000, days=40, seed=11)
 
 
+@pytest.mark.broker
 def test_a_broker_paused_mid_run_is_waited_for_with_a_periodic_line(broker, tmp_path):
     truth: dict = {}
     events = list(simulate(STREAM, truth=truth))
