@@ -247,3 +247,17 @@ def test_a_broker_paused_mid_run_is_waited_for_with_a_periodic_line(broker, tmp_
     assert cluster.wait(timeout=300) == [0], cluster.logs()
     per_tx = by_tx(read_topic(broker.bootstrap, stream.topics["scores"], expect=total))
     assert sorted(per_tx) == sorted(stream.tx_ids)
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("FRAUDFLOW_KAFKA_STARTUP_TIMEOUT_S", "0", "FRAUDFLOW_KAFKA_STARTUP_TIMEOUT_S: must be >= 1, got 0.0"),
+    ("FRAUDFLOW_KAFKA_STARTUP_TIMEOUT_S", "soon", "FRAUDFLOW_KAFKA_STARTUP_TIMEOUT_S: expected a number, got 'soon'"),
+    ("FRAUDFLOW_IDLE_REPORT_S", "0.5", "FRAUDFLOW_IDLE_REPORT_S: must be >= 1, got 0.5"),
+])
+def test_bad_operations_settings_are_named(variable, value, message):
+    from dataflows.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({variable: value})
+    assert str(err.value) == message
+    assert Settings.from_env({}).kafka_startup_timeout_s == 30.0 and Settings.from_env({}).idle_report_s == 30.0
