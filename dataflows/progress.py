@@ -201,7 +201,9 @@ class RunStats:
         c = self.counts()
         share = f" ({c['alerts_confirmed_fraud'] / c['alerts']:.0%})" if c["alerts"] else ""
         head = "fraudflow summary" + ("" if len(self.shards) <= 1 else f" (this process: {len(self.shards)} shards)")
-        if self.failure is not None:
+        if self.failure == "interrupted":
+            head = "fraudflow summary: interrupted; counts up to the interruption"
+        elif self.failure is not None:
             reason = self.failure if len(self.failure) <= 100 else self.failure[:99] + "…"
             head = f"fraudflow summary: the run FAILED ({reason}); counts up to the failure"
         up_to = f"   up to {c['event_time']}" if c["event_time"] is not None else ""
