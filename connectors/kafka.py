@@ -8,6 +8,15 @@ The data path uses bytewax's Kafka connector (confluent-kafka underneath):
   dead letter with its topic, partition and offset) and cut into batches of bounded event
   time, like the other sources. Broker-level errors (an unreachable broker) are logged and
   retried by librdkafka; they never move the resume offset.
+* :func:`check_cluster` runs before the flow is built: it waits a bounded time
+  (``FRAUDFLOW_KAFKA_STARTUP_TIMEOUT_S``) for a broker to answer and for every topic the flow
+  uses to exist, and otherwise raises :class:`KafkaStartupError` with one line naming the
+  setting. It lists all topics, never one by name: a metadata request for a named topic makes
+  brokers with auto-creation (Kafka's default, and the test broker) create it, with the
+  broker's partition count instead of the co-partitioned one ``fraudflow topics create`` makes.
+* Every client logs through Python logging (``connectors.kafka.librdkafka``), where a line
+  librdkafka repeats (``Connect to … failed`` ~19 times a second while a broker is down) is
+  shown once a minute with a count of the ones held back.
 * :class:`CheckedKafkaSink` is bytewax's ``KafkaSink`` with a producer that waits for every
   delivery report: a failed delivery fails the batch (and the flow, which then resumes from
   recovery) instead of losing an alert. With the default ``message.timeout.ms=0`` a broker
@@ -20,6 +29,8 @@ Every librdkafka option in ``settings.kafka_options`` (``security.protocol``, ``
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
@@ -27,13 +38,15 @@ from typing import Any, Callable, Optional
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.inputs import StatefulSourcePartition
 from bytewax.outputs import StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, Producer
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 
 from connectors.events import DeadLetter, Origin, encode, parse_record
 from connectors.sources import (BOARD, DEFAULT_MAX_LEAD_S, MAX_BATCH_SPAN_S, EventTimePacer, LeadGuard, batch_span_for,
                                 beat)
 
-__all__ = ["CheckedKafkaSink", "EventsKafkaSource", "kafka_sinks", "kafka_source"]
+__all__ = ["CheckedKafkaSink", "EventsKafkaSource", "KafkaStartupError", "check_cluster", "client_log", "kafka_problem",
+           "kafka_sinks", "kafka_source"]
 
 log = logging.getLogger(__name__)
 
@@ -250,16 +263,125 @@ def _brokers(settings: Any) -> list[str]:
 def kafka_source(settings: Any, process: int = 0, processes: int = 1) -> EventsKafkaSource:
     return EventsKafkaSource(
         _brokers(settings), settings.kafka_topic_transactions, settings.kafka_topic_labels,
-        tail=not settings.kafka_stop_at_end, add_config=dict(settings.kafka_options),
+        tail=not settings.kafka_stop_at_end, add_config=_client_options(settings),
         batch_size=settings.kafka_batch_size, process=process, processes=processes,
         max_batch_span_s=batch_span_for(settings.allowed_lateness_s), max_lead_s=settings.max_event_lead_hours * 3600,
     )
 
 
 def kafka_sinks(settings: Any) -> tuple[CheckedKafkaSink, CheckedKafkaSink, Optional[CheckedKafkaSink]]:
-    brokers, opts = _brokers(settings), dict(settings.kafka_options)
+    brokers, opts = _brokers(settings), _client_options(settings)
     alerts = CheckedKafkaSink(brokers, settings.kafka_topic_alerts, opts, key=lambda a: a.account_id)
     dlq = CheckedKafkaSink(brokers, settings.kafka_topic_dlq, opts)
     scores = (CheckedKafkaSink(brokers, settings.kafka_topic_scores, opts, key=lambda s: s.account_id)
               if settings.emit_scores else None)
     return alerts, dlq, scores
+
+
+class _RepeatFilter(logging.Filter):
+    """Lets a librdkafka line through once per ``interval_s``; the same line (digits aside)
+    repeated meanwhile is counted and the count shown with its next appearance.
+
+    >>> f = _RepeatFilter(60.0)
+    >>> def rec(msg): return logging.LogRecord("k", logging.ERROR, "", 0, msg, None, None)
+    >>> [f.filter(rec(f"Connect to 127.0.0.1:9 failed (after {i}ms)")) for i in range(3)]
+    [True, False, False]
+    """
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._seen: dict[str, list] = {}  # shape of the line -> [time shown, held back since]
+        self.last_problem: Optional[tuple[float, str]] = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        now = time.monotonic()
+        if record.levelno >= logging.WARNING:
+            self.last_problem = (now, text)
+        shape = re.sub(r"\d+", "#", text)
+        with self._lock:
+            seen = self._seen.get(shape)
+            if seen is not None and now - seen[0] < self.interval_s:
+                seen[1] += 1
+                return False
+            if len(self._seen) > 1000:
+                self._seen.clear()
+            self._seen[shape] = [now, 0]
+        if seen is not None and seen[1]:
+            record.msg, record.args = f"{text} ({seen[1]} more like it in the last {now - seen[0]:.0f} s)", None
+        return True
+
+
+_CLIENT_LOG = logging.getLogger(__name__ + ".librdkafka")
+_REPEATS = _RepeatFilter()
+_CLIENT_LOG.addFilter(_REPEATS)
+
+
+def client_log() -> logging.Logger:
+    """The logger every Kafka client of the flow logs to (repeated lines held back)."""
+    return _CLIENT_LOG
+
+
+def kafka_problem(within_s: float) -> Optional[str]:
+    """librdkafka's latest warning or error, if it came within ``within_s`` seconds."""
+    last = _REPEATS.last_problem
+    if last is not None and time.monotonic() - last[0] <= within_s:
+        return last[1]
+    return None
+
+
+def _client_options(settings: Any) -> dict[str, Any]:
+    """Options for every client: the pass-through librdkafka options and the logger."""
+    return {**settings.kafka_options, "logger": _CLIENT_LOG}
+
+
+class KafkaStartupError(RuntimeError):
+    """The brokers did not answer, or the flow's topics do not exist; the message is one line."""
+
+
+def _flow_topics(settings: Any) -> dict[str, str]:
+    """The topics the flow reads and writes, each with the variable that names it."""
+    names = ["transactions", "labels", "alerts", "dlq"] + (["scores"] if settings.emit_scores else [])
+    return {getattr(settings, f"kafka_topic_{n}"): f"FRAUDFLOW_KAFKA_TOPIC_{n.upper()}" for n in names}
+
+
+def check_cluster(settings: Any, retry_every_s: float = 1.0, report_every_s: float = 10.0) -> None:
+    """Return once a broker answers and every topic of the flow exists; raise
+    :class:`KafkaStartupError` if that has not happened within ``kafka_startup_timeout_s``.
+
+    While topics are missing (created by another job that has not run yet, say), a line naming
+    them is logged every ``report_every_s``. Topics are never created here.
+    """
+    brokers, timeout = settings.kafka_brokers, settings.kafka_startup_timeout_s
+    wanted = _flow_topics(settings)
+    admin = AdminClient({"bootstrap.servers": ",".join(_brokers(settings)), **_client_options(settings)})
+    deadline = time.monotonic() + timeout
+    next_report = 0.0
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            metadata = admin.list_topics(timeout=max(0.1, left))
+        except KafkaException as exc:
+            if time.monotonic() + retry_every_s >= deadline:
+                admin.poll(0)  # librdkafka's own account (``Connection refused``, …), logged once
+                reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+                raise KafkaStartupError(
+                    f"no Kafka broker answered at {brokers} (FRAUDFLOW_KAFKA_BROKERS) within {timeout:g} s "
+                    f"(FRAUDFLOW_KAFKA_STARTUP_TIMEOUT_S): {reason}") from None
+            time.sleep(retry_every_s)
+            continue
+        missing = [t for t in wanted if not (t in metadata.topics and metadata.topics[t].partitions)]
+        if not missing:
+            return
+        named = ", ".join(f"{t} ({wanted[t]})" for t in missing)
+        if time.monotonic() + retry_every_s >= deadline:
+            raise KafkaStartupError(
+                f"topics missing on {brokers} after waiting {timeout:g} s (FRAUDFLOW_KAFKA_STARTUP_TIMEOUT_S): "
+                f"{named}; create them with `fraudflow topics create`")
+        if time.monotonic() >= next_report:
+            log.warning("waiting for topics to be created on %s: %s (giving up in %.0f s)", brokers, named,
+                        deadline - time.monotonic())
+            next_report = time.monotonic() + report_every_s
+        time.sleep(retry_every_s)

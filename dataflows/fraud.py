@@ -38,6 +38,8 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+import os
+import re
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -59,10 +61,10 @@ from dataflows.cluster import (process_count, process_id, recovery_directory, re
 from dataflows.exchange import keyed
 from dataflows.exports import WarmStart, make_exporter, warm_start
 from dataflows.metrics import serve
-from dataflows.progress import RunStats
+from dataflows.progress import RunStats, watch_idle
 from dataflows.runtime import tune_gc
 from dataflows.settings import Settings, SettingsError, load_settings
-from dataflows.recovery_store import feature_layout_error
+from dataflows.recovery_store import StateError, feature_layout_error, recovery_partitions
 from learners.decision import AlertPolicy, PolicyConfig
 from learners.features import AccountProfile, TerminalProfile
 from learners.pending import VECTOR_BYTES, PendingBucket
@@ -568,22 +570,94 @@ def _prepare_outputs(settings: Settings) -> None:
         truncate(path)
 
 
+def _startup_problem(settings: Settings) -> Optional[str]:
+    """What stops this run before it starts (one line), or None: a recovery directory that
+    cannot be resumed, an unreachable broker, missing topics (waited for a bounded time)."""
+    directory = recovery_directory()
+    if directory:
+        try:
+            recovery_partitions(directory)
+        except StateError as exc:
+            return f"-r {directory}: {exc}"
+        problem = feature_layout_error(directory, VECTOR_BYTES)
+        if problem:
+            return problem
+    if settings.source == "kafka":
+        from connectors.kafka import KafkaStartupError, check_cluster
+
+        try:
+            check_cluster(settings)
+        except KafkaStartupError as exc:
+            return str(exc)
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    """``OverflowError: … (error calling … in step "fraudflow.await_labels" …)``: the root cause
+    first, then where bytewax says it happened."""
+    root = exc
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+    text = f"{type(root).__name__}: {root}".splitlines()[0]
+    if re.search(r"(Send|Recv) thread panic", text):  # timely's connection to a peer process broke
+        return ("lost the connection to another process of the cluster (it died, or the network failed); "
+                "restart every process (with -r they resume from the last snapshot)")
+    if root is not exc:
+        where = re.sub(r"^\(src/[^)]*\):\s*", "", str(exc)).splitlines()
+        if where:
+            text += f" ({where[0]})"
+    return text[:500]
+
+
+def _report_failures(stats: RunStats, debug: bool) -> None:
+    """An exception that ends the run is one line (the traceback with FRAUDFLOW_LOG_LEVEL=DEBUG),
+    and the summary says the run failed."""
+    previous = sys.excepthook
+
+    def hook(exc_type: type, exc: BaseException, tb: Any) -> None:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _one_line(exc)
+        stats.failed(reason)
+        if debug:
+            previous(exc_type, exc, tb)
+        print(f"fraudflow: the flow stopped: {reason}"
+              + ("" if debug else " (FRAUDFLOW_LOG_LEVEL=DEBUG shows the traceback)"), file=sys.stderr, flush=True)
+
+    sys.excepthook = hook
+    if not debug:
+        # bytewax turns a step's exception into a Rust panic of its worker thread; its stack
+        # (dozens of lines, with RUST_BACKTRACE=1) says nothing the line above does not
+        os.environ["RUST_BACKTRACE"] = "0"
+
+
+def _kafka_note(problem: Optional[str]) -> Optional[str]:
+    return f"Kafka client: {problem}" if problem else None
+
+
 def _module_flow() -> Dataflow:
     tune_gc()
     try:
         settings = load_settings()
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        problem = _startup_problem(settings) if under_bytewax_run() else None
+        if problem:
+            sys.exit(f"fraudflow: {problem}")
         parts = build_flow(settings)
     except SettingsError as exc:
         sys.exit(f"fraudflow: bad setting: {exc}")
     if under_bytewax_run():
-        directory = recovery_directory()
-        problem = feature_layout_error(directory, VECTOR_BYTES) if directory else None
-        if problem:
-            sys.exit(f"fraudflow: {problem}")
         _prepare_outputs(settings)
+        _report_failures(parts.stats, debug=settings.log_level == "DEBUG")
         if settings.progress:
             atexit.register(parts.stats.print_summary, settings)
+            if settings.source == "kafka":
+                from connectors.kafka import kafka_problem
+
+                watch_idle(parts.stats, settings.idle_report_s,
+                           f"most likely writing to a Kafka broker that does not answer ({settings.kafka_brokers}, "
+                           "FRAUDFLOW_KAFKA_BROKERS); it continues when the broker answers",
+                           lambda within_s: _kafka_note(kafka_problem(within_s)))
+            else:
+                watch_idle(parts.stats, settings.idle_report_s)
     return parts.flow
 
 

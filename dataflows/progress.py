@@ -7,14 +7,15 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from connectors.events import format_ts
+from connectors.sources import last_poll
 
 # Scores histogram buckets (upper bounds), shared with the Prometheus exposition.
 SCORE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0)
 
-__all__ = ["RunStats"]
+__all__ = ["RunStats", "watch_idle"]
 
 log = logging.getLogger("fraudflow.progress")
 
@@ -48,6 +49,7 @@ class RunStats:
         self._alerted: set[str] = set()
         self._lock = threading.Lock()
         self._next_report = self.started + self.REPORT_EVERY_S
+        self.failure: Optional[str] = None  # why the run stopped, if it failed
 
     # -- updates from the steps ---------------------------------------------------------
     def scored(self, scored: list, shard: Any) -> None:
@@ -171,20 +173,33 @@ class RunStats:
             f"{c['labels_received']:,}", f"{c['alerts']:,}", f"{c['dead_letters']:,}",
         )
 
+    def failed(self, reason: str) -> None:
+        """The run stopped on an error: the summary says so."""
+        self.failure = reason
+
     def summary(self) -> str:
         c = self.counts()
         share = f" ({c['alerts_confirmed_fraud'] / c['alerts']:.0%})" if c["alerts"] else ""
+        head = "fraudflow summary" + ("" if len(self.shards) <= 1 else f" (this process: {len(self.shards)} shards)")
+        if self.failure == "interrupted":
+            head = "fraudflow summary: interrupted; counts up to the interruption"
+        elif self.failure is not None:
+            reason = self.failure if len(self.failure) <= 100 else self.failure[:99] + "…"
+            head = f"fraudflow summary: the run FAILED ({reason}); counts up to the failure"
+        up_to = f"   up to {c['event_time']}" if c["event_time"] is not None else ""
+        model = (f"  model                 {c['supervised_shards']} of {c['model_shards']} shards supervised"
+                 " (the others still on the cold-start anomaly score)" if c["model_shards"]
+                 else "  model                 no model shard scored in this process")
         lines = [
-            "fraudflow summary" + ("" if len(self.shards) <= 1 else f" (this process: {len(self.shards)} shards)"),
-            f"  transactions scored   {c['transactions_scored']:>12,}   up to {c['event_time']}",
+            head,
+            f"  transactions scored   {c['transactions_scored']:>12,}{up_to}",
             f"  labels received       {c['labels_received']:>12,}   (learned from {c['labels_learned']:,}: "
             f"{c['frauds_learned']:,} frauds, a sample of the legitimate; {c['implicit_negatives']:,} inferred)",
             f"  alerts                {c['alerts']:>12,}   ({c['alerts_suppressed_by_cooldown']:,} more folded"
             " into open alerts by the cool-down)",
             f"  alerts confirmed      {c['alerts_confirmed_fraud']:>12,}{share} by fraud labels released so far",
             f"  dead letters          {c['dead_letters']:>12,}",
-            f"  model                 {c['supervised_shards']} of {c['model_shards']} shards supervised"
-            " (the others still on the cold-start anomaly score)",
+            model,
         ]
         if c["late_transactions"] or c["late_labels"]:
             lines.append(f"  late events           {c['late_transactions']:>12,} transactions, {c['late_labels']:,} labels"
@@ -202,3 +217,41 @@ class RunStats:
         if settings is not None and getattr(settings, "source", "kafka") != "kafka":
             text += f"\n  alerts written to     {settings.alerts}\n  dead letters in       {settings.dlq}"
         print(text, file=sys.stderr, flush=True)
+
+
+def watch_idle(stats: RunStats, every_s: float = 30.0, blocked_hint: str = "",
+               hint: Callable[[float], Optional[str]] = lambda within_s: None) -> threading.Thread:
+    """Log a line every ``every_s`` while no transaction is scored, so a quiet flow is never a
+    silent one: either it is caught up and polling its input (INFO), or it is blocked (WARNING:
+    the input has not been polled for ``every_s``, e.g. a sink waiting for a broker that does not
+    answer; ``blocked_hint`` says what to suspect). ``hint(within_s)`` may add the latest complaint
+    of a client library."""
+    tick = min(1.0, every_s / 4)
+
+    def run() -> None:
+        scored, since = stats.transactions, time.monotonic()
+        next_line = since + every_s
+        while True:
+            time.sleep(tick)
+            now = time.monotonic()
+            if stats.transactions != scored:
+                scored, since = stats.transactions, now
+                next_line = now + every_s
+                continue
+            if now < next_line:
+                continue
+            next_line = now + every_s
+            extra = hint(every_s)
+            extra = f"; {extra}" if extra else ""
+            polled = last_poll()
+            if polled and now - polled < every_s:
+                log.info("caught up: no new transaction for %.0f s, waiting for input (%s scored so far)%s",
+                         now - since, f"{scored:,}", extra)
+            else:
+                quiet = f"for {now - polled:.0f} s" if polled else "yet"
+                log.warning("no transaction scored for %.0f s and the input not polled %s: the flow is blocked%s%s",
+                            now - since, quiet, f", {blocked_hint}" if blocked_hint else "", extra)
+
+    thread = threading.Thread(target=run, name="fraudflow-idle-watch", daemon=True)
+    thread.start()
+    return thread

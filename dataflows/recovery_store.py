@@ -71,7 +71,8 @@ def recovery_partitions(directory: str | Path) -> list[Path]:
     """The ``part-*.sqlite3`` files of a recovery directory."""
     root = Path(directory)
     if not root.is_dir():
-        raise StateError(f"no such recovery directory: {root}")
+        raise StateError(f"no such recovery directory: {root}; create it once with "
+                         f"`python -m bytewax.recovery {root} N` (N recovery partitions, e.g. 4)")
     parts = sorted(root.glob("part-*.sqlite3"), key=lambda p: (len(p.name), p.name))
     if not parts:
         raise StateError(f"no recovery partitions (part-*.sqlite3) in {root}; create them with "

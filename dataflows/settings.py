@@ -102,6 +102,9 @@ class Settings:
     kafka_batch_size: int = field(default=2000, metadata=_meta("max messages per poll", _at_least(1)))
     kafka_options: Mapping[str, str] = field(default_factory=dict, metadata=_meta(
         "librdkafka options from FRAUDFLOW_KAFKA_OPT_* (security.protocol, sasl.*, ssl.*)"))
+    kafka_startup_timeout_s: float = field(default=30.0, metadata=_meta(
+        "at start-up, wait at most this long for a broker to answer and for the flow's topics to exist, "
+        "then stop with an error", _at_least(1)))
     # -- outputs -----------------------------------------------------------------------
     alerts: str = field(default="fraudflow-output/alerts.jsonl", metadata=_meta(
         "alerts JSONL file, or - for stdout (simulator/files sources)"))
@@ -159,6 +162,9 @@ class Settings:
         "DEBUG | INFO | WARNING | ERROR", _choice("DEBUG", "INFO", "WARNING", "ERROR")))
     metrics_port: int = field(default=0, metadata=_meta(
         "serve /metrics, /healthz, /readyz on this port (0: off; 9464 in Kubernetes)", _between(0, 65535)))
+    idle_report_s: float = field(default=30.0, metadata=_meta(
+        "while no transaction is scored, log every this many seconds whether the flow is caught up (waiting "
+        "for input) or blocked (e.g. on a broker that does not answer)", _at_least(1)))
     liveness_timeout_s: float = field(default=300.0, metadata=_meta(
         "/healthz fails once the input has not been polled for this long", _at_least(1)))
     snapshot_dir: str = field(default="", metadata=_meta(
