@@ -286,6 +286,8 @@ class _RepeatFilter(logging.Filter):
     >>> def rec(msg): return logging.LogRecord("k", logging.ERROR, "", 0, msg, None, None)
     >>> [f.filter(rec(f"Connect to 127.0.0.1:9 failed (after {i}ms)")) for i in range(3)]
     [True, False, False]
+    >>> f.filter(rec("Connect to 127.0.0.1:9 failed (after 0ms, 1 identical error(s) suppressed)"))
+    False
     """
 
     def __init__(self, interval_s: float = 60.0) -> None:
@@ -300,7 +302,8 @@ class _RepeatFilter(logging.Filter):
         now = time.monotonic()
         if record.levelno >= logging.WARNING:
             self.last_problem = (now, text)
-        shape = re.sub(r"\d+", "#", text)
+        # librdkafka's own "(…, N identical error(s) suppressed)" suffix does not make a new line
+        shape = re.sub(r"\d+", "#", re.sub(r", \d+ identical error\(s\) suppressed", "", text))
         with self._lock:
             seen = self._seen.get(shape)
             if seen is not None and now - seen[0] < self.interval_s:
