@@ -112,6 +112,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"broker: {exc}", file=sys.stderr)
         return 2
     print(f"tansu broker on {broker.bootstrap} (in memory; Ctrl-C stops it and loses its data)", flush=True)
+
+    def _stop(signum: int, _frame: object) -> None:  # `kill %1` of `make broker &` too, not only Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)
     try:
         assert broker.proc is not None
         broker.proc.wait()
