@@ -36,7 +36,7 @@ def _run(tmp_path: Path, tx_lines: list, label_lines: list, tag: str):
 @pytest.fixture(scope="module")
 def clean_lines(small_stream):
     events, _ = small_stream
-    events = events[:30_000]  # a few weeks: labels released, the model supervised
+    events = events[:16_000]  # about a week: the first labels released
     tx = [json.dumps(transaction_to_json(e)) for e in events if isinstance(e, Transaction)]
     labels = [json.dumps(label_to_json(e)) for e in events if isinstance(e, Label)]
     return events, tx, labels
