@@ -167,8 +167,9 @@ def _settings(env: Optional[dict] = None):
 
 def relay(bootstrap: str, transactions: str, labels: str, scores: str) -> None:
     """The latency floor: the flow's consumers (one per input partition, the flow's fetch
-    wait, each polled in turn with bytewax's ``consume(batch, 0.001)``) and the flow's output
-    producer settings, answering every transaction at once with a record on the scores topic.
+    wait, polled as the flow polls them: without waiting, 1 ms apart when all are empty) and
+    the flow's scores producer settings, answering every transaction at once with a record on
+    the scores topic.
     What the broker and the clients cost on this machine, with no dataflow in between."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient
@@ -182,14 +183,19 @@ def relay(bootstrap: str, transactions: str, labels: str, scores: str) -> None:
                                  "fetch.wait.max.ms": settings.kafka_fetch_wait_ms})
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)])
             consumers.append(consumer)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": settings.kafka_linger_ms})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": settings.kafka_scores_linger_ms})
     while True:
+        got = 0
         for consumer in consumers:
-            for msg in consumer.consume(settings.kafka_batch_size, 0.001):
+            msgs = consumer.consume(settings.kafka_batch_size, 0)
+            got += len(msgs)
+            for msg in msgs:
                 if msg.error() is None and msg.topic() == transactions:
                     tx_id = json.loads(msg.value())["tx_id"]
                     producer.produce(scores, value=json.dumps({"tx_id": tx_id}).encode(), key=msg.key())
-            producer.poll(0)
+        producer.poll(0)
+        if not got:
+            time.sleep(0.001)  # bytewax's cooldown before it polls empty partitions again
 
 
 def tail(bootstrap: str, out: str, *topics: str) -> None:
@@ -222,6 +228,30 @@ def _cpu_s(pid: Optional[int]) -> float:
         return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _CpuSampler:
+    """A process's share of a core in every ``every_s`` seconds, from a background thread: the
+    broker's cost per fetch grows with the batches a partition holds (decisions 0034)."""
+
+    def __init__(self, pid: Optional[int], every_s: float) -> None:
+        import threading
+
+        self.pid, self.every_s, self.shares = pid, every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        if pid:
+            self._thread.start()
+
+    def _run(self) -> None:
+        last = _cpu_s(self.pid)
+        while not self._stop.wait(self.every_s):
+            now = _cpu_s(self.pid)
+            self.shares.append(round((now - last) / self.every_s, 3))
+            last = now
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def throughput(bootstrap: str, events: list, processes: int, recovery: bool = False,
@@ -370,11 +400,14 @@ def latency(bootstrap: str, events: list, rate: float, minutes: float = 5.0, war
     broker_cpu, flow_cpu = _cpu_s(broker_pid), sum(_cpu_s(p.pid) for p in procs)
     load_before = os.getloadavg()
     wall = time.monotonic()
+    sampler = _CpuSampler(broker_pid, 30.0)
     n_tx, offered = _send_live(bootstrap, topics, events, rate, warmup_s + 60 * minutes, label_delay_s)
     time.sleep(3)
     wall = time.monotonic() - wall
+    sampler.stop()
     cpu = {"broker_core_share": round((_cpu_s(broker_pid) - broker_cpu) / wall, 3) if broker_pid else None,
            "flow_core_share": round((sum(_cpu_s(p.pid) for p in procs) - flow_cpu) / wall, 3),
+           "broker_core_share_per_30s": sampler.shares,
            "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
     errors = []
     for p in procs:
@@ -394,6 +427,7 @@ def latency(bootstrap: str, events: list, rate: float, minutes: float = 5.0, war
     rows: dict[str, dict[str, list]] = {"scores": {"readable": [], "emitted": []},
                                        "alerts": {"readable": [], "emitted": []}}
     per_minute: dict[int, list[float]] = {}
+    raw: list[tuple] = []  # (ms since the first transaction, readable latency, emitted latency) per score
     names = {topics["scores"]: "scores", topics["alerts"]: "alerts"}
     for topic, created, received, value in seen:
         sent_at = tx_ts.get(json.loads(value)["tx_id"])
@@ -404,6 +438,9 @@ def latency(bootstrap: str, events: list, rate: float, minutes: float = 5.0, war
         row["emitted"].append(created - sent_at)
         if topic == topics["scores"]:
             per_minute.setdefault(int((sent_at - horizon) // 60_000), []).append(received - sent_at)
+            raw.append((round(sent_at - first), round(received - sent_at, 1), created - sent_at))
+    if os.environ.get("FRAUDFLOW_BENCH_RAW_LATENCY"):  # every score's latency, for a closer look
+        Path(os.environ["FRAUDFLOW_BENCH_RAW_LATENCY"]).write_text(json.dumps(sorted(raw)))
     minutes_q = {m: _quantiles(v) for m, v in sorted(per_minute.items()) if m < minutes}
     first_m, last_m = (minutes_q[min(minutes_q)], minutes_q[max(minutes_q)]) if minutes_q else ({}, {})
     drift = round(last_m["p99"] / first_m["p99"] - 1, 3) if first_m.get("p99") else None
@@ -415,6 +452,7 @@ def latency(bootstrap: str, events: list, rate: float, minutes: float = 5.0, war
             "offered_events_per_s": round(offered), "minutes": minutes, "warmup_s": warmup_s,
             "transactions_sent": n_tx, "transactions_measured": expected, "label_delay_s": label_delay_s,
             "settings": {"fetch_wait_ms": settings.kafka_fetch_wait_ms, "linger_ms": settings.kafka_linger_ms,
+                         "scores_linger_ms": settings.kafka_scores_linger_ms,
                          "confirm": settings.kafka_confirm, "generator_linger_ms": GENERATOR_LINGER_MS,
                          **(extra_env or {})},
             "score_latency_ms": _quantiles(rows["scores"]["readable"]),

@@ -174,6 +174,26 @@ class _EventsPartition(StatefulSourcePartition[tuple[int, Any], Optional[int]]):
         self._inner.close()
 
 
+class _NoWaitConsumer:
+    """A consumer whose ``consume`` never waits for data.
+
+    bytewax's partition polls with ``consume(batch, 0.001)``: every partition with nothing
+    buffered blocks the worker thread for 1 ms, one partition after the other, while the
+    records other partitions just received and every later step wait (py-spy of a live flow,
+    8 partitions at 600 events/s: 36 % of the worker's time in that call; decisions 0035).
+    Without the wait an empty partition is polled again after bytewax's 1 ms cooldown, and the
+    worker is free in between."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+
+    def consume(self, num_messages: int, timeout: float) -> list:
+        return self._consumer.consume(num_messages, 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
 class EventsKafkaSource(KafkaSource):
     """Both input topics through bytewax's KafkaSource, decoded into contract events."""
 
@@ -216,8 +236,10 @@ class EventsKafkaSource(KafkaSource):
         config = {"group.id": "BYTEWAX_IGNORED", "enable.auto.commit": "false",
                   "bootstrap.servers": ",".join(self._brokers), "enable.partition.eof": str(not self._tail),
                   "statistics.interval.ms": 1000, **self.consumer_options}
-        return _KafkaSourcePartition(step_id, config, topic, partition, self._starting_offset, resume_state,
+        part = _KafkaSourcePartition(step_id, config, topic, partition, self._starting_offset, resume_state,
                                      self._batch_size, self._raise_on_errors)
+        part._consumer = _NoWaitConsumer(part._consumer)
+        return part
 
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> _EventsPartition:
         idx, topic = for_part.split("-", 1)
@@ -352,10 +374,13 @@ def kafka_sinks(settings: Any, process: int = 0, processes: int = 1, workers: in
     """The alerts, dead-letter and (with ``emit_scores``) scores sinks of one process of
     ``processes`` (``workers`` in all)."""
     common = dict(brokers=_brokers(settings), add_config=dict(settings.kafka_options),
-                  linger_ms=settings.kafka_linger_ms, confirm_every_batch=settings.kafka_confirm == "batch",
+                  confirm_every_batch=settings.kafka_confirm == "batch",
                   process=process, workers_per_process=max(1, workers // max(1, processes)), processes=processes)
-    alerts = CheckedKafkaSink(topic=settings.kafka_topic_alerts, key=lambda a: a.account_id, **common)
-    dlq = CheckedKafkaSink(topic=settings.kafka_topic_dlq, **common)
-    scores = (CheckedKafkaSink(topic=settings.kafka_topic_scores, key=lambda s: s.account_id, **common)
+    linger = settings.kafka_linger_ms
+    alerts = CheckedKafkaSink(topic=settings.kafka_topic_alerts, key=lambda a: a.account_id, linger_ms=linger,
+                              **common)
+    dlq = CheckedKafkaSink(topic=settings.kafka_topic_dlq, linger_ms=linger, **common)
+    scores = (CheckedKafkaSink(topic=settings.kafka_topic_scores, key=lambda s: s.account_id,
+                               linger_ms=settings.kafka_scores_linger_ms, **common)
               if settings.emit_scores else None)
     return alerts, dlq, scores
