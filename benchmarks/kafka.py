@@ -1,7 +1,8 @@
 """Kafka end to end: throughput (1 and 2 processes, with and without recovery) against the bare
-Python loop, and produce-to-score / produce-to-alert latency at a fixed offered rate.
+Python loop, and live produce-to-score / produce-to-alert latency at half the 1-process maximum.
 
-    python -m benchmarks.kafka [--customers 2000 --days 45] [--repeat 3] [--skip-latency]
+    python -m benchmarks.kafka [--customers 30000 --days 9] [--repeat 3] [--skip-latency]
+    python -m benchmarks.kafka --latency [--minutes 5] [--rate R] [--processes 1,2] [--snapshot-interval 10]
 
 The three throughput rows (1 process, 2 processes, 1 process with recovery) run ``--repeat``
 rounds, each round in a rotated order so that no row always runs first or last, and each run on
@@ -13,13 +14,20 @@ drift between runs (recovery cost 9.6 / 19.2 / 31.3 % in three single runs).
 Before the rows, two bare loops run at once, each over half of the accounts: what the two cores
 give perfectly parallel work with nothing shared, the ceiling of the 2-process ratio here.
 
+The latency part (also alone, ``--latency``: one 1-process throughput run finds the maximum
+unless ``--rate`` is given) offers a live stream — transactions stamped as they are sent, each
+label 5 s later, by a producer that batches (linger 20 ms) — for a 20 s warm-up plus
+``--minutes`` of steady load, to the flow with 1 and with 2 processes (recovery on, ``-s``
+``--snapshot-interval``, a model trained on the stream's history), then to a broker-only relay
+with the flow's client settings: the floor the broker and the clients set. Latency is when each
+score / alert became readable to a downstream consumer (:func:`tail`) minus the transaction's
+CreateTime ("emitted": the output's own CreateTime), per minute so drift shows; the broker's
+CPU per 30 s shows its cost growing with the batches a partition holds (decisions 0034).
+``FRAUDFLOW_BENCH_RAW_LATENCY=FILE`` writes every score's latency there.
+
 Everything runs against a local tansu broker started here; the flow runs as
-``python -m bytewax.run`` processes. Rates are measured from the output messages' own
-timestamps (first to last score), so interpreter start-up is not counted. The latency run is
-repeated with a bare confluent-kafka relay in place of the flow (one consumer, every
-transaction answered at once): the latency the broker and clients alone give on this machine.
-``--latency-only RATE [--warm-start SNAPSHOT]`` runs just those two; with
-``FRAUDFLOW_BENCH_RAW_LATENCY=FILE`` the flow's (ms since start, latency ms) pairs are written there.
+``python -m bytewax.run`` processes. Throughput is measured from the output messages' own
+timestamps (first to last score), so interpreter start-up is not counted.
 """
 
 from __future__ import annotations
