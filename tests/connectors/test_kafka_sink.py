@@ -145,3 +145,25 @@ def test_an_outage_longer_than_the_delivery_timeout_stops_the_flow_and_recovery_
     per_tx = by_tx(read_topic(broker.bootstrap, stream.topics["scores"], expect=len(stream.tx_ids)))
     assert sorted(per_tx) == sorted(e.tx_id for e in events if isinstance(e, Transaction))
     assert "CONFWARN" not in first.logs() + second.logs()
+
+
+def test_settings_reach_the_clients_they_are_for():
+    from connectors.kafka import kafka_sinks, kafka_source
+    from dataflows.settings import Settings
+
+    settings = Settings.from_env({"FRAUDFLOW_SOURCE": "kafka", "FRAUDFLOW_EMIT_SCORES": "1",
+                                  "FRAUDFLOW_KAFKA_FETCH_WAIT_MS": "15", "FRAUDFLOW_KAFKA_LINGER_MS": "2",
+                                  "FRAUDFLOW_KAFKA_SCORES_LINGER_MS": "30",
+                                  "FRAUDFLOW_KAFKA_OPT_SECURITY_PROTOCOL": "SASL_SSL",
+                                  "FRAUDFLOW_KAFKA_OPT_ACKS": "all"})
+    source = kafka_source(settings)
+    assert source.consumer_options == {"fetch.wait.max.ms": "15", "security.protocol": "SASL_SSL"}
+    assert source._add_config == {"security.protocol": "SASL_SSL"}  # bytewax's admin client
+    alerts, dlq, scores = kafka_sinks(settings, process=1, processes=2, workers=4)
+    for sink, linger in ((alerts, "2.0"), (dlq, "2.0"), (scores, "30.0")):
+        assert sink.config["linger.ms"] == linger and sink.config["acks"] == "all"
+        assert sink.config["security.protocol"] == "SASL_SSL" and "fetch.wait.max.ms" not in sink.config
+        assert (sink.first_slot, sink.workers) == (2, 4)
+    explicit = Settings.from_env({"FRAUDFLOW_KAFKA_OPT_FETCH_WAIT_MAX_MS": "7", "FRAUDFLOW_KAFKA_OPT_LINGER_MS": "9"})
+    assert kafka_source(explicit).consumer_options["fetch.wait.max.ms"] == "7"
+    assert kafka_sinks(explicit)[0].config["linger.ms"] == "9"
