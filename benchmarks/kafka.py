@@ -19,10 +19,11 @@ unless ``--rate`` is given) offers a live stream — transactions stamped as the
 label 5 s later, by a producer that batches (linger 20 ms) — for a 20 s warm-up plus
 ``--minutes`` of steady load, to the flow with 1 and with 2 processes (recovery on, ``-s``
 ``--snapshot-interval``, a model trained on the stream's history), then to a broker-only relay
-with the flow's client settings: the floor the broker and the clients set. Latency is when each
-score / alert became readable to a downstream consumer (:func:`tail`) minus the transaction's
-CreateTime ("emitted": the output's own CreateTime), per minute so drift shows; the broker's
-CPU per 30 s shows its cost growing with the batches a partition holds (decisions 0034).
+with the flow's client settings: the floor the broker and the clients set. Produce → alert is
+when each alert became readable to a downstream consumer (:func:`tail`) minus the transaction's
+CreateTime; produce → score uses each score's CreateTime (the scores topic is not followed live:
+its reader would add to the broker's load). Both per minute, so drift shows; the broker's CPU
+per 30 s shows its cost growing with the batches a partition holds (decisions 0034).
 ``FRAUDFLOW_BENCH_RAW_LATENCY=FILE`` writes every score's latency there.
 
 Everything runs against a local tansu broker started here; the flow runs as
@@ -388,17 +389,19 @@ def latency(bootstrap: str, events: list, rate: float, minutes: float = 5.0, war
     flow (``processes`` processes, recovery on with a ``snapshot_s`` snapshot interval, as a
     deployment runs) or, with ``baseline``, into the broker-only relay.
 
-    Latency of a transaction = when its score (alert) became readable on the output topic to a
-    downstream consumer (:func:`tail`) − its CreateTime; "emitted" uses the output's CreateTime
-    instead (when the flow handed it to its producer). Per minute of sending after the warm-up,
-    so drift is visible; the broker's and the flow's CPU over the run."""
+    Produce → alert = when the alert became readable to a downstream consumer of the alerts
+    topic (:func:`tail`) − the transaction's CreateTime ("emitted": the alert's own CreateTime,
+    when the flow handed it to its producer). Produce → score = the score's CreateTime − the
+    transaction's: the scores topic, one record per transaction, is not followed live, as a
+    live reader of it would add its own fetches to the broker's load (decisions 0034). Per
+    minute of sending after the warm-up, so drift is visible; the broker's and the flow's CPU."""
     topics = _topics(bootstrap, 4)
     env = _env(bootstrap, topics, FRAUDFLOW_MODEL_SHARDS=str(processes), **(extra_env or {}))
     if warm_start:  # a model trained on the recorded history: alerts from the first transaction
         env.update(FRAUDFLOW_WARM_START=warm_start, FRAUDFLOW_SNAPSHOT_KEY=BENCH_KEY)
     tail_out = tempfile.mktemp(prefix="fraudflow-bench-tail-", suffix=".json")
     tail_proc = subprocess.Popen([sys.executable, "-c", "import sys; from benchmarks.kafka import tail; tail(*sys.argv[1:])",
-                                  bootstrap, tail_out, topics["scores"], topics["alerts"]], cwd=ROOT, env=env)
+                                  bootstrap, tail_out, topics["alerts"]], cwd=ROOT, env=env)
     if baseline:
         procs = [subprocess.Popen([sys.executable, "-c", "import sys; from benchmarks.kafka import relay; relay(*sys.argv[1:])",
                                    bootstrap, topics["transactions"], topics["labels"], topics["scores"]], cwd=ROOT, env=env)]
@@ -432,26 +435,28 @@ def latency(bootstrap: str, events: list, rate: float, minutes: float = 5.0, war
     tx_ts = {json.loads(v)["tx_id"]: ts for ts, v in _timestamps(bootstrap, topics["transactions"], n_tx)}
     first = min(tx_ts.values()) if tx_ts else 0
     horizon = first + warmup_s * 1000
-    rows: dict[str, dict[str, list]] = {"scores": {"readable": [], "emitted": []},
-                                       "alerts": {"readable": [], "emitted": []}}
+    scores: list[float] = []
+    alerts: dict[str, list[float]] = {"readable": [], "emitted": []}
     per_minute: dict[int, list[float]] = {}
-    raw: list[tuple] = []  # (ms since the first transaction, readable latency, emitted latency) per score
-    names = {topics["scores"]: "scores", topics["alerts"]: "alerts"}
-    for topic, created, received, value in seen:
+    alerts_per_minute: dict[int, list[float]] = {}
+    raw: list[tuple] = []  # (ms since the first transaction, latency ms) per score
+    for created, value in _timestamps(bootstrap, topics["scores"], n_tx, quiet_s=3):
         sent_at = tx_ts.get(json.loads(value)["tx_id"])
-        if sent_at is None or sent_at < horizon:
-            continue
-        row = rows[names[topic]]
-        row["readable"].append(received - sent_at)
-        row["emitted"].append(created - sent_at)
-        if topic == topics["scores"]:
-            per_minute.setdefault(int((sent_at - horizon) // 60_000), []).append(received - sent_at)
-            raw.append((round(sent_at - first), round(received - sent_at, 1), created - sent_at))
+        if sent_at is not None and sent_at >= horizon:
+            scores.append(created - sent_at)
+            per_minute.setdefault(int((sent_at - horizon) // 60_000), []).append(created - sent_at)
+            raw.append((sent_at - first, created - sent_at))
+    for _topic, created, received, value in seen:
+        sent_at = tx_ts.get(json.loads(value)["tx_id"])
+        if sent_at is not None and sent_at >= horizon:
+            alerts["readable"].append(received - sent_at)
+            alerts["emitted"].append(created - sent_at)
+            alerts_per_minute.setdefault(int((sent_at - horizon) // 60_000), []).append(received - sent_at)
     if os.environ.get("FRAUDFLOW_BENCH_RAW_LATENCY"):  # every score's latency, for a closer look
         Path(os.environ["FRAUDFLOW_BENCH_RAW_LATENCY"]).write_text(json.dumps(sorted(raw)))
     minutes_q = {m: _quantiles(v) for m, v in sorted(per_minute.items()) if m < minutes}
     first_m, last_m = (minutes_q[min(minutes_q)], minutes_q[max(minutes_q)]) if minutes_q else ({}, {})
-    drift = round(last_m["p99"] / first_m["p99"] - 1, 3) if first_m.get("p99") else None
+    drift = (round(last_m["p99"] / first_m["p99"] - 1, 3) if len(minutes_q) > 1 and first_m.get("p99") else None)
     dropped = _drop_topics(bootstrap, topics)
     settings = _settings(env)
     expected = sum(1 for t in tx_ts.values() if t >= horizon)
@@ -463,11 +468,12 @@ def latency(bootstrap: str, events: list, rate: float, minutes: float = 5.0, war
                          "scores_linger_ms": settings.kafka_scores_linger_ms,
                          "confirm": settings.kafka_confirm, "generator_linger_ms": GENERATOR_LINGER_MS,
                          **(extra_env or {})},
-            "score_latency_ms": _quantiles(rows["scores"]["readable"]),
-            "score_emitted_latency_ms": _quantiles(rows["scores"]["emitted"]),
-            "alert_latency_ms": _quantiles(rows["alerts"]["readable"]),
-            "alert_emitted_latency_ms": _quantiles(rows["alerts"]["emitted"]),
+            "score_latency_ms": _quantiles(scores),
+            "alert_latency_ms": _quantiles(alerts["readable"]),
+            "alert_emitted_latency_ms": _quantiles(alerts["emitted"]),
             "score_latency_ms_per_minute": minutes_q, "p99_drift_first_to_last_minute": drift,
+            "alert_latency_ms_per_minute": {m: _quantiles(v) for m, v in sorted(alerts_per_minute.items())
+                                            if m < minutes},
             "cpu": cpu, "errors": errors, "topics_deleted_after": dropped}
 
 
