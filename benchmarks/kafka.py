@@ -509,6 +509,57 @@ def latency_rows(bootstrap: str, events: list, rate: float, minutes: float, warm
     return out
 
 
+def broker_fetch_cost(stored: tuple[int, ...] = (500, 2_000, 5_000, 10_000, 20_000), seconds: float = 10.0) -> list:
+    """The test broker's CPU per message a tailing consumer fetches, by how many batches the
+    partition already holds: one partition filled with one-record batches up to each count,
+    then a batch every 10 ms for ``seconds`` with a consumer (the flow's fetch wait) following it.
+    tansu lists every stored batch object on each fetch that finds data (decisions 0034)."""
+    import threading
+
+    from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+
+    from connectors.broker import LocalBroker
+
+    rows = []
+    with LocalBroker() as broker:
+        topic = _topics(broker.bootstrap, 1)["transactions"]
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+        held = 0
+        for target in stored:
+            while held < target:  # a flush per record: one stored batch object each
+                producer.produce(topic, b"x" * 200)
+                producer.flush()
+                held += 1
+            consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-fetch-cost",
+                                 "fetch.wait.max.ms": _settings().kafka_fetch_wait_ms})
+            consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
+            got, stop = [0], threading.Event()
+
+            def follow() -> None:
+                while not stop.is_set():
+                    got[0] += len(consumer.consume(1000, 0.05))
+
+            reader = threading.Thread(target=follow)
+            reader.start()
+            time.sleep(2)
+            cpu0, wall0, got0 = _cpu_s(broker.proc.pid), time.monotonic(), got[0]
+            while time.monotonic() - wall0 < seconds:
+                producer.produce(topic, b"y" * 200)
+                producer.flush()
+                held += 1
+                time.sleep(0.01)
+            time.sleep(0.5)
+            cpu, wall, fetched = _cpu_s(broker.proc.pid) - cpu0, time.monotonic() - wall0, got[0] - got0
+            stop.set()
+            reader.join()
+            consumer.close()
+            rows.append({"stored_batches": target, "broker_core_share": round(cpu / wall, 3),
+                         "broker_cpu_us_per_message": round(cpu / max(1, fetched) * 1e6), "messages": fetched,
+                         "load_average_1m": round(os.getloadavg()[0], 1)})
+            print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
 def _trained_model(path: Path) -> str:
     """A model trained on the workload's history (the latency runs start warm: alerts from the
     first transaction, as in production)."""
@@ -536,7 +587,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--snapshot-interval", type=int, default=10,
                         help="bytewax -s for the latency rows (the epoch length; recovery is on)")
     parser.add_argument("--warm-start", metavar="SNAPSHOT", help="start the latency rows from this exported model")
+    parser.add_argument("--broker-fetch-cost", action="store_true",
+                        help="only the test broker's CPU per fetched message by stored batches (a few minutes)")
     args = parser.parse_args(argv)
+    if args.broker_fetch_cost:
+        out = save("kafka-broker-fetch-cost", {"rows": broker_fetch_cost()})
+        print(f"results: {out}")
+        return {}
     from connectors.broker import LocalBroker
 
     path = workload(args.customers, args.terminals, args.days)
