@@ -34,8 +34,10 @@ timestamps (first to last score), so interpreter start-up is not counted.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -125,6 +127,7 @@ def run_flow(env: dict[str, str], processes: int = 1, recovery: bool = False,
     rdir = None
     if recovery:
         rdir = tempfile.mkdtemp(prefix="fraudflow-bench-recovery-")
+        atexit.register(shutil.rmtree, rdir, True)
         subprocess.run([sys.executable, "-m", "bytewax.recovery", rdir, str(processes)], check=True)
     procs = []
     for i in range(processes):
