@@ -37,7 +37,7 @@ from confluent_kafka import OFFSET_BEGINNING, Producer
 from connectors.events import DeadLetter, Origin, encode, parse_record
 from connectors.sources import BOARD, MAX_BATCH_SPAN_S, EventTimePacer, batch_span_for, beat
 
-__all__ = ["CheckedKafkaSink", "EventsKafkaSource", "kafka_sinks", "kafka_source"]
+__all__ = ["CheckedKafkaSink", "EventsKafkaSource", "kafka_sinks", "kafka_source", "options_for"]
 
 log = logging.getLogger(__name__)
 
