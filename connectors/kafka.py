@@ -17,13 +17,17 @@ The data path uses bytewax's Kafka connector (confluent-kafka underneath):
 * Every client logs through Python logging (``connectors.kafka.librdkafka``), where a line
   librdkafka repeats (``Connect to … failed`` ~19 times a second while a broker is down) is
   shown once a minute with a count of the ones held back.
-* :class:`CheckedKafkaSink` is bytewax's ``KafkaSink`` with a producer that waits for every
-  delivery report: a failed delivery fails the batch (and the flow, which then resumes from
-  recovery) instead of losing an alert. With the default ``message.timeout.ms=0`` a broker
-  outage stalls the flow instead of dropping messages.
+* :class:`CheckedKafkaSink` writes contract records at least once: it produces
+  asynchronously (librdkafka batches for ``linger.ms``) and confirms every delivery before
+  the epoch can close — in its partitions' ``snapshot()``, which bytewax calls when the
+  epoch ends and before that epoch's recovery snapshot is committed (decisions 0033). A
+  failed delivery fails the flow, which then resumes from recovery, instead of losing an
+  alert; with the default ``message.timeout.ms=0`` a broker outage stalls the flow instead.
 
 Every librdkafka option in ``settings.kafka_options`` (``security.protocol``, ``sasl.*``,
-``ssl.*``, …) is passed to every client unchanged; they are never logged.
+``ssl.*``, …) is passed to every client that accepts it: consumer-only options (``fetch.*``,
+``group.*``, …) only to consumers, producer-only ones (``linger.ms``, ``acks``, …) only to
+producers, the rest (security, timeouts) to all. They are never logged.
 """
 
 from __future__ import annotations
@@ -33,11 +37,11 @@ import re
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
-from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSource, _KafkaSourcePartition
 from bytewax.inputs import StatefulSourcePartition
-from bytewax.outputs import StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
@@ -46,11 +50,48 @@ from connectors.sources import (BOARD, DEFAULT_MAX_LEAD_S, MAX_BATCH_SPAN_S, Eve
                                 beat)
 
 __all__ = ["CheckedKafkaSink", "EventsKafkaSource", "KafkaStartupError", "check_cluster", "client_log", "kafka_problem",
-           "kafka_sinks", "kafka_source"]
+           "kafka_sinks", "kafka_source", "options_for"]
 
 log = logging.getLogger(__name__)
 
-FETCH_WAIT_MAX_MS = "500"  # librdkafka's default, stated (FRAUDFLOW_KAFKA_OPT_FETCH_WAIT_MAX_MS overrides)
+# librdkafka 2.x options one kind of client only accepts (CONFIGURATION.md, "C/P" column);
+# given to the other kind they print a CONFWARN at every start and are ignored. The admin
+# client is a producer handle. Options in neither set (security, timeouts, client.id) go to all.
+CONSUMER_ONLY = frozenset({
+    "group.id", "group.instance.id", "partition.assignment.strategy", "session.timeout.ms",
+    "heartbeat.interval.ms", "group.protocol.type", "group.protocol", "group.remote.assignor",
+    "coordinator.query.interval.ms", "max.poll.interval.ms", "enable.auto.commit", "auto.commit.enable",
+    "auto.commit.interval.ms", "enable.auto.offset.store", "queued.min.messages", "queued.max.messages.kbytes",
+    "fetch.wait.max.ms", "fetch.queue.backoff.ms", "fetch.message.max.bytes", "max.partition.fetch.bytes",
+    "fetch.max.bytes", "fetch.min.bytes", "fetch.error.backoff.ms", "offset.store.method", "offset.store.path",
+    "offset.store.sync.interval.ms", "isolation.level", "enable.partition.eof", "check.crcs", "auto.offset.reset",
+    "consume.callback.max.messages",
+})
+PRODUCER_ONLY = frozenset({
+    "transactional.id", "transaction.timeout.ms", "enable.idempotence", "enable.gapless.guarantee",
+    "queue.buffering.max.messages", "queue.buffering.max.kbytes", "queue.buffering.max.ms", "linger.ms",
+    "message.send.max.retries", "retries", "queue.buffering.backpressure.threshold", "compression.codec",
+    "compression.type", "compression.level", "batch.num.messages", "batch.size", "delivery.report.only.error",
+    "sticky.partitioning.linger.ms", "request.required.acks", "acks", "request.timeout.ms", "message.timeout.ms",
+    "delivery.timeout.ms", "queuing.strategy", "produce.offset.report", "partitioner",
+})
+
+
+def options_for(kind: str, options: Mapping[str, str]) -> dict[str, str]:
+    """The options a client of ``kind`` (``consumer``, ``producer`` or ``admin``) accepts.
+
+    >>> opts = {"security.protocol": "SASL_SSL", "fetch.wait.max.ms": "10", "linger.ms": "20"}
+    >>> options_for("consumer", opts)
+    {'security.protocol': 'SASL_SSL', 'fetch.wait.max.ms': '10'}
+    >>> options_for("producer", opts)
+    {'security.protocol': 'SASL_SSL', 'linger.ms': '20'}
+    >>> options_for("admin", opts)
+    {'security.protocol': 'SASL_SSL'}
+    """
+    if kind not in ("consumer", "producer", "admin"):
+        raise ValueError(f"client kind must be consumer, producer or admin, got {kind!r}")
+    foreign = {"consumer": PRODUCER_ONLY, "producer": CONSUMER_ONLY, "admin": CONSUMER_ONLY | PRODUCER_ONLY}[kind]
+    return {k: v for k, v in options.items() if k not in foreign}
 
 
 class _EventsPartition(StatefulSourcePartition[tuple[int, Any], Optional[int]]):
@@ -162,24 +203,48 @@ class _EventsPartition(StatefulSourcePartition[tuple[int, Any], Optional[int]]):
         self._inner.close()
 
 
+class _NoWaitConsumer:
+    """A consumer whose ``consume`` never waits for data.
+
+    bytewax's partition polls with ``consume(batch, 0.001)``: every partition with nothing
+    buffered blocks the worker thread for 1 ms, one partition after the other, while the
+    records other partitions just received and every later step wait (py-spy of a live flow,
+    8 partitions at 600 events/s: 36 % of the worker's time in that call; decisions 0035).
+    Without the wait an empty partition is polled again after bytewax's 1 ms cooldown, and the
+    worker is free in between."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+
+    def consume(self, num_messages: int, timeout: float) -> list:
+        return self._consumer.consume(num_messages, 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
 class EventsKafkaSource(KafkaSource):
     """Both input topics through bytewax's KafkaSource, decoded into contract events."""
 
     def __init__(self, brokers: list[str], transactions_topic: str, labels_topic: str, *, tail: bool = True,
                  add_config: Optional[dict[str, str]] = None, batch_size: int = 2000,
                  max_batch_span_s: float = MAX_BATCH_SPAN_S, process: int = 0, processes: int = 1,
-                 max_lead_s: float = DEFAULT_MAX_LEAD_S) -> None:
+                 fetch_wait_ms: Optional[int] = None, max_lead_s: float = DEFAULT_MAX_LEAD_S) -> None:
         self.max_lead_s = max_lead_s
         self.process = process
         self.processes = max(1, processes)
-        # How long the broker may hold a fetch that finds no data. Kafka answers as soon as data
-        # arrives, so this costs latency only on an idle partition; every consumer (one per
-        # partition) asks again after each answer, so short waits multiply broker requests.
-        # Measured on the test broker (decision 0012): 10 ms overloaded it at 2,500 events/s
-        # (p99 12.9 s), librdkafka's 500 ms held p99 at 381 ms at 5,190 events/s. Overridable.
-        config = {"fetch.wait.max.ms": FETCH_WAIT_MAX_MS, **dict(add_config or {})}
+        # How long the broker may hold a fetch that finds no data. A Kafka broker answers as
+        # soon as data arrives; the test broker (tansu) looks again at half the remaining wait,
+        # so under steady traffic data waits about half of it there (decisions 0034). The
+        # default is FRAUDFLOW_KAFKA_FETCH_WAIT_MS; None leaves librdkafka's (500 ms).
+        options = dict(add_config or {})
+        if fetch_wait_ms is not None:
+            options.setdefault("fetch.wait.max.ms", str(fetch_wait_ms))
+        # bytewax hands ``add_config`` to the admin client that lists partitions (a producer
+        # handle) as well as to the consumers: consumer-only options are added in build_part.
+        self.consumer_options = options_for("consumer", options)
         super().__init__(brokers, [transactions_topic, labels_topic], tail=tail, starting_offset=OFFSET_BEGINNING,
-                         add_config=config, batch_size=batch_size, raise_on_errors=False)
+                         add_config=options_for("admin", options), batch_size=batch_size, raise_on_errors=False)
         self.kinds = {transactions_topic: "transaction", labels_topic: "label"}
         self.max_batch_span_s = max_batch_span_s
         self.pacer = EventTimePacer(max_batch_span_s)
@@ -195,19 +260,37 @@ class EventsKafkaSource(KafkaSource):
         processes, me = self.processes, self.process
         return [p for p in super().list_parts() if int(p.split("-", 1)[0]) % processes == me % processes]
 
+    def _consumer_partition(self, step_id: str, topic: str, partition: int,
+                            resume_state: Optional[int]) -> _KafkaSourcePartition:
+        """bytewax's own partition (KafkaSource.build_part, 0.21.1) with the consumer options."""
+        config = {"group.id": "BYTEWAX_IGNORED", "enable.auto.commit": "false",
+                  "bootstrap.servers": ",".join(self._brokers), "enable.partition.eof": str(not self._tail),
+                  "statistics.interval.ms": 1000, **self.consumer_options}
+        part = _KafkaSourcePartition(step_id, config, topic, partition, self._starting_offset, resume_state,
+                                     self._batch_size, self._raise_on_errors)
+        part._consumer = _NoWaitConsumer(part._consumer)
+        return part
+
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> _EventsPartition:
         idx, topic = for_part.split("-", 1)
-        inner = super().build_part(step_id, for_part, resume_state)
+        inner = self._consumer_partition(step_id, topic, int(idx), resume_state)
         start = resume_state if resume_state is not None else OFFSET_BEGINNING
         return _EventsPartition(inner, topic, int(idx), self.kinds[topic], start, self.max_batch_span_s, self.pacer,
                                 self.max_lead_s)
 
 
-class _CheckedPartition(StatelessSinkPartition[Any]):
-    def __init__(self, producer: Producer, topic: str, to_message: Callable[[Any], tuple[Optional[bytes], bytes]]):
+class _CheckedPartition(StatefulSinkPartition[Any, None]):
+    """One worker's producer for one topic. ``write_batch`` hands the items to librdkafka and
+    returns; ``snapshot()`` — called by bytewax when the epoch closes, before that epoch's
+    recovery snapshot can be committed — returns only once every delivery is confirmed, and
+    raises if any failed. With ``confirm_every_batch`` each batch is confirmed at once."""
+
+    def __init__(self, producer: Producer, topic: str, to_message: Callable[[Any], tuple[Optional[bytes], bytes]],
+                 confirm_every_batch: bool = False) -> None:
         self._producer = producer
         self._topic = topic
         self._to_message = to_message
+        self._confirm_every_batch = confirm_every_batch
         self._failed: list[str] = []
 
     def _delivered(self, err, msg) -> None:
@@ -215,34 +298,70 @@ class _CheckedPartition(StatelessSinkPartition[Any]):
             self._failed.append(str(err))
 
     def write_batch(self, items: list[Any]) -> None:
-        producer, topic = self._producer, self._topic
+        producer, topic, delivered = self._producer, self._topic, self._delivered
         for item in items:
             key, value = self._to_message(item)
             while True:
                 try:
-                    producer.produce(topic, value=value, key=key, on_delivery=self._delivered)
+                    producer.produce(topic, value=value, key=key, on_delivery=delivered)
                     break
                 except BufferError:  # local queue full (e.g. broker down): wait for room
                     producer.poll(0.1)
-            producer.poll(0)
-        producer.flush()
+        producer.poll(0)  # serve delivery reports of earlier batches
+        if self._confirm_every_batch:
+            self._confirm()
+        elif self._failed:
+            self._raise_failed()
+
+    def _confirm(self) -> None:
+        self._producer.flush()
         if self._failed:
-            failed, self._failed = self._failed, []
-            raise RuntimeError(f"{len(failed)} messages to {topic!r} were not delivered: {failed[0]}")
+            self._raise_failed()
+
+    def _raise_failed(self) -> None:
+        failed, self._failed = self._failed, []
+        raise RuntimeError(f"{len(failed)} messages to Kafka topic {self._topic!r} were not delivered "
+                           f"(first: {failed[0]}); the flow stops so that recovery writes them again")
+
+    def snapshot(self) -> None:
+        self._confirm()
+        return None
 
     def close(self) -> None:
-        self._producer.flush()
+        self._confirm()
 
 
-class CheckedKafkaSink(KafkaSink):
-    """bytewax's KafkaSink, with delivery reports checked; items are contract records."""
+class CheckedKafkaSink(FixedPartitionedSink[Any, None]):
+    """Contract records (or ``KafkaSinkMessage``) to one topic, at least once.
+
+    A partitioned sink only for its epoch-close hook: bytewax 0.21 calls a partition's
+    ``snapshot()`` when the epoch ends and commits the epoch only after it returned, while a
+    ``DynamicSink`` gets no such call and is not tracked by recovery at all (its
+    ``recovery.rs``: outputs' progress "will be captured in the snapshot stream"). Every
+    worker writes its own items: each lists one partition of its own and ``part_fn`` names
+    it, so nothing crosses workers. Items arrive as ``(key, item)`` pairs (the key is unused).
+
+    To resume after a rescale, every slot below ``max(workers, SLOTS)`` is listed by some
+    worker, so the partitions of an earlier layout always have a home.
+    """
+
+    SLOTS = 256
 
     def __init__(self, brokers: list[str], topic: str, add_config: Optional[dict[str, str]] = None,
-                 key: Callable[[Any], Optional[str]] = lambda item: None) -> None:
-        config = {"message.timeout.ms": "0", "linger.ms": "5"}
-        config.update(add_config or {})
-        super().__init__(brokers, topic, config)
+                 key: Callable[[Any], Optional[str]] = lambda item: None, *, linger_ms: Optional[float] = None,
+                 confirm_every_batch: bool = False, process: int = 0, workers_per_process: int = 1,
+                 processes: int = 1) -> None:
+        options = {"message.timeout.ms": "0", **({} if linger_ms is None else {"linger.ms": str(linger_ms)}),
+                   **dict(add_config or {})}
+        self.config = {"bootstrap.servers": ",".join(brokers), **options_for("producer", options)}
+        self.topic = topic
         self.key = key
+        self.confirm_every_batch = confirm_every_batch
+        self.first_slot = process * workers_per_process
+        self.workers_per_process = max(1, workers_per_process)
+        self.workers = self.workers_per_process * max(1, processes)
+        self._slot_of_thread: dict[int, int] = {}
+        self._lock = threading.Lock()
 
     def _to_message(self, item: Any) -> tuple[Optional[bytes], bytes]:
         if isinstance(item, KafkaSinkMessage):
@@ -250,10 +369,22 @@ class CheckedKafkaSink(KafkaSink):
         key = self.key(item)
         return (key.encode() if key is not None else None), encode(item)
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CheckedPartition:
-        config = {"bootstrap.servers": ",".join(self._brokers)}
-        config.update(self._add_config)
-        return _CheckedPartition(Producer(config), self._topic, self._to_message)
+    def list_parts(self) -> list[str]:
+        # Called once by every worker, on its own thread, while the dataflow is built.
+        with self._lock:
+            slot = self._slot_of_thread.get(threading.get_ident())
+            if slot is None:
+                slot = self.first_slot + len(self._slot_of_thread) % self.workers_per_process
+                self._slot_of_thread[threading.get_ident()] = slot
+        return [f"{s:05d}" for s in range(slot, max(self.workers, self.SLOTS), self.workers)]
+
+    def part_fn(self, item_key: str) -> int:
+        # The index of this worker's own slot among all slots (sorted names: the slot number).
+        slot = self._slot_of_thread.get(threading.get_ident())
+        return slot if slot is not None else super().part_fn(item_key)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _CheckedPartition:
+        return _CheckedPartition(Producer(self.config), self.topic, self._to_message, self.confirm_every_batch)
 
 
 def _brokers(settings: Any) -> list[str]:
@@ -265,15 +396,24 @@ def kafka_source(settings: Any, process: int = 0, processes: int = 1) -> EventsK
         _brokers(settings), settings.kafka_topic_transactions, settings.kafka_topic_labels,
         tail=not settings.kafka_stop_at_end, add_config=_client_options(settings),
         batch_size=settings.kafka_batch_size, process=process, processes=processes,
-        max_batch_span_s=batch_span_for(settings.allowed_lateness_s), max_lead_s=settings.max_event_lead_hours * 3600,
+        max_batch_span_s=batch_span_for(settings.allowed_lateness_s), fetch_wait_ms=settings.kafka_fetch_wait_ms,
+        max_lead_s=settings.max_event_lead_hours * 3600,
     )
 
 
-def kafka_sinks(settings: Any) -> tuple[CheckedKafkaSink, CheckedKafkaSink, Optional[CheckedKafkaSink]]:
-    brokers, opts = _brokers(settings), _client_options(settings)
-    alerts = CheckedKafkaSink(brokers, settings.kafka_topic_alerts, opts, key=lambda a: a.account_id)
-    dlq = CheckedKafkaSink(brokers, settings.kafka_topic_dlq, opts)
-    scores = (CheckedKafkaSink(brokers, settings.kafka_topic_scores, opts, key=lambda s: s.account_id)
+def kafka_sinks(settings: Any, process: int = 0, processes: int = 1, workers: int = 1,
+                ) -> tuple[CheckedKafkaSink, CheckedKafkaSink, Optional[CheckedKafkaSink]]:
+    """The alerts, dead-letter and (with ``emit_scores``) scores sinks of one process of
+    ``processes`` (``workers`` in all)."""
+    common = dict(brokers=_brokers(settings), add_config=_client_options(settings),
+                  confirm_every_batch=settings.kafka_confirm == "batch",
+                  process=process, workers_per_process=max(1, workers // max(1, processes)), processes=processes)
+    linger = settings.kafka_linger_ms
+    alerts = CheckedKafkaSink(topic=settings.kafka_topic_alerts, key=lambda a: a.account_id, linger_ms=linger,
+                              **common)
+    dlq = CheckedKafkaSink(topic=settings.kafka_topic_dlq, linger_ms=linger, **common)
+    scores = (CheckedKafkaSink(topic=settings.kafka_topic_scores, key=lambda s: s.account_id,
+                               linger_ms=settings.kafka_scores_linger_ms, **common)
               if settings.emit_scores else None)
     return alerts, dlq, scores
 
@@ -359,7 +499,8 @@ def check_cluster(settings: Any, retry_every_s: float = 1.0, report_every_s: flo
     """
     brokers, timeout = settings.kafka_brokers, settings.kafka_startup_timeout_s
     wanted = _flow_topics(settings)
-    admin = AdminClient({"bootstrap.servers": ",".join(_brokers(settings)), **_client_options(settings)})
+    admin = AdminClient({"bootstrap.servers": ",".join(_brokers(settings)),
+                         **options_for("admin", _client_options(settings))})
     deadline = time.monotonic() + timeout
     next_report = 0.0
     while True:

@@ -46,10 +46,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
-from bytewax.outputs import Sink
+from bytewax.outputs import FixedPartitionedSink, Sink
 
 from connectors.events import (DeadLetter, Label, Origin, Score, Transaction, encode, format_ts, label_to_json,
                                parse_record, transaction_to_json)
@@ -516,7 +516,7 @@ def build_flow(
     )), lambda s: type(s) is not DeadLetter)
     scored = scored_split.trues
     if scores_sink is not None:
-        op.output("write_scores", op.map("score_record", scored, _score_record), scores_sink)
+        _write("write_scores", op.map("score_record", scored, _score_record), scores_sink)
     candidates = op.filter("alert_candidates", scored, lambda s: s.reasons is not None)
     policy_config = PolicyConfig(cooldown_s=settings.cooldown_hours * 3600.0)
     alerts = op.stateful_batch(
@@ -525,7 +525,7 @@ def build_flow(
         lambda state: _PolicyLogic(policy_config, stats, state),
     )
     alerts_split = op.branch("policy_dead", op.key_rm("unkey_alerts", alerts), lambda a: type(a) is not DeadLetter)
-    op.output("write_alerts", alerts_split.trues, alerts_sink)
+    _write("write_alerts", alerts_split.trues, alerts_sink)
     dead = op.merge(
         "dead_letters",
         op.map("parse_dead", valid.falses, lambda pe: pe[1]),
@@ -534,11 +534,23 @@ def build_flow(
         scored_split.falses,
         alerts_split.falses,
     )
-    op.output("write_dlq", op.inspect("count_dead", dead, lambda _s, d: stats.dead(d.category)), dlq_sink)
+    _write("write_dlq", op.inspect("count_dead", dead, lambda _s, d: stats.dead(d.category)), dlq_sink)
     if settings.metrics_port:
         serve(stats, settings.metrics_port, liveness_timeout_s=settings.liveness_timeout_s,
               request_snapshot=stats.request_exports)
     return FlowParts(flow, stats, settings)
+
+
+def _write(step_id: str, up: Stream, sink: Sink) -> None:
+    """``op.output``; a partitioned sink (Kafka: it confirms deliveries when the epoch closes)
+    takes ``(key, item)`` pairs and picks its partition itself, so the key is empty."""
+    if isinstance(sink, FixedPartitionedSink):
+        up = op.key_on(f"{step_id}_pairs", up, _no_key)
+    op.output(step_id, up, sink)
+
+
+def _no_key(_item: Any) -> str:
+    return ""
 
 
 def _default_source(settings: Settings) -> Source:
@@ -557,7 +569,7 @@ def _default_sinks(settings: Settings) -> tuple[Sink, Sink, Optional[Sink]]:
     if settings.source == "kafka":
         from connectors.kafka import kafka_sinks
 
-        return kafka_sinks(settings)
+        return kafka_sinks(settings, process_id(), process_count(), total_workers())
     scores = JsonlSink(settings.scores) if settings.scores else None
     return JsonlSink(settings.alerts), JsonlSink(settings.dlq), scores
 

@@ -100,6 +100,19 @@ class Settings:
     kafka_stop_at_end: bool = field(default=False, metadata=_meta(
         "stop once the topics are read to the end (backfills, tests) instead of following them"))
     kafka_batch_size: int = field(default=2000, metadata=_meta("max messages per poll", _at_least(1)))
+    kafka_fetch_wait_ms: int = field(default=20, metadata=_meta(
+        "consumers: how long the broker may hold a fetch that finds no new data (fetch.wait.max.ms); "
+        "the test broker answers about half of it after data lands", _between(0, 300_000)))
+    kafka_linger_ms: float = field(default=5.0, metadata=_meta(
+        "alerts and dead-letter producers: how long librdkafka gathers messages into one batch (linger.ms)",
+        _between(0, 900_000)))
+    kafka_scores_linger_ms: float = field(default=20.0, metadata=_meta(
+        "scores producer (one record per transaction): linger.ms; larger batches cost the broker less",
+        _between(0, 900_000)))
+    kafka_confirm: str = field(default="epoch", metadata=_meta(
+        "epoch: outputs are sent in the background and every delivery is confirmed before the epoch closes "
+        "(bytewax -s) | batch: each output batch is confirmed before the flow goes on (a broker round trip per "
+        "batch)", _choice("epoch", "batch")))
     kafka_options: Mapping[str, str] = field(default_factory=dict, metadata=_meta(
         "librdkafka options from FRAUDFLOW_KAFKA_OPT_* (security.protocol, sasl.*, ssl.*)"))
     kafka_startup_timeout_s: float = field(default=30.0, metadata=_meta(
