@@ -157,8 +157,13 @@ def test_settings_reach_the_clients_they_are_for():
                                   "FRAUDFLOW_KAFKA_OPT_SECURITY_PROTOCOL": "SASL_SSL",
                                   "FRAUDFLOW_KAFKA_OPT_ACKS": "all"})
     source = kafka_source(settings)
-    assert source.consumer_options == {"fetch.wait.max.ms": "15", "security.protocol": "SASL_SSL"}
-    assert source._add_config == {"security.protocol": "SASL_SSL"}  # bytewax's admin client
+
+    def options(config: dict) -> dict:  # every client also logs through Python logging (decision 0031)
+        assert config["logger"].name == "connectors.kafka.librdkafka"
+        return {k: v for k, v in config.items() if k != "logger"}
+
+    assert options(source.consumer_options) == {"fetch.wait.max.ms": "15", "security.protocol": "SASL_SSL"}
+    assert options(source._add_config) == {"security.protocol": "SASL_SSL"}  # bytewax's admin client
     alerts, dlq, scores = kafka_sinks(settings, process=1, processes=2, workers=4)
     for sink, linger in ((alerts, "2.0"), (dlq, "2.0"), (scores, "30.0")):
         assert sink.config["linger.ms"] == linger and sink.config["acks"] == "all"
