@@ -1,7 +1,9 @@
 """Score, then learn: one model shard with delayed-label handling and no look-ahead.
 
-A :class:`ModelShard` owns one River classifier and the cold-start anomaly detector. It
-scores every transaction the moment it arrives; the feature vector waits for its label in
+A :class:`ModelShard` owns one River classifier and the cold-start anomaly detector, in parts
+with their own state: :mod:`learners.versions` (model versions, held examples, watermark),
+:mod:`learners.coldstart`, :mod:`learners.threshold` and :mod:`learners.quality`. It scores
+every transaction the moment it arrives; the feature vector waits for its label in
 the ``await_labels`` stage (:mod:`learners.pending`), which sends the labelled example here.
 Learning happens in *steps* of event time, in a canonical order, so scores do not depend on
 how the streams were batched, interleaved or split across workers:
@@ -22,7 +24,7 @@ how the streams were batched, interleaved or split across workers:
   partition out would make its transactions late (measured: 55 % of them with a 1-day
   event-time rule, 1,000 cards, 2 processes).
 
-The last ``KEPT_VERSIONS`` versions are kept for stragglers. A transaction older than all of
+The last ``VersionedLearner.KEPT_VERSIONS`` versions are kept for stragglers. A transaction older than all of
 them, or a label older than the built version, is *late*: it is still scored (by the oldest
 kept version) or learned, and counted, so the metric shows when the allowed lateness is too
 small. Independent input partitions read at different speeds can make a few transactions see
