@@ -54,3 +54,15 @@ def test_a_snapshot_from_a_newer_version_is_refused_with_its_version():
     blob = pickle.dumps({"version": 99})
     with pytest.raises(ValueError, match="model shard snapshot version 99 is not supported"):
         ModelShard(CONFIG, blob)
+
+
+def test_learning_hooks_are_found_when_the_model_is_built_restored_or_replaced():
+    from learners.models import build_classifier
+
+    shard = ModelShard(CONFIG)
+    assert shard.learner.hooks is shard.model.steps["StepFeatures"]
+    for state in (shard.snapshot(), CASES[0]["state"]):
+        restored = ModelShard(CONFIG, state)
+        assert restored.learner.hooks is restored.model.steps["StepFeatures"]
+    shard.warm_start(build_classifier("logreg"), {"name": "x"})
+    assert shard.learner.hooks is None  # its first step is a StandardScaler: no hooks
