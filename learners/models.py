@@ -9,7 +9,7 @@ anomaly detector, with per-feature reasons for a score.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 from river import anomaly, base, compose, forest, linear_model, optim, preprocessing, tree
 
@@ -21,6 +21,8 @@ __all__ = [
     "build_anomaly_detector",
     "build_classifier",
     "describe_model",
+    "LearningHooks",
+    "learning_hooks",
     "reasons_for",
 ]
 
@@ -79,6 +81,37 @@ def build_classifier(kind: str, seed: int = 0) -> base.Classifier:
     except KeyError:
         raise ValueError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}") from None
     return factory(seed)
+
+
+@runtime_checkable
+class LearningHooks(Protocol):
+    """What a model's first step implements to learn beyond River's ``learn_one(x, y)``
+    (:class:`learners.binning.StepFeatures`): from unlabelled transactions (the model shard
+    calls :meth:`observe` in event-time order while :attr:`wants_unlabelled`), and from each
+    labelled example next to ``learn_one`` (:meth:`learn_label` while :attr:`wants_labels`)."""
+
+    @property
+    def wants_unlabelled(self) -> bool: ...
+
+    def observe(self, x: dict) -> None: ...
+
+    @property
+    def wants_labels(self) -> bool: ...
+
+    def learn_label(self, x: dict, is_fraud: bool) -> None: ...
+
+
+def learning_hooks(model: Any) -> Optional[LearningHooks]:
+    """The first step of a pipeline if it has :class:`LearningHooks`, else None; looked up
+    once per model (built, restored or replaced), not per transaction.
+
+    >>> learning_hooks(build_classifier("binned_logreg")) is not None
+    True
+    >>> learning_hooks(build_classifier("logreg")) is None
+    True
+    """
+    first = next(iter(model.steps.values()), None) if isinstance(model, compose.Pipeline) else None
+    return first if isinstance(first, LearningHooks) else None
 
 
 def build_anomaly_detector(seed: int = 0) -> base.AnomalyDetector:

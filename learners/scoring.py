@@ -1,7 +1,9 @@
 """Score, then learn: one model shard with delayed-label handling and no look-ahead.
 
-A :class:`ModelShard` owns one River classifier and the cold-start anomaly detector. It
-scores every transaction the moment it arrives; the feature vector waits for its label in
+A :class:`ModelShard` owns one River classifier and the cold-start anomaly detector, in parts
+with their own state: :mod:`learners.versions` (model versions, held examples, watermark),
+:mod:`learners.coldstart`, :mod:`learners.threshold` and :mod:`learners.quality`. It scores
+every transaction the moment it arrives; the feature vector waits for its label in
 the ``await_labels`` stage (:mod:`learners.pending`), which sends the labelled example here.
 Learning happens in *steps* of event time, in a canonical order, so scores do not depend on
 how the streams were batched, interleaved or split across workers:
@@ -22,7 +24,7 @@ how the streams were batched, interleaved or split across workers:
   partition out would make its transactions late (measured: 55 % of them with a 1-day
   event-time rule, 1,000 cards, 2 processes).
 
-The last ``KEPT_VERSIONS`` versions are kept for stragglers. A transaction older than all of
+The last ``VersionedLearner.KEPT_VERSIONS`` versions are kept for stragglers. A transaction older than all of
 them, or a label older than the built version, is *late*: it is still scored (by the oldest
 kept version) or learned, and counted, so the metric shows when the allowed lateness is too
 small. Independent input partitions read at different speeds can make a few transactions see
@@ -33,30 +35,29 @@ transaction); they are learned like any other example, in the same canonical ord
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import pickle
 import struct
 import time
 import zlib
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import msgspec
-from river import stats
 
+from learners.coldstart import ColdStart
 from learners.features import FEATURE_NAMES
 from learners.models import ANOMALY_FEATURES, build_anomaly_detector, build_classifier, reasons_for
+from learners.quality import OnlineQuality
+from learners.threshold import AlertThreshold
+from learners.versions import Version, VersionedLearner
 
 __all__ = ["ModelConfig", "ModelShard", "Scored"]
 
 log = logging.getLogger(__name__)
 
-DAY = 86_400.0
 _PACK = struct.Struct(f"<{len(FEATURE_NAMES)}f")
-_ANOMALY_INDEX = [FEATURE_NAMES.index(name) for name in ANOMALY_FEATURES]
 # Legitimate examples at a terminal with confirmed frauds are all learned, whatever the
 # negative sampling: that is where the model must tell a compromise that goes on from one
 # that is over, and a 10 % sample left it a handful of examples (decision 0014).
@@ -123,53 +124,50 @@ def _sampling_rate(fraud_terminal: float, rate: float) -> float:
     return 1.0 if fraud_terminal > 0.0 else rate
 
 
-class _Version:
-    """What scoring needs from one model version (the live one, or a kept copy)."""
-
-    __slots__ = ("built_to", "model", "detector", "anomaly_threshold", "supervised")
-
-    def __init__(self, built_to: float, model: Any, detector: Any, anomaly_threshold: float, supervised: bool):
-        self.built_to = built_to
-        self.model = model
-        self.detector = detector
-        self.anomaly_threshold = anomaly_threshold
-        self.supervised = supervised
+SNAPSHOT_VERSION = 2  # 1: the shard's whole ``__dict__`` (before the split into parts)
+_OWN = ("name", "warm", "warm_from", "next_export_ts", "counts", "first_ts", "last_ts", "means")
 
 
 class ModelShard:
-    """One model partition: scores transactions, learns released labels in event-time steps."""
+    """One model partition: scores transactions, learns released labels in event-time steps.
 
-    COLDSTART_MIN_SEEN = 1000  # no cold-start alerts before the detector has learned this many
-    KEPT_VERSIONS = 4
-    IDLE_PARTITION_WALL_S = 30.0
-
-    _TRANSIENT = ("config", "_versions_cache", "exporter", "export_requested", "_heard", "_now")
+    It composes the parts and drives them: a :class:`~learners.versions.VersionedLearner` (the
+    model's versions, held examples, watermark), the :class:`~learners.coldstart.ColdStart`,
+    the :class:`~learners.threshold.AlertThreshold` and the :class:`~learners.quality.OnlineQuality`;
+    it keeps the counts, the running feature means behind reasons and the export schedule.
+    ``state`` is a :meth:`snapshot`; ``exporter`` is called with ``(shard, reason)`` to write
+    a model export.
+    """
 
     def __init__(self, config: ModelConfig, state: Optional[bytes] = None,
                  exporter: Optional[Callable[["ModelShard", str], None]] = None) -> None:
         self.config = config
-        self.exporter = exporter  # called with (shard, reason) to write a model snapshot
-        self.export_requested = False
-        self._now = time.monotonic()  # wall clock of the current batch
-        self._heard: dict[int, float] = {}  # source partition -> wall clock it last sent a transaction
+        self.exporter = exporter
+        self.export_requested = False  # set from the HTTP thread: export at the next batch
         if state is not None:
-            self.__dict__.update(pickle.loads(state))
+            parts = _read_snapshot(state)
+            self.learner = VersionedLearner(config.allowed_lateness_s, **parts["learner"])
+            self.cold_start = ColdStart(config.coldstart_alert_rate, **parts["cold_start"])
+            self.alert_threshold = AlertThreshold(config, **parts["threshold"])
+            self.quality = OnlineQuality(config.quality_window, config.negative_sampling, **parts["quality"])
+            own = parts["shard"]
+            self.name: Optional[str] = own["name"]
+            self.warm: bool = own["warm"]
+            self.warm_from: Optional[str] = own["warm_from"]
+            self.next_export_ts: float = own["next_export_ts"]
+            self.counts: dict[str, int] = own["counts"]
+            self.first_ts: float = own["first_ts"]
+            self.last_ts: float = own["last_ts"]
+            self.means: list[float] = own["means"]
             return
-        self.name: Optional[str] = None
-        self.day_scores: deque = deque()  # (event_ts, score) of the last day: the alert budget's basis
-        self.threshold = config.threshold
+        self.learner = VersionedLearner(config.allowed_lateness_s, build_classifier(config.kind, config.seed))
+        self.cold_start = ColdStart(config.coldstart_alert_rate, build_anomaly_detector(config.seed))
+        self.alert_threshold = AlertThreshold(config)
+        self.quality = OnlineQuality(config.quality_window, config.negative_sampling)
+        self.name = None
         self.warm = False
-        self.warm_from: Optional[str] = None
+        self.warm_from = None
         self.next_export_ts = -math.inf
-        self.recent: deque = deque(maxlen=config.quality_window)  # test-then-train (score, is_fraud, rate)
-        self.model = build_classifier(config.kind, config.seed)
-        self.detector = build_anomaly_detector(config.seed)
-        self.anomaly_quantile = stats.Quantile(1.0 - config.coldstart_alert_rate)
-        self.built_to = -math.inf  # labels before this are in self.model
-        self.previous: list[tuple[float, bytes]] = []  # older versions (newest last), for stragglers
-        self.held: list[tuple[float, str, Optional[bool], bytes]] = []  # examples to learn (heap)
-        self.unlearned: list[tuple[float, str, bytes]] = []  # cold start: detector's backlog
-        self.clocks: dict[int, float] = {}  # source partition -> latest transaction time
         self.counts = {
             "scored": 0,
             "labels_received": 0,
@@ -187,28 +185,19 @@ class ModelShard:
 
     # -- state -------------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        state = {k: v for k, v in self.__dict__.items() if k not in self._TRANSIENT}
+        """The state as a versioned dict of each part's fields, pickled (:data:`SNAPSHOT_VERSION`)."""
+        state = {
+            "version": SNAPSHOT_VERSION,
+            "shard": {name: getattr(self, name) for name in _OWN},
+            "learner": self.learner.snapshot(),
+            "cold_start": self.cold_start.snapshot(),
+            "threshold": self.alert_threshold.snapshot(),
+            "quality": self.quality.snapshot(),
+        }
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     def online_quality(self) -> dict[str, Any]:
-        """Test-then-train quality: each example the model learned was first scored by the
-        model about to learn it. Over the last ``quality_window`` examples; legitimate ones
-        weigh ``1 / sampling rate`` in AP (they were sampled), AUC needs no weight."""
-        from learners.evaluation import average_precision, roc_auc
-
-        # (score, is_fraud, sampling rate); examples recorded before the rate was kept: the setting
-        rate = self.config.negative_sampling
-        recent = [r if len(r) == 3 else (*r, rate) for r in self.recent]
-        frauds = sum(1 for _, y, _ in recent if y)
-        out: dict[str, Any] = {"method": "test-then-train on learned examples", "window_examples": len(recent),
-                               "window_frauds": frauds, "average_precision": None, "auc_roc": None}
-        if frauds and frauds < len(recent):
-            y = [yy for _, yy, _ in recent]
-            s = [ss for ss, _, _ in recent]
-            weights = [1.0 / r for _, _, r in recent]
-            out["average_precision"] = round(average_precision(y, s, negative_weight=weights), 4)
-            out["auc_roc"] = round(roc_auc(y, s), 4)
-        return out
+        return self.quality.summary()
 
     def export(self, reason: str) -> None:
         """Write a model snapshot through the exporter, if the flow configured one."""
@@ -217,107 +206,74 @@ class ModelShard:
             self.exporter(self, reason)
 
     @property
+    def model(self) -> Any:
+        """The live model (exports)."""
+        return self.learner.model
+
+    @property
+    def built_to(self) -> float:
+        """The live model has learned the labels before this event time."""
+        return self.learner.built_to
+
+    @property
+    def clocks(self) -> dict[int, float]:
+        """Source partition -> latest transaction time seen here."""
+        return self.learner.clocks
+
+    @property
+    def threshold(self) -> float:
+        """The supervised alert threshold now."""
+        return self.alert_threshold.value
+
+    @property
     def supervised(self) -> bool:
         return self.warm or self.counts["frauds_learned"] >= self.config.warmup_frauds
 
     def warm_start(self, model: Any, document: dict) -> None:
         """Start from a verified export's model: supervised from the first transaction."""
-        self.model = model
+        self.learner.model = model
         self.warm = True
         self.warm_from = document.get("name")
 
-    @property
-    def watermark(self) -> float:
-        clocks = self.clocks
-        if len(clocks) <= 1:
-            return next(iter(clocks.values()), -math.inf)
-        newest = max(clocks.values())
-        quiet_since = self._now - self.IDLE_PARTITION_WALL_S
-        heard = self._heard  # restored partitions count as heard now
-        return min(c for p, c in clocks.items() if c == newest or heard.setdefault(p, self._now) > quiet_since)
-
-    def _live(self) -> _Version:
-        return _Version(self.built_to, self.model, self.detector, self.anomaly_quantile.get() or 1.0, self.supervised)
+    def _live(self) -> Version:
+        learner, cold = self.learner, self.cold_start
+        return Version(learner.built_to, learner.model, cold.detector, cold.threshold, self.supervised)
 
     # -- learning in event-time steps ----------------------------------------------------
-    def _boundary(self, event_ts: float) -> float:
-        step = self.config.allowed_lateness_s
-        return (math.floor(event_ts / step) - 2) * step if step > 0 else event_ts
-
-    def _final_boundary(self) -> float:
-        """The newest version all labels have arrived for (watermark minus lateness)."""
-        step = self.config.allowed_lateness_s
-        wm = self.watermark
-        return (math.floor(wm / step) - 1) * step if step > 0 else wm
-
     def _build(self, boundary: float) -> None:
         """Learn everything known before ``boundary``, in (event_ts, tx_id) order."""
+        learner, cold = self.learner, self.cold_start
         supervised = self.supervised
-        self.previous.append((self.built_to, pickle.dumps(
-            (self.model, None if supervised else self.detector, self.anomaly_quantile.get() or 1.0, supervised),
-            protocol=pickle.HIGHEST_PROTOCOL)))
-        del self.previous[: -self.KEPT_VERSIONS]
-        cfg = self.config
-        held = self.held
-        if self.unlearned:
+        learner.keep(None if supervised else cold.detector, cold.threshold, supervised)
+        if cold.unlearned:
             self._learn_unlabelled(boundary)
-        while held and held[0][0] < boundary:
-            _, _, is_fraud, packed = heapq.heappop(held)
+        for is_fraud, packed in learner.due(boundary):
             self._learn_example(is_fraud, packed)
-        self.built_to = boundary
-        if cfg.adaptive_threshold:
-            self._adapt_threshold(boundary)
+        learner.built_to = boundary
+        self.alert_threshold.adapt(boundary)
+        cfg = self.config
         if cfg.export_interval_s > 0 and boundary >= self.next_export_ts:
             if self.next_export_ts > -math.inf:
                 self.export("interval")
             self.next_export_ts = (math.floor(boundary / cfg.export_interval_s) + 1) * cfg.export_interval_s
 
-    def _adapt_threshold(self, boundary: float) -> None:
-        """Budget mode: the score the k-th riskiest transaction of the last day reached, where
-        k is this shard's share of the daily budget (or of the alert rate)."""
-        cfg, window = self.config, self.day_scores
-        while window and window[0][0] < boundary - DAY:
-            window.popleft()
-        recent = [score for ts, score in window if ts < boundary]
-        if not recent:
-            return
-        if cfg.alert_budget_per_day > 0:
-            k = cfg.alert_budget_per_day / max(1, cfg.shards) * (min(DAY, boundary - window[0][0]) / DAY)
-        else:
-            k = cfg.alert_rate * len(recent)
-        k = max(1, int(round(k)))
-        self.threshold = sorted(recent, reverse=True)[min(k, len(recent)) - 1] if k <= len(recent) else 0.0
-
-    def _first_step(self, wants: str) -> Any:
-        """The model's first step if its ``wants`` property holds (``wants_unlabelled``: bin
-        edges still learning from transactions; ``wants_labels``: cuts still learning from
-        labelled examples), else None."""
-        steps = getattr(self.model, "steps", None)
-        first = next(iter(steps.values()), None) if steps else None
-        return first if getattr(first, wants, False) else None
-
     def _learn_unlabelled(self, boundary: float) -> None:
         """Transactions before ``boundary``, in event-time order: the cold-start detector learns
         them, and so does the model's unsupervised step (bin edges) until it is complete."""
-        due = sorted(u for u in self.unlearned if u[0] < boundary)
+        due = self.cold_start.due(boundary)
         if not due:
             return
-        self.unlearned = [u for u in self.unlearned if u[0] >= boundary]
-        detector, quantile, threshold = self.detector, self.anomaly_quantile, self.anomaly_quantile.get() or 1.0
-        cold = not self.supervised
-        observer = self._first_step("wants_unlabelled")
-        for _, _, packed, _ in due:
-            values = _PACK.unpack(packed)
-            if observer is not None:
-                observer.observe(dict(zip(FEATURE_NAMES, values)))
-            if cold:
-                ax = {name: values[i] for name, i in zip(ANOMALY_FEATURES, _ANOMALY_INDEX)}
-                score = detector.score_one(ax)
-                quantile.update(score)
-                if score < threshold:  # do not learn what looks like an attack
-                    detector.learn_one(ax)
-                self.means = [m + 0.01 * (v - m) for m, v in zip(self.means, values)]
-        if cold:
+        vectors = [_PACK.unpack(packed) for _, _, packed, _ in due]
+        hooks = self.learner.hooks
+        if hooks is not None and hooks.wants_unlabelled:
+            for values in vectors:
+                hooks.observe(dict(zip(FEATURE_NAMES, values)))
+        if not self.supervised:
+            self.cold_start.learn(vectors)
+            means = self.means
+            for values in vectors:
+                means = [m + 0.01 * (v - m) for m, v in zip(means, values)]
+            self.means = means
             self.counts["detector_learned"] += len(due)
 
     def _learn_example(self, is_fraud: Optional[bool], packed: bytes) -> None:
@@ -325,13 +281,11 @@ class ModelShard:
         is_fraud = bool(is_fraud)  # held examples in snapshots from before sampling moved may be None
         values = _PACK.unpack(packed)
         x = dict(zip(FEATURE_NAMES, values))
+        learner = self.learner
         if self.supervised:  # test, then train
             rate = _sampling_rate(values[_FRAUD_TERMINAL_INDEX], self.config.negative_sampling)
-            self.recent.append((_unsample(self.model.predict_proba_one(x).get(True, 0.0), rate), is_fraud, rate))
-        self.model.learn_one(x, is_fraud)
-        cuts = self._first_step("wants_labels")
-        if cuts is not None:
-            cuts.learn_label(x, is_fraud)
+            self.quality.record(_unsample(learner.model.predict_proba_one(x).get(True, 0.0), rate), is_fraud, rate)
+        learner.learn(x, is_fraud)
         self.means = [m + 0.001 * (v - m) for m, v in zip(self.means, values)]
         self.counts["labels_learned"] += 1
         if is_fraud:
@@ -349,11 +303,11 @@ class ModelShard:
             if not in_sample(tx_id, is_fraud, packed, self.config.negative_sampling):
                 return  # a legitimate example outside the sample: never held (the snapshot stays small)
         is_fraud = bool(is_fraud)
-        if label_ts < self.built_to:
+        if label_ts < self.learner.built_to:
             self.counts["late_labels"] += 1
             self._learn_example(is_fraud, packed)
         else:
-            heapq.heappush(self.held, (label_ts, tx_id, is_fraud, packed))
+            self.learner.hold(label_ts, tx_id, is_fraud, packed)
 
     def on_unsampled(self, received: int, implicit: int) -> None:
         """``received`` labels of this shard found outside the negative sample upstream (the
@@ -363,45 +317,26 @@ class ModelShard:
         self.counts["implicit_negatives"] += implicit
 
     # -- scoring -----------------------------------------------------------------------
-    def _version_for(self, event_ts: float) -> _Version:
-        wanted = self._boundary(event_ts)
-        if wanted > self.built_to:
-            final = self._final_boundary()
-            if final > self.built_to:
+    def _version_for(self, event_ts: float) -> Version:
+        learner = self.learner
+        wanted = learner.boundary(event_ts)
+        if wanted > learner.built_to:
+            final = learner.final_boundary()
+            if final > learner.built_to:
                 self._build(min(wanted, final))
-            if wanted > self.built_to:
+            if wanted > learner.built_to:
                 return self._live()  # newer labels are not final yet: an older version, no look-ahead
-        if wanted >= self.built_to:
+        if wanted >= learner.built_to:
             return self._live()
-        # A straggler: the newest kept version built no later than it wants.
-        for built_to, blob in reversed(self.previous):
-            if built_to <= wanted:
-                return self._kept(built_to, blob)
-        self.counts["late_transactions"] += 1  # older than every kept version: the oldest we have
-        if self.previous:
-            return self._kept(*self.previous[0])
-        return self._live()
-
-    def _kept(self, built_to: float, blob: bytes) -> _Version:
-        cache = self.__dict__.setdefault("_versions_cache", {})
-        version = cache.get(built_to)
-        if version is None:
-            model, detector, threshold, supervised = pickle.loads(blob)
-            version = _Version(built_to, model, detector, threshold, supervised)
-            # Keep every kept version unpickled (versions only get newer: evict the oldest).
-            # Stragglers of different partitions can want different versions; a one-entry
-            # cache unpickled again at each switch (decision 0013).
-            if len(cache) >= self.KEPT_VERSIONS:
-                del cache[min(cache)]
-            cache[built_to] = version
-        return version
+        version, late = learner.kept(wanted)  # a straggler
+        if late:
+            self.counts["late_transactions"] += 1  # older than every kept version: the oldest we have
+        return self._live() if version is None else version
 
     def on_transaction(self, tx: Any, features: tuple[float, ...], part: int = 0) -> Scored:
         """Score ``tx`` with the version its event time allows; keep its features for its label."""
         event_ts = tx.event_ts
-        self._heard[part] = self._now
-        if event_ts > self.clocks.get(part, -math.inf):
-            self.clocks[part] = event_ts
+        self.learner.heard(part, event_ts)
         version = self._version_for(event_ts)
         cfg = self.config
         x = dict(zip(FEATURE_NAMES, features))
@@ -412,24 +347,24 @@ class ModelShard:
                 return _unsample(model.predict_proba_one(z).get(True, 0.0), rate)
 
             score = scorer(x)
-            threshold, name = self.threshold, cfg.model_name
+            threshold, name = self.alert_threshold.value, cfg.model_name
             candidate = score >= threshold
-            if cfg.adaptive_threshold:
-                self.day_scores.append((event_ts, score))
+            self.alert_threshold.observe(event_ts, score)
         else:
             model = version.detector
             x = {name: x[name] for name in ANOMALY_FEATURES}
             score = model.score_one(x)
             threshold, name, scorer = version.anomaly_threshold, "coldstart-hst", model.score_one
-            candidate = self.counts["detector_learned"] >= self.COLDSTART_MIN_SEEN and score >= threshold
+            candidate = self.counts["detector_learned"] >= ColdStart.MIN_SEEN and score >= threshold
         reasons = None
         if candidate:
             means = dict(zip(FEATURE_NAMES, self.means))
             reasons = reasons_for(model, x, scorer, top=cfg.reasons, means=means)
-        if not self.supervised or self._first_step("wants_unlabelled") is not None:
-            self.unlearned.append((event_ts, tx.tx_id, _PACK.pack(*features), score))
-        elif self.unlearned:
-            self.unlearned = []
+        hooks = self.learner.hooks
+        if not self.supervised or (hooks is not None and hooks.wants_unlabelled):
+            self.cold_start.hold(event_ts, tx.tx_id, _PACK.pack(*features), score)
+        else:
+            self.cold_start.drop()
         self.counts["scored"] += 1
         self.first_ts = min(self.first_ts, event_ts)
         self.last_ts = max(self.last_ts, event_ts)
@@ -445,7 +380,7 @@ class ModelShard:
         output (without it, the exception propagates).
         """
         items.sort(key=_event_order)
-        self._now = time.monotonic()
+        self.learner.now = time.monotonic()
         if self.export_requested:
             self.export("on_demand")
         out: list = []
@@ -486,3 +421,24 @@ def _event_order(item: tuple) -> tuple:
     if item[0] == "unsampled":  # counts only: no time
         return (-math.inf, 0, "")
     return (item[2], 0, item[1])
+
+
+def _read_snapshot(blob: bytes) -> dict[str, Any]:
+    """A :meth:`ModelShard.snapshot`'s parts; the first layout (the shard's ``__dict__``,
+    pickled, no version: recovery stores written before the split) is read too."""
+    state = pickle.loads(blob)
+    version = state.get("version", 1)
+    if version == SNAPSHOT_VERSION:
+        return state
+    if version != 1:
+        raise ValueError(f"model shard snapshot version {version!r} is not supported (this fraudflow reads 1 and "
+                         f"{SNAPSHOT_VERSION}); was the recovery store written by a newer fraudflow?")
+    return {
+        "shard": {name: state[name] for name in _OWN},
+        "learner": {"model": state["model"], "built_to": state["built_to"], "previous": state["previous"],
+                    "held": state["held"], "clocks": state["clocks"]},
+        "cold_start": {"detector": state["detector"], "quantile": state["anomaly_quantile"],
+                       "unlearned": state["unlearned"]},
+        "threshold": {"value": state["threshold"], "day_scores": state["day_scores"]},
+        "quality": {"recent": state["recent"]},
+    }

@@ -87,7 +87,8 @@ def test_the_model_shard_hands_labelled_examples_to_the_cuts():
     from learners.scoring import ModelConfig, ModelShard
 
     shard = ModelShard(ModelConfig(warmup_frauds=0, negative_sampling=1.0, allowed_lateness_s=3600.0))
-    shard.model = compose.Pipeline(StepFeatures(warmup=10_000, cut_frauds=20), linear_model.LogisticRegression())
+    shard.learner.model = compose.Pipeline(StepFeatures(warmup=10_000, cut_frauds=20),
+                                           linear_model.LogisticRegression())
     amount = FEATURE_NAMES.index("amount")
     for i in range(300):
         values = [0.0] * len(FEATURE_NAMES)

@@ -9,6 +9,7 @@ from connectors.events import Transaction
 from learners.features import FEATURE_NAMES
 from learners.pending import PendingBucket, pack
 from learners.scoring import ModelConfig, ModelShard
+from learners.versions import VersionedLearner
 
 D0 = 1522540800.0  # a multiple of the one-hour step used here
 DAY = 86_400.0
@@ -41,7 +42,7 @@ def test_label_is_used_two_to_three_steps_after_it_is_known():
     shard = make_shard()
     shard.on_transaction(tx(1, D0), features(500.0))
     label(shard, 1, D0 + 7 * DAY, True, 500.0)
-    assert shard.counts["labels_learned"] == 0 and len(shard.held) == 1
+    assert shard.counts["labels_learned"] == 0 and len(shard.learner.held) == 1
     before = shard.on_transaction(tx(2, D0 + 7 * DAY + 3 * L - 1), features(500.0)).score
     assert shard.counts["labels_learned"] == 0  # scored by the version built to D0 + 7d: label not before it
     after = shard.on_transaction(tx(3, D0 + 7 * DAY + 3 * L), features(500.0)).score
@@ -97,12 +98,12 @@ def test_a_partition_quiet_on_the_wall_clock_does_not_stop_learning(monkeypatch)
     wall[0] += 5  # a full-speed replay: days of event time ahead within seconds
     shard.on_batch([("tx", tx(3, D0 + 200 * L), features(10.0), 0)])
     assert shard.counts["labels_learned"] == 0  # partition 1 is still waited for
-    wall[0] += ModelShard.IDLE_PARTITION_WALL_S  # silent for longer than that: idle
+    wall[0] += VersionedLearner.IDLE_PARTITION_WALL_S  # silent for longer than that: idle
     shard.on_batch([("tx", tx(4, D0 + 201 * L), features(10.0), 0)])
     assert shard.counts["labels_learned"] == 1
     # restored from a snapshot, every partition counts as heard at the restart: waited for again
     restored = ModelShard(shard.config, shard.snapshot())
-    assert restored.watermark == D0 < shard.watermark
+    assert restored.learner.watermark == D0 < shard.learner.watermark
 
 
 def test_stragglers_within_a_step_use_the_previous_version_beyond_it_are_late():
@@ -144,12 +145,12 @@ def test_only_sampled_examples_are_held_until_their_step():
     shard.on_transaction(tx(0, D0), features(10.0))
     for i in range(1, 1001):
         label(shard, i, D0 + 7 * DAY, i % 100 == 0)  # 10 frauds, 990 legitimate
-    held_legit = sum(1 for _, _, y, _ in shard.held if not y)
+    held_legit = sum(1 for _, _, y, _ in shard.learner.held if not y)
     assert shard.counts["labels_received"] == 1000
-    assert sum(1 for _, _, y, _ in shard.held if y) == 10  # every fraud
+    assert sum(1 for _, _, y, _ in shard.learner.held if y) == 10  # every fraud
     assert 60 < held_legit < 140  # about a tenth of the legitimate: the rest never wait in the state
     shard.on_transaction(tx(2, D0 + 7 * DAY + 3 * L), features(10.0))
-    assert shard.counts["labels_learned"] == 10 + held_legit and not shard.held
+    assert shard.counts["labels_learned"] == 10 + held_legit and not shard.learner.held
 
 
 def test_snapshot_restores_the_same_model():
@@ -225,7 +226,7 @@ def test_every_legitimate_example_at_a_terminal_with_known_frauds_is_learned():
     for i in range(1, 201):
         vector = at_fraud_terminal if i % 2 else features(10.0)
         shard.on_example(f"t-{i}", D0 + 7 * DAY, False, pack(tuple(vector)))
-    held = len(shard.held)
+    held = len(shard.learner.held)
     assert 100 + 2 < held < 100 + 20  # all 100 there, about a tenth of the 100 elsewhere
 
 
@@ -256,4 +257,4 @@ def test_unsampled_examples_are_counted_at_their_shard_and_never_held():
     shard = ModelShard(ModelConfig())
     assert shard.on_batch([("unsampled", 3, 1), ("unsampled", 2, 0)]) == []
     assert shard.counts["labels_received"] == 5 and shard.counts["implicit_negatives"] == 1
-    assert shard.held == [] and shard.counts["labels_learned"] == 0
+    assert shard.learner.held == [] and shard.counts["labels_learned"] == 0
