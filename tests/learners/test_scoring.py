@@ -180,9 +180,9 @@ def test_cold_start_uses_the_anomaly_score_until_enough_frauds():
 
 def test_reasons_only_for_alert_candidates():
     scored = make_shard(threshold=0.0).on_transaction(tx(1, D0), features(10.0))
-    assert scored.reasons is not None
+    assert scored.candidate and scored.reasons is not None
     quiet = make_shard(threshold=1.01).on_transaction(tx(1, D0), features(10.0))
-    assert quiet.reasons is None
+    assert not quiet.candidate and quiet.reasons is None
 
 
 def test_inferred_negatives_are_learned_and_counted():
