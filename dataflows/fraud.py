@@ -14,6 +14,10 @@ Steps (each a named Bytewax operator)::
                                                                                   |
                                               scores <----------------------------+---> alert_policy -> alerts
 
+Each keyed step runs one stage object of :mod:`learners.stages` through one adapter
+(``_StageLogic``); what flows between them are the types of :mod:`learners.messages`, and
+:class:`learners.stages.Routes` keys them.
+
 * ``account_profile`` (keyed by ``account_id``): account features and the transactions
   awaiting labels; joins each label to its transaction (labels need no ``terminal_id``).
 * ``terminal_risk`` (keyed by ``terminal_id``): terminal counts and fraud risk from
@@ -37,13 +41,11 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
 import re
 import sys
-import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Optional
+from datetime import datetime
+from typing import Any, Optional
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -51,30 +53,27 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, Sink
 
-from connectors.events import (DeadLetter, Label, Origin, Score, Transaction, encode, format_ts, label_to_json,
-                               parse_record, transaction_to_json)
+from connectors.events import DeadLetter, Label, Score, Transaction, format_ts, parse_record
 from connectors.files import FileEventsSource, JsonlSink, truncate
 from connectors.simulator import SimulatorConfig, SimulatorSource
 from connectors.sources import BOARD, batch_span_for
 from dataflows.cluster import (process_count, process_id, recovery_directory, recovery_enabled, shard_keys,
                                total_workers, under_bytewax_run)
 from dataflows.exchange import keyed
-from dataflows.exports import WarmStart, make_exporter, warm_start
+from dataflows.exports import make_exporter, warm_start
 from dataflows.metrics import serve
 from dataflows.progress import RunStats, watch_idle
 from dataflows.runtime import tune_gc
 from dataflows.settings import Settings, SettingsError, load_settings
 from dataflows.recovery_store import StateError, feature_layout_error, recovery_partitions
-from learners.decision import AlertPolicy, PolicyConfig
-from learners.features import AccountProfile, TerminalProfile
-from learners.pending import VECTOR_BYTES, PendingBucket
-from learners.pipeline import (PipelineConfig, account_step, copies_to, learn_at, pending_key, shard_for,
-                               stamped_before_transaction, terminal_step)
-from learners.scoring import ModelConfig, ModelShard, Scored, in_sample
+from learners.decision import PolicyConfig
+from learners.messages import FeaturedTransaction, JoinedLabel, Scored
+from learners.pending import VECTOR_BYTES
+from learners.scoring import ModelConfig
+from learners.stages import (AccountStage, PendingStage, PipelineConfig, PolicyStage, Routes, ShardStage, Stage,
+                             TerminalStage)
 
 __all__ = ["FlowParts", "build_flow", "pipeline_config"]
-
-log = logging.getLogger(__name__)
 
 
 def pipeline_config(settings: Settings, shards: int) -> PipelineConfig:
@@ -112,294 +111,32 @@ def simulator_config(settings: Settings) -> SimulatorConfig:
 
 
 # -- keyed stages --------------------------------------------------------------------------
-# A step that raises on one event (a bug: validation let it through) must not stop the flow
-# and then stop it again on every restart: the event goes to ``dlq`` with the exception, and
-# the traceback to the log (decision 0025).
-_FAILURE_LOG_EVERY_S = 60.0
-_last_failure_log: dict[tuple[str, str], float] = {}
+class _StageLogic(StatefulBatchLogic):
+    """Any stage of :mod:`learners.stages` as a Bytewax stateful step (its state is kept, and
+    recovered, under the step id; ``stage.done`` discards it)."""
 
+    __slots__ = ("stage",)
 
-def step_failure(step: str, exc: BaseException, doc: dict, origin: Optional[Origin]) -> DeadLetter:
-    """A dead letter for an event that ``step`` raised on; the traceback is logged (at most
-    once a minute per step and exception type)."""
-    key = (step, type(exc).__name__)
-    now = time.monotonic()
-    if now - _last_failure_log.get(key, -math.inf) >= _FAILURE_LOG_EVERY_S:
-        _last_failure_log[key] = now
-        log.error("step %r failed on the event from %s (sent to the dead letters); a bug to report",
-                  step, origin.as_dict() if origin else "?", exc_info=exc)
-    text = f"{type(exc).__name__}: {exc}"
-    return DeadLetter(encode(doc), f"step {step!r} failed on this event: {text[:500]}", origin or _NO_ORIGIN,
-                      step=step, category="step_failure")
-
-
-_NO_ORIGIN = Origin("unknown", -1)
-
-
-def _joined_doc(account_id: str, joined) -> dict:
-    return {"tx_id": joined.tx_id, "account_id": account_id, "ts": format_ts(joined.label_ts),
-            "is_fraud": joined.is_fraud, "terminal_id": joined.terminal_id}
-
-
-def _item_failure(step: str, exc: BaseException, item: tuple) -> DeadLetter:
-    """A dead letter for a stage item: a transaction ``("tx", tx, ...)`` or a joined label
-    ``(kind, account_id, joined)``."""
-    if item[0] == "tx":
-        return step_failure(step, exc, transaction_to_json(item[1]), item[1].origin)
-    return step_failure(step, exc, _joined_doc(item[1], item[2]), None)
-
-
-def _shard_failure(item: tuple, exc: BaseException) -> DeadLetter:
-    if item[0] == "tx":
-        return step_failure("score_then_learn", exc, transaction_to_json(item[1]), item[1].origin)
-    doc = {"kind": item[0], **({"tx_id": item[1], "label_ts": format_ts(item[2]), "is_fraud": item[3]}
-                               if item[0] != "unsampled" else {"received": item[1]})}
-    return step_failure("score_then_learn", exc, doc, None)
-
-
-def _before_reason(label_ts: float, tx_ts: float) -> str:
-    return (f"label stamped before its transaction (label ts {format_ts(label_ts)}, transaction ts "
-            f"{format_ts(tx_ts)}): not learned")
-
-
-def _origin_tuple(origin: Optional[Origin]) -> Optional[tuple]:
-    return None if origin is None else (origin.source, origin.position, origin.partition)
-
-
-class _AccountLogic(StatefulBatchLogic):
-    """account_profile: features, pending transactions, label join.
-
-    A label whose transaction this account has not seen waits (an orphan) until the
-    transactions' event time has passed the label by one learning step (``allowed_lateness_s``,
-    read off the model shards' clocks, :data:`connectors.sources.BOARD`); then it is a dead letter
-    naming where it was read. A transaction cannot come later than that without being late.
-    """
-
-    ORPHAN_CHECK_S = 1.0  # wall-clock poll while orphans wait for event time to pass them
-
-    def __init__(self, config: PipelineConfig, stats: RunStats, state: Optional[tuple]) -> None:
-        self.profile = AccountProfile(state)
-        self.config = config
-        self.stats = stats
-
-    def _joined(self, account_id: str, joined, out: list, origin: Optional[Origin] = None) -> None:
-        if stamped_before_transaction(joined):
-            out.append(("dead", DeadLetter(encode(_joined_doc(account_id, joined)), _before_reason(joined.label_ts,
-                                                                                                   joined.tx_ts),
-                                           origin or _NO_ORIGIN, step="account_profile", category="bad_timestamp")))
-            return
-        if joined.is_fraud:
-            out.append(("fraud", account_id, joined))
-            self.stats.confirm(joined.tx_id)
-        else:
-            out.append(("label", account_id, joined))
-
-    @staticmethod
-    def _orphan_dead_letter(orphan: tuple, why: str, tx: Optional[Transaction] = None) -> tuple:
-        """``tx``: the orphan's own transaction, which came after the label's ts."""
-        tx_id, label_ts, is_fraud, account_id, origin = (*orphan, "?", None)[:5] if len(orphan) < 5 else orphan
-        raw = encode({"tx_id": tx_id, "account_id": account_id, "ts": format_ts(label_ts), "is_fraud": is_fraud})
-        where = Origin(*origin) if origin else Origin("labels", -1)
-        if tx is not None:
-            return ("dead", DeadLetter(raw, _before_reason(label_ts, tx.event_ts), where, step="account_profile",
-                                       category="bad_timestamp"))
-        return ("dead", DeadLetter(raw, f"label for a transaction this flow never saw ({why})", where,
-                                   step="account_profile", category="unknown_transaction"))
-
-    def _one(self, part: int, event: Any, out: list) -> None:
-        profile = self.profile
-        if type(event) is Transaction:
-            features, joined, expired = account_step(profile, event, self.config)
-            out.append(("tx", event, features, part))
-            for j in joined:
-                self._joined(event.account_id, j, out)
-            for orphan in expired:
-                out.append(self._orphan_dead_letter(orphan, "by its ts plus one learning step of event time",
-                                                    event if orphan[0] == event.tx_id else None))
-        else:
-            j = profile.join_label(event.tx_id, event.event_ts, event.is_fraud, event.account_id,
-                                   _origin_tuple(event.origin))
-            if j is not None:
-                self._joined(event.account_id, j, out, event.origin)
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
 
     def on_batch(self, values: list) -> tuple[list, bool]:
-        out: list = []
-        for part, event in values:
-            try:
-                self._one(part, event, out)
-            except Exception as exc:
-                doc = transaction_to_json(event) if type(event) is Transaction else label_to_json(event)
-                out.append(("dead", step_failure("account_profile", exc, doc, event.origin)))
-        return out, False
-
-    def notify_at(self) -> Optional[datetime]:
-        if self.profile.orphans:
-            return datetime.now(timezone.utc) + timedelta(seconds=self.ORPHAN_CHECK_S)
-        return None
+        stage = self.stage
+        return stage.on_batch(values), stage.done
 
     def on_notify(self) -> tuple[list, bool]:
-        """Orphans the transactions' event time has passed by a learning step are dead letters."""
-        horizon = BOARD.event_time() - self.config.model.allowed_lateness_s
-        profile = self.profile
-        due = [o for o in profile.orphans if o[1] < horizon]
-        if not due:
-            return [], False
-        profile.orphans = [o for o in profile.orphans if o[1] >= horizon]
-        out = [self._orphan_dead_letter(o, "by its ts plus one learning step of event time") for o in due]
-        return out, profile.empty
+        stage = self.stage
+        return stage.on_notify(), stage.done
 
     def on_eof(self) -> tuple[list, bool]:
-        # End of a bounded input: labels whose transaction never came are dead letters.
-        orphans, self.profile.orphans = self.profile.orphans, []
-        return [self._orphan_dead_letter(o, "by the end of the input") for o in orphans], False
-
-    def snapshot(self) -> tuple:
-        return self.profile.snapshot()
-
-
-class _TerminalLogic(StatefulBatchLogic):
-    """terminal_risk: terminal features; fraud labels update the risk."""
-
-    def __init__(self, delay_days: int, step_s: float, state: Optional[tuple]) -> None:
-        self.profile = TerminalProfile(delay_days, state, label_step_s=step_s)
-
-    def on_batch(self, values: list) -> tuple[list, bool]:
-        out: list = []
-        profile = self.profile
-        for item in values:
-            try:
-                if item[0] == "tx":
-                    _, tx, account_features, part = item
-                    out.append(("tx", tx, terminal_step(profile, tx, account_features), part))
-                else:
-                    _, account_id, joined = item
-                    profile.add_fraud(joined.tx_ts, joined.label_ts, joined.unexplained)
-                    out.append(("label", account_id, joined))
-            except Exception as exc:
-                out.append(("dead", _item_failure("terminal_risk", exc, item)))
-        return out, False
-
-    def snapshot(self) -> tuple:
-        return self.profile.snapshot()
-
-
-class _BucketLogic(StatefulBatchLogic):
-    """await_labels: feature vectors of one (shard, hour) until their labels come. Examples
-    outside the negative sample leave as one ("unsampled", count, inferred) item per batch."""
-
-    # A bucket some of whose labels never come (a frauds-only feed and a card that stopped
-    # transacting) is dropped this long (wall clock) after it was last touched.
-    FORGET_AFTER = timedelta(days=2)
-
-    def __init__(self, config: PipelineConfig, stats: RunStats, state: Optional[tuple]) -> None:
-        self.bucket = PendingBucket(state)
-        self.config = config
-        self.stats = stats
-        self._touched = datetime.now(timezone.utc)  # restored buckets get the full grace too
-        stats.awaiting(len(self.bucket.features))
-
-    def on_batch(self, values: list) -> tuple[list, bool]:
-        out: list = []
-        bucket = self.bucket
-        before = len(bucket.features)
-        rate, unsampled, implicit = self.config.model.negative_sampling, 0, 0
-        for item in values:
-            try:
-                if item[0] == "tx":
-                    _, tx, features, _ = item
-                    examples = bucket.add(tx.tx_id, features)
-                else:
-                    _, _, joined = item
-                    examples = bucket.label(joined.tx_id, learn_at(joined, self.config), joined.is_fraud)
-            except Exception as exc:
-                out.append(("dead", _item_failure("await_labels", exc, item)))
-                continue
-            for example in examples:
-                if in_sample(example[0], example[2], example[3], rate):
-                    out.append(("example", *example))
-                else:  # never learned: counted at its shard, and nothing more crosses processes
-                    unsampled += 1
-                    implicit += example[2] is None
-        if unsampled:
-            out.append(("unsampled", unsampled, implicit))
-        self._touched = datetime.now(timezone.utc)
-        self.stats.awaiting(len(bucket.features) - before)
-        return out, bucket.empty
+        stage = self.stage
+        return stage.on_eof(), stage.done
 
     def notify_at(self) -> Optional[datetime]:
-        return self._touched + self.FORGET_AFTER
+        return self.stage.notify_at()
 
-    def on_notify(self) -> tuple[list, bool]:
-        self.stats.unmatched(len(self.bucket.features) + len(self.bucket.orphans))
-        self.stats.awaiting(-len(self.bucket.features))
-        return [], True
-
-    def snapshot(self) -> tuple:
-        return self.bucket.snapshot()
-
-
-class _ShardLogic(StatefulBatchLogic):
-    """score_then_learn: one model shard."""
-
-    def __init__(self, config: ModelConfig, stats: RunStats, name_of: Callable[[str], str],
-                 exporter: Optional[Callable], warm: Optional[WarmStart], state: Optional[bytes]) -> None:
-        self.shard = ModelShard(config, state, exporter=exporter)
-        if state is None and warm is not None:
-            warm.apply(self.shard)
-        self.stats = stats
-        self.name_of = name_of
-
-    def on_batch(self, values: list) -> tuple[list, bool]:
-        shard = self.shard
-        if shard.name is None:
-            first_tx = next((v for v in values if v[0] == "tx"), None)
-            if first_tx is not None:
-                shard.name = self.name_of(first_tx[1].account_id)
-        failed: list = []
-
-        def on_error(item: tuple, exc: Exception) -> DeadLetter:
-            failed.append(item)
-            return _shard_failure(item, exc)
-
-        out = shard.on_batch(values, on_error=on_error)
-        BOARD.publish(shard.clocks)  # cross-process pacing of the Kafka source
-        self.stats.scored([s for s in out if type(s) is not DeadLetter] if failed else out, shard)
-        return out, False
-
-
-    def on_eof(self) -> tuple[list, bool]:
-        self.shard.export("shutdown")
-        return [], False
-
-    def snapshot(self) -> bytes:
-        return self.shard.snapshot()
-
-
-class _PolicyLogic(StatefulBatchLogic):
-    """alert_policy: per-card cool-down over the shard's alert candidates."""
-
-    def __init__(self, config: PolicyConfig, stats: RunStats, state: Optional[tuple]) -> None:
-        self.policy = AlertPolicy(config, state)
-        self.stats = stats
-
-    def on_batch(self, values: list) -> tuple[list, bool]:
-        out: list = []
-        decide = self.policy.decide
-        failed = 0
-        for scored in values:
-            try:
-                alert = decide(scored)
-            except Exception as exc:
-                out.append(step_failure("alert_policy", exc, transaction_to_json(scored.tx), scored.tx.origin))
-                failed += 1
-                continue
-            if alert is not None:
-                out.append(alert)
-        self.stats.alerted([a for a in out if type(a) is not DeadLetter] if failed else out, len(values) - len(out))
-        return out, False
-
-    def snapshot(self) -> tuple:
-        return self.policy.snapshot()
+    def snapshot(self) -> Any:
+        return self.stage.snapshot()
 
 
 # -- wiring --------------------------------------------------------------------------------
@@ -449,88 +186,67 @@ def build_flow(
         dlq_sink = dlq_sink or default_dlq
         scores_sink = scores_sink or default_scores
 
+    routes = Routes(config, keys)
     flow = Dataflow("fraudflow")
     inp = op.input("read_events", flow, source)
     parsed = op.map("parse_validate", inp, _parse)
     valid = op.branch("split_dead_letters", parsed, lambda pe: type(pe[1]) is not DeadLetter)
     by_account = keyed("key_by_account", valid.trues, lambda pe: (pe[1].account_id, pe), workers)
     account_out = op.stateful_batch(
-        "account_profile", by_account, lambda state: _AccountLogic(config, stats, state)
-    )
-    to_terminal = op.branch("terminal_bound", op.key_rm("unkey_account", account_out),
-                            lambda v: v[0] in ("tx", "fraud"))
-    by_terminal = keyed("key_by_terminal", to_terminal.trues,
-                        lambda v: (v[1].terminal_id if v[0] == "tx" else v[2].terminal_id, v), workers)
-    delay, step = config.risk_delay_days, config.model.allowed_lateness_s
+        "account_profile", by_account,
+        lambda state: _StageLogic(AccountStage(config, state, stats, event_time=BOARD.event_time)))
+    to_terminal = op.branch("terminal_bound", op.key_rm("unkey_account", account_out), routes.to_terminal)
+    by_terminal = keyed("key_by_terminal", to_terminal.trues, lambda m: (routes.terminal(m), m), workers)
     terminal_out = op.stateful_batch("terminal_risk", by_terminal,
-                                     lambda state: _TerminalLogic(delay, step, state))
-    rest = op.branch("labels_or_dead", to_terminal.falses, lambda v: v[0] == "label")
-
-    def bucket_key(v: tuple) -> tuple[str, tuple]:
-        if v[0] == "tx":
-            tx = v[1]
-            return pending_key(keys[shard_for(tx.account_id, n_shards)], tx.event_ts), v
-        joined = v[2]
-        return pending_key(keys[shard_for(v[1], n_shards)], joined.tx_ts), v
+                                     lambda state: _StageLogic(TerminalStage(config, state)))
+    rest = op.branch("labels_or_dead", to_terminal.falses, lambda m: type(m) is JoinedLabel)
 
     # A transaction goes to its model shard straight from terminal_risk (scored without an
     # extra hop) and, in parallel, to await_labels, which keeps its features for its label.
-    terminal_split = op.branch("terminal_dead", op.key_rm("unkey_terminal", terminal_out), lambda v: v[0] != "dead")
+    terminal_split = op.branch("terminal_dead", op.key_rm("unkey_terminal", terminal_out),
+                               lambda m: type(m) is not DeadLetter)
     terminal_items = terminal_split.trues
     to_buckets = op.merge("to_buckets", terminal_items, rest.trues)
     awaiting_split = op.branch("await_dead", op.stateful_batch(
-        "await_labels", keyed("key_by_bucket", to_buckets, bucket_key, workers),
-        lambda state: _BucketLogic(config, stats, state)), lambda kv: kv[1][0] != "dead")
+        "await_labels", keyed("key_by_bucket", to_buckets, lambda m: (routes.bucket(m), m), workers),
+        lambda state: _StageLogic(PendingStage(config, state, stats))), lambda kv: type(kv[1]) is not DeadLetter)
     awaiting = awaiting_split.trues
-    to_score = op.filter("transactions_to_score", terminal_items, lambda v: v[0] == "tx")
-    shard_index = {key: i for i, key in enumerate(keys)}
-
-    def to_shards(kv: tuple[str, tuple]) -> list[tuple[str, tuple]]:
-        """An example to its own shard and, as a copy, to every shard that learns it too
-        (FRAUDFLOW_SHARD_EXAMPLES=all: the same model on each, whatever the split; decision 0018)."""
-        own, example = kv[0].split("/", 1)[0], kv[1]
-        out = [(own, example)]
-        if example[0] == "unsampled":
-            return out
-        others = copies_to(shard_index[own], example[1:], config)
-        if others:
-            copy = ("copy", *example[1:])
-            out.extend((keys[i], copy) for i in others)
-        return out
-
-    examples = keyed("examples_to_shards", awaiting, to_shards, workers, many=True)
+    to_score = op.filter("transactions_to_score", terminal_items, lambda m: type(m) is FeaturedTransaction)
+    examples = keyed("examples_to_shards", awaiting, lambda kv: routes.examples(*kv), workers, many=True)
     by_shard = op.merge(
         "to_shard",
-        keyed("key_by_shard", to_score, lambda v: (keys[shard_for(v[1].account_id, n_shards)], v), workers),
+        keyed("key_by_shard", to_score, lambda m: (routes.shard(m.tx.account_id), m), workers),
         examples,
     )
     model_config = config.model
     exporter = make_exporter(settings, stats.exported)
     warm = warm_start(settings)
 
-    def name_of(account_id: str) -> str:
-        return keys[shard_for(account_id, n_shards)]
+    def shard_stage(state: Optional[bytes]) -> _StageLogic:
+        stage = ShardStage(model_config, state, stats, routes.shard, exporter, publish=BOARD.publish)
+        if state is None and warm is not None:
+            warm.apply(stage.shard)
+        return _StageLogic(stage)
 
     scored_split = op.branch("shard_dead", op.key_rm("unkey_shard", op.stateful_batch(
-        "score_then_learn", by_shard, lambda state: _ShardLogic(model_config, stats, name_of, exporter, warm, state)
-    )), lambda s: type(s) is not DeadLetter)
+        "score_then_learn", by_shard, shard_stage)), lambda s: type(s) is not DeadLetter)
     scored = scored_split.trues
     if scores_sink is not None:
         _write("write_scores", op.map("score_record", scored, _score_record), scores_sink)
-    candidates = op.filter("alert_candidates", scored, lambda s: s.reasons is not None)
+    candidates = op.filter("alert_candidates", scored, lambda s: s.candidate)
     policy_config = PolicyConfig(cooldown_s=settings.cooldown_hours * 3600.0)
     alerts = op.stateful_batch(
         "alert_policy",
         keyed("key_candidates", candidates, lambda s: (s.tx.account_id, s), workers),
-        lambda state: _PolicyLogic(policy_config, stats, state),
+        lambda state: _StageLogic(PolicyStage(policy_config, state, stats)),
     )
     alerts_split = op.branch("policy_dead", op.key_rm("unkey_alerts", alerts), lambda a: type(a) is not DeadLetter)
     _write("write_alerts", alerts_split.trues, alerts_sink)
     dead = op.merge(
         "dead_letters",
         op.map("parse_dead", valid.falses, lambda pe: pe[1]),
-        op.map("stage_dead", op.merge("stages_dead", rest.falses, terminal_split.falses,
-                                      op.key_rm("unkey_await_dead", awaiting_split.falses)), lambda v: v[1]),
+        op.merge("stages_dead", rest.falses, terminal_split.falses,
+                 op.key_rm("unkey_await_dead", awaiting_split.falses)),
         scored_split.falses,
         alerts_split.falses,
     )

@@ -5,13 +5,13 @@ transactions on it within ``cooldown_s`` (event time) are folded into that alert
 than queued again.
 
 >>> from connectors.events import Transaction
->>> from learners.scoring import Scored
+>>> from learners.messages import Scored
 >>> policy = AlertPolicy(PolicyConfig(cooldown_s=3600))
 >>> tx = Transaction("t-1", "c-1", 1522541276.0, 500.0, "m-9")
->>> policy.decide(Scored(tx, 0.97, 0.5, "logreg", [("acct_amount_robust_z", 2.1)])).alert_id
+>>> policy.decide(Scored(tx, 0.97, 0.5, "logreg", [("acct_amount_robust_z", 2.1)], True)).alert_id
 'a-...'
 >>> later = Transaction("t-2", "c-1", 1522541276.0 + 600, 480.0, "m-9")
->>> policy.decide(Scored(later, 0.95, 0.5, "logreg", [])) is None  # within the cool-down
+>>> policy.decide(Scored(later, 0.95, 0.5, "logreg", [], True)) is None  # within the cool-down
 True
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from connectors.events import Alert, alert_id_for, format_ts
-from learners.scoring import Scored
+from learners.messages import Scored
 
 __all__ = ["AlertPolicy", "PolicyConfig", "alert_of"]
 

@@ -30,7 +30,9 @@ from __future__ import annotations
 import math
 import zlib
 from array import array
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
+
+from learners.messages import JoinedLabel
 
 __all__ = [
     "ACCOUNT_FEATURES",
@@ -345,7 +347,7 @@ class AccountProfile:
         if rec is None:
             self.orphans.append((tx_id, label_ts, is_fraud, account_id, origin))
             return None
-        return JoinedLabel(tx_id, rec[1], rec[2], label_ts, is_fraud, rec[3])
+        return JoinedLabel(tx_id, rec[1], rec[2], label_ts, is_fraud, rec[3], account_id)
 
     def on_transaction(self, tx, retention_s: float, infer_negatives: bool = False, orphan_wait_s: float = math.inf
                        ) -> tuple[tuple[float, ...], list["JoinedLabel"], list]:
@@ -368,7 +370,7 @@ class AccountProfile:
                 elif orphan[0] == tx.tx_id:
                     self.pending.pop()
                     joined.append(JoinedLabel(tx.tx_id, tx.event_ts, tx.terminal_id, orphan[1], orphan[2],
-                                              unexplained))
+                                              unexplained, tx.account_id))
                 elif orphan[1] < tx.event_ts - min(orphan_wait_s, retention_s):
                     expired.append(orphan)
                 else:
@@ -379,21 +381,9 @@ class AccountProfile:
             horizon = tx.event_ts - retention_s
             self.pending = [p for p in pending if p[1] >= horizon]
             if infer_negatives:
-                joined.extend(JoinedLabel(p[0], p[1], p[2], tx.event_ts, None, p[3]) for p in pending
+                joined.extend(JoinedLabel(p[0], p[1], p[2], tx.event_ts, None, p[3], tx.account_id) for p in pending
                               if p[1] < horizon)
         return f, joined, expired
-
-
-class JoinedLabel(NamedTuple):
-    """A label joined to its transaction at the account stage (``is_fraud`` None: inferred
-    legitimate, frauds-only feeds)."""
-
-    tx_id: str
-    tx_ts: float
-    terminal_id: str
-    label_ts: float
-    is_fraud: Optional[bool]
-    unexplained: bool = True  # a fraud here is unexplained by its card (unexplained_by_card)
 
 
 class TerminalProfile:

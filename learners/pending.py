@@ -14,7 +14,7 @@ has its label.
 >>> bucket = PendingBucket()
 >>> bucket.add("t-1", tuple(float(i) for i in range(len(FEATURE_NAMES))))
 []
->>> [(tx_id, y) for tx_id, _, y, _ in bucket.label("t-1", 1523145600.0, True)]
+>>> [(e.tx_id, e.is_fraud) for e in bucket.label("t-1", 1523145600.0, True)]
 [('t-1', True)]
 >>> bucket.empty
 True
@@ -26,15 +26,13 @@ import struct
 from typing import Optional
 
 from learners.features import FEATURE_NAMES
+from learners.messages import LabelledExample
 
-__all__ = ["BUCKET_S", "VECTOR_BYTES", "Example", "PendingBucket", "pack", "unpack"]
+__all__ = ["BUCKET_S", "VECTOR_BYTES", "PendingBucket", "pack", "unpack"]
 
 BUCKET_S = 3600.0
 _PACK = struct.Struct(f"<{len(FEATURE_NAMES)}f")
 VECTOR_BYTES = _PACK.size  # a packed feature vector of this version
-
-# (tx_id, label_ts, is_fraud, packed features): a labelled example for the model shard.
-Example = tuple[str, float, bool, bytes]
 
 
 def pack(features: tuple[float, ...]) -> bytes:
@@ -71,19 +69,19 @@ class PendingBucket:
     def empty(self) -> bool:
         return not self.features and not self.orphans
 
-    def add(self, tx_id: str, features: tuple[float, ...]) -> list[Example]:
+    def add(self, tx_id: str, features: tuple[float, ...]) -> list[LabelledExample]:
         """Keep a scored transaction's features; a label that came first is joined now."""
         packed = pack(features)
         orphan = self.orphans.pop(tx_id, None)
         if orphan is not None:
-            return [(tx_id, orphan[0], orphan[1], packed)]
+            return [LabelledExample(tx_id, orphan[0], orphan[1], packed)]
         self.features[tx_id] = packed
         return []
 
-    def label(self, tx_id: str, label_ts: float, is_fraud: bool) -> list[Example]:
+    def label(self, tx_id: str, label_ts: float, is_fraud: bool) -> list[LabelledExample]:
         """Join a label to its transaction's features (or hold it until they arrive)."""
         packed = self.features.pop(tx_id, None)
         if packed is None:
             self.orphans[tx_id] = (label_ts, is_fraud)
             return []
-        return [(tx_id, label_ts, is_fraud, packed)]
+        return [LabelledExample(tx_id, label_ts, is_fraud, packed)]

@@ -44,10 +44,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-import msgspec
 
 from learners.coldstart import ColdStart
 from learners.features import FEATURE_NAMES
+from learners.messages import FeaturedTransaction, LabelledExample, Scored, UnsampledCount
 from learners.models import ANOMALY_FEATURES, build_anomaly_detector, build_classifier, reasons_for
 from learners.quality import OnlineQuality
 from learners.threshold import AlertThreshold
@@ -92,16 +92,6 @@ class ModelConfig:
     @property
     def model_name(self) -> str:
         return self.kind
-
-
-class Scored(msgspec.Struct, frozen=True, gc=False):
-    """A transaction with its score; ``reasons`` only for alert candidates."""
-
-    tx: Any  # connectors.events.Transaction
-    score: float
-    threshold: float
-    model: str
-    reasons: Optional[list] = None
 
 
 def _keep_negative(tx_id: str, rate: float) -> bool:
@@ -368,35 +358,38 @@ class ModelShard:
         self.counts["scored"] += 1
         self.first_ts = min(self.first_ts, event_ts)
         self.last_ts = max(self.last_ts, event_ts)
-        return Scored(tx, score, threshold, name, reasons)
+        return Scored(tx, score, threshold, name, reasons, candidate)
 
-    def on_batch(self, items: list, on_error: Optional[Callable[[tuple, Exception], Any]] = None) -> list:
-        """Process a batch of ("tx", tx, features, part), ("example" or "copy", tx_id,
-        label_ts, is_fraud, packed) and ("unsampled", received, implicit) items.
+    def on_batch(self, messages: list, on_error: Optional[Callable[[Any, Exception], Any]] = None) -> list:
+        """Score the :class:`~learners.messages.FeaturedTransaction` and learn the
+        :class:`~learners.messages.LabelledExample` and :class:`~learners.messages.UnsampledCount`
+        messages of a batch: a :class:`~learners.messages.Scored` for each transaction.
 
-        Items are taken in event-time order (labels first on ties), which undoes most of
-        the reordering that keyed exchanges introduce before they reach the shard. An item
-        that raises is passed to ``on_error(item, exc)``, whose result takes its place in the
+        Messages are taken in event-time order (labels first on ties), which undoes most of
+        the reordering that keyed exchanges introduce before they reach the shard. A message
+        that raises is passed to ``on_error(message, exc)``, whose result takes its place in the
         output (without it, the exception propagates).
         """
-        items.sort(key=_event_order)
+        messages.sort(key=_event_order)
         self.learner.now = time.monotonic()
         if self.export_requested:
             self.export("on_demand")
         out: list = []
-        for item in items:
+        for m in messages:
             try:
-                kind = item[0]
-                if kind == "tx":
-                    out.append(self.on_transaction(item[1], item[2], item[3]))
-                elif kind == "unsampled":
-                    self.on_unsampled(item[1], item[2])
+                kind = type(m)
+                if kind is FeaturedTransaction:
+                    out.append(self.on_transaction(m.tx, m.features, m.part))
+                elif kind is LabelledExample:
+                    self.on_example(m.tx_id, m.label_ts, m.is_fraud, m.packed, m.copy)
+                elif kind is UnsampledCount:
+                    self.on_unsampled(m.received, m.implicit)
                 else:
-                    self.on_example(item[1], item[2], item[3], item[4], kind == "copy")
+                    raise TypeError(f"a model shard takes no {kind.__name__}")
             except Exception as exc:
                 if on_error is None:
                     raise
-                out.append(on_error(item, exc))
+                out.append(on_error(m, exc))
         return out
 
 
@@ -415,12 +408,13 @@ def _unsample(p: float, rate: float) -> float:
     return odds / (1.0 + odds)
 
 
-def _event_order(item: tuple) -> tuple:
-    if item[0] == "tx":
-        return (item[1].event_ts, 1, item[1].tx_id)
-    if item[0] == "unsampled":  # counts only: no time
-        return (-math.inf, 0, "")
-    return (item[2], 0, item[1])
+def _event_order(m: Any) -> tuple:
+    kind = type(m)
+    if kind is FeaturedTransaction:
+        return (m.tx.event_ts, 1, m.tx.tx_id)
+    if kind is LabelledExample:
+        return (m.label_ts, 0, m.tx_id)
+    return (-math.inf, 0, "")  # counts only: no time
 
 
 def _read_snapshot(blob: bytes) -> dict[str, Any]:

@@ -173,9 +173,10 @@ def test_warm_start_scores_like_the_original_model(exported):
     (_, shard), = parts.stats.shard_items()
     assert all(s.model == "logreg" for s in scores)  # supervised from the first transaction
     from dataflows.fraud import pipeline_config
-    from learners.pending import bucket_of, unpack
+    from learners.pending import unpack
     from learners.pipeline import SequentialPipeline
     from learners.scoring import _sampling_rate, _unsample
+    from learners.stages import pending_key
 
     # The features the flow computed, from the same steps in a plain loop (features do not
     # depend on the model); the loop keeps them as float32, awaiting labels that never come.
@@ -184,7 +185,7 @@ def test_warm_start_scores_like_the_original_model(exported):
         loop.on_transaction(tx)
     tx_ts = {tx.tx_id: tx.event_ts for tx in later_txs}
     for s in scores:
-        packed = loop.buckets[(0, bucket_of(tx_ts[s.tx_id]))].features[s.tx_id]
+        packed = loop.buckets[pending_key(loop.routes.keys[0], tx_ts[s.tx_id])].bucket.features[s.tx_id]
         x = dict(zip(FEATURE_NAMES, unpack(packed)))
         rate = _sampling_rate(x["term_log_known_frauds_30d"], settings.negative_sampling)
         expected = _unsample(original.model.predict_proba_one(x).get(True, 0.0), rate)

@@ -22,7 +22,7 @@ def _candidates(events, model: ModelConfig) -> list[Scored]:
     key = (id(events), model)
     if key not in _SCORED:
         pipe = SequentialPipeline(PipelineConfig(model=model))
-        _SCORED[key] = [s for s in pipe.run(events) if s.reasons is not None]
+        _SCORED[key] = [s for s in pipe.run(events) if s.candidate]
     return _SCORED[key]
 
 
@@ -83,7 +83,7 @@ def test_one_open_alert_per_card_within_the_cooldown(small_stream):
 def test_policy_state_round_trip():
     policy = AlertPolicy(PolicyConfig(3600))
     tx = Transaction("t-1", "c-1", 1000.0, 10.0, "m-1")
-    assert policy.decide(Scored(tx, 0.9, 0.5, "logreg", [])) is not None
+    assert policy.decide(Scored(tx, 0.9, 0.5, "logreg", [], True)) is not None
     restored = AlertPolicy(PolicyConfig(3600), policy.snapshot())
     later = Transaction("t-2", "c-1", 1600.0, 10.0, "m-1")
-    assert restored.decide(Scored(later, 0.9, 0.5, "logreg", [])) is None
+    assert restored.decide(Scored(later, 0.9, 0.5, "logreg", [], True)) is None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from connectors.simulator import SimulatorConfig, simulate
-from learners.features import JoinedLabel
-from learners.pipeline import PipelineConfig, SequentialPipeline, learn_at
+from learners.messages import JoinedLabel
+from learners.pipeline import PipelineConfig, SequentialPipeline
 from learners.scoring import ModelConfig
+from learners.stages import learn_at
 
 D0 = 1522540800.0
 DAY = 86_400.0

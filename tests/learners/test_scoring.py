@@ -7,6 +7,7 @@ import random
 
 from connectors.events import Transaction
 from learners.features import FEATURE_NAMES
+from learners.messages import FeaturedTransaction, LabelledExample, UnsampledCount
 from learners.pending import PendingBucket, pack
 from learners.scoring import ModelConfig, ModelShard
 from learners.versions import VersionedLearner
@@ -53,9 +54,9 @@ def test_label_is_used_two_to_three_steps_after_it_is_known():
 def test_scores_do_not_depend_on_arrival_order_within_the_lateness():
     rng = random.Random(3)
     txs = [tx(i, D0 + i * 600, 10.0 + rng.random() * (300 if i % 11 == 0 else 20)) for i in range(600)]
-    items = [("tx", t, features(t.amount), 0) for t in txs]
-    items += [("example", t.tx_id, t.event_ts + 2 * DAY, t.amount > 200, pack(features(t.amount))) for t in txs]
-    ordered = sorted(items, key=lambda it: (it[1].event_ts, 1) if it[0] == "tx" else (it[2], 0))
+    items = [FeaturedTransaction(t, features(t.amount), 0) for t in txs]
+    items += [LabelledExample(t.tx_id, t.event_ts + 2 * DAY, t.amount > 200, pack(features(t.amount))) for t in txs]
+    ordered = sorted(items, key=lambda m: (m.tx.event_ts, 1) if type(m) is FeaturedTransaction else (m.label_ts, 0))
 
     def run(stream) -> dict:
         shard = make_shard()
@@ -73,7 +74,8 @@ def test_scores_do_not_depend_on_arrival_order_within_the_lateness():
         rng.shuffle(chunk)
         shuffled += chunk
     assert run(shuffled) == reference
-    labels_first = [it for it in ordered if it[0] == "example"] + [it for it in ordered if it[0] == "tx"]
+    labels_first = ([m for m in ordered if type(m) is LabelledExample]
+                    + [m for m in ordered if type(m) is FeaturedTransaction])
     assert run(labels_first) == reference
 
 
@@ -93,13 +95,14 @@ def test_a_partition_quiet_on_the_wall_clock_does_not_stop_learning(monkeypatch)
     wall = [1000.0]
     monkeypatch.setattr("learners.scoring.time.monotonic", lambda: wall[0])
     shard = make_shard()
-    shard.on_batch([("tx", tx(1, D0), features(10.0), 0), ("tx", tx(2, D0), features(10.0), 1)])
+    shard.on_batch([FeaturedTransaction(tx(1, D0), features(10.0), 0),
+                    FeaturedTransaction(tx(2, D0), features(10.0), 1)])
     label(shard, 1, D0 + 4 * L, False)  # partition 1 then goes quiet
     wall[0] += 5  # a full-speed replay: days of event time ahead within seconds
-    shard.on_batch([("tx", tx(3, D0 + 200 * L), features(10.0), 0)])
+    shard.on_batch([FeaturedTransaction(tx(3, D0 + 200 * L), features(10.0), 0)])
     assert shard.counts["labels_learned"] == 0  # partition 1 is still waited for
     wall[0] += VersionedLearner.IDLE_PARTITION_WALL_S  # silent for longer than that: idle
-    shard.on_batch([("tx", tx(4, D0 + 201 * L), features(10.0), 0)])
+    shard.on_batch([FeaturedTransaction(tx(4, D0 + 201 * L), features(10.0), 0)])
     assert shard.counts["labels_learned"] == 1
     # restored from a snapshot, every partition counts as heard at the restart: waited for again
     restored = ModelShard(shard.config, shard.snapshot())
@@ -178,9 +181,9 @@ def test_cold_start_uses_the_anomaly_score_until_enough_frauds():
 
 def test_reasons_only_for_alert_candidates():
     scored = make_shard(threshold=0.0).on_transaction(tx(1, D0), features(10.0))
-    assert scored.reasons is not None
+    assert scored.candidate and scored.reasons is not None
     quiet = make_shard(threshold=1.01).on_transaction(tx(1, D0), features(10.0))
-    assert quiet.reasons is None
+    assert not quiet.candidate and quiet.reasons is None
 
 
 def test_inferred_negatives_are_learned_and_counted():
@@ -208,12 +211,11 @@ def test_online_quality_is_test_then_train_on_learned_examples():
 def test_pending_bucket_joins_labels_in_either_order():
     bucket = PendingBucket()
     assert bucket.add("t-1", features(10.0)) == []
-    [(tx_id, label_ts, y, packed)] = bucket.label("t-1", D0 + DAY, False)
-    assert (tx_id, label_ts, y, packed) == ("t-1", D0 + DAY, False, pack(features(10.0)))
+    assert bucket.label("t-1", D0 + DAY, False) == [LabelledExample("t-1", D0 + DAY, False, pack(features(10.0)))]
     assert bucket.label("t-2", D0 + DAY, True) == []  # its features have not arrived yet
     assert not bucket.empty
-    [(tx_id, _, y, _)] = bucket.add("t-2", features(50.0))
-    assert (tx_id, y) == ("t-2", True) and bucket.empty
+    [example] = bucket.add("t-2", features(50.0))
+    assert (example.tx_id, example.is_fraud) == ("t-2", True) and bucket.empty
     restored = PendingBucket(bucket.snapshot())
     assert restored.empty
 
@@ -255,6 +257,6 @@ def test_unsampled_examples_are_counted_at_their_shard_and_never_held():
     """``await_labels`` drops examples outside the negative sample and sends their count
     (decision 0022); the shard counts them as received, as if each had come."""
     shard = ModelShard(ModelConfig())
-    assert shard.on_batch([("unsampled", 3, 1), ("unsampled", 2, 0)]) == []
+    assert shard.on_batch([UnsampledCount(3, 1), UnsampledCount(2, 0)]) == []
     assert shard.counts["labels_received"] == 5 and shard.counts["implicit_negatives"] == 1
     assert shard.learner.held == [] and shard.counts["labels_learned"] == 0

@@ -1,0 +1,83 @@
+"""What flows between the fraud flow's stages: one frozen type per kind of message.
+
+Stages dispatch on the type (``type(m) is FeaturedTransaction``), never on a tag; dead
+letters are :class:`connectors.events.DeadLetter` wherever they come from::
+
+    source            -> (partition, Transaction | Label)
+    account_profile   -> FeaturedTransaction (account features) | JoinedLabel | DeadLetter
+    terminal_risk     -> FeaturedTransaction (the full vector)  | JoinedLabel (frauds) | DeadLetter
+    await_labels      -> LabelledExample | UnsampledCount | DeadLetter
+    score_then_learn  -> Scored | DeadLetter
+    alert_policy      -> Alert | DeadLetter
+
+msgspec structs, frozen and without garbage-collector tracking (like the events): the
+cheapest typed values to build and to pickle across processes that were measured
+(decision 0039).
+
+>>> m = LabelledExample("t-1", 1522541276.0, True, b"")
+>>> m.copy, type(m) is LabelledExample
+(False, True)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import msgspec
+
+__all__ = ["FeaturedTransaction", "JoinedLabel", "LabelledExample", "Scored", "UnsampledCount"]
+
+
+class FeaturedTransaction(msgspec.Struct, frozen=True, gc=False):
+    """A transaction with its features so far: the account's after ``account_profile``, the
+    whole vector (:data:`learners.features.FEATURE_NAMES`) after ``terminal_risk``;
+    ``part``: the source partition it was read from (the shard's watermark)."""
+
+    tx: Any  # connectors.events.Transaction
+    features: tuple
+    part: int
+
+
+class JoinedLabel(msgspec.Struct, frozen=True, gc=False):
+    """A label joined to its transaction at the account stage (``is_fraud`` None: inferred
+    legitimate, frauds-only feeds)."""
+
+    tx_id: str
+    tx_ts: float
+    terminal_id: str
+    label_ts: float
+    is_fraud: Optional[bool]
+    unexplained: bool = True  # a fraud here is unexplained by its card (unexplained_by_card)
+    account_id: str = "?"
+
+
+class LabelledExample(msgspec.Struct, frozen=True, gc=False):
+    """A label joined to the feature vector its transaction was scored with (float32,
+    :func:`learners.pending.pack`), for the model shard to learn at ``label_ts``; ``copy``:
+    another shard's example, learned here too but counted there (decision 0018)."""
+
+    tx_id: str
+    label_ts: float
+    is_fraud: Optional[bool]
+    packed: bytes
+    copy: bool = False
+
+
+class UnsampledCount(msgspec.Struct, frozen=True, gc=False):
+    """``received`` examples of a shard left out of the negative sample at ``await_labels``
+    (never learned, so they do not cross processes), ``implicit`` of them inferred legitimate."""
+
+    received: int
+    implicit: int
+
+
+class Scored(msgspec.Struct, frozen=True, gc=False):
+    """A transaction with its score; ``candidate``: at or over the threshold, an alert
+    candidate for ``alert_policy`` (``reasons`` is set for candidates only)."""
+
+    tx: Any  # connectors.events.Transaction
+    score: float
+    threshold: float
+    model: str
+    reasons: Optional[list]
+    candidate: bool
