@@ -4,12 +4,11 @@ each becomes a dead letter naming its topic, partition and offset, and the flow 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from kafka import KafkaProducer
 
-from connectors.events import Label, Transaction, format_ts, label_to_json, transaction_to_json
+from connectors.events import Transaction, format_ts, label_to_json, transaction_to_json
 from tests.kafka_helpers import FlowCluster, make_topics, read_topic
 
 pytestmark = pytest.mark.broker
