@@ -69,7 +69,6 @@ from dataflows.recovery_store import StateError, feature_layout_error, recovery_
 from learners.decision import PolicyConfig
 from learners.messages import FeaturedTransaction, JoinedLabel, Scored
 from learners.pending import VECTOR_BYTES
-from learners.scoring import ModelConfig
 from learners.stages import (AccountStage, PendingStage, PipelineConfig, PolicyStage, Routes, ShardStage, Stage,
                              TerminalStage)
 
@@ -77,23 +76,7 @@ __all__ = ["FlowParts", "build_flow", "pipeline_config"]
 
 
 def pipeline_config(settings: Settings, shards: int) -> PipelineConfig:
-    model = ModelConfig(
-        kind=settings.model_kind,
-        seed=settings.model_seed,
-        label_mode=settings.effective_label_mode,
-        label_timeout_days=settings.label_timeout_days,
-        allowed_lateness_s=settings.allowed_lateness_s,
-        negative_sampling=settings.negative_sampling,
-        warmup_frauds=settings.warmup_frauds,
-        threshold=settings.threshold,
-        coldstart_alert_rate=settings.coldstart_alert_rate,
-        reasons=settings.reasons,
-        export_interval_s=settings.snapshot_interval_hours * 3600.0,
-        alert_budget_per_day=settings.alert_budget_per_day,
-        alert_rate=settings.alert_rate,
-        shards=shards,
-    )
-    return PipelineConfig(model=model, risk_delay_days=settings.risk_delay_days, shards=shards,
+    return PipelineConfig(model=settings.model_config(shards), risk_delay_days=settings.risk_delay_days, shards=shards,
                           shard_examples=settings.shard_examples)
 
 

@@ -31,6 +31,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from learners.config import MODEL_KIND_NAMES, ModelConfig
+
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 PREFIX = "FRAUDFLOW_"
@@ -68,6 +70,15 @@ def _between(lo: float, hi: float):
 
 def _meta(help: str, check=None, secret: bool = False) -> dict:
     return {"help": help, "check": check, "secret": secret}
+
+
+def _model(name: str, help: str, check=None) -> dict:
+    """A setting of the model section: its default is ``ModelConfig.<name>`` and
+    :meth:`Settings.model_config` passes it there (one definition of each model setting)."""
+    return {**_meta(help, check), "model": name}
+
+
+_MODEL = ModelConfig()
 
 
 @dataclass(frozen=True)
@@ -126,10 +137,9 @@ class Settings:
     emit_scores: bool = field(default=False, metadata=_meta("kafka: also write every score to the scores topic"))
     progress: bool = field(default=True, metadata=_meta("log progress every few seconds and a summary at the end"))
     # -- model -------------------------------------------------------------------------
-    model_kind: str = field(default="binned_logreg", metadata=_meta(
-        "binned_logreg | logreg | hoeffding_tree | arf | amf",
-        _choice("binned_logreg", "logreg", "hoeffding_tree", "arf", "amf")))
-    model_seed: int = field(default=0, metadata=_meta("model seed"))
+    model_kind: str = field(default=_MODEL.kind, metadata=_model("kind", 
+        " | ".join(MODEL_KIND_NAMES), _choice(*MODEL_KIND_NAMES)))
+    model_seed: int = field(default=_MODEL.seed, metadata=_model("seed", "model seed"))
     model_shards: int = field(default=0, metadata=_meta(
         "model partitions (0: one per worker); fix it in production so rescaling keeps models", _at_least(0)))
     shard_examples: str = field(default="all", metadata=_meta(
@@ -138,38 +148,38 @@ class Settings:
         "accounts' only (each shard learns from 1/N of them, less work per shard)", _choice("all", "own")))
     label_mode: str = field(default="", metadata=_meta(
         "all | frauds (default: sim_labels for the simulator, else all)", _choice("", "all", "frauds")))
-    label_timeout_days: float = field(default=8.0, metadata=_meta(
+    label_timeout_days: float = field(default=_MODEL.label_timeout_days, metadata=_model("label_timeout_days", 
         "a transaction with no label this long after it is learned as legitimate (frauds mode: frauds are "
         "learned at this age too) or given up",
         _at_least(0)))
     risk_delay_days: int = field(default=7, metadata=_meta(
         "terminal risk windows end this many days back (typical label delay)", _at_least(0)))
-    allowed_lateness_s: float = field(default=3_600.0, metadata=_meta(
+    allowed_lateness_s: float = field(default=_MODEL.allowed_lateness_s, metadata=_model("allowed_lateness_s", 
         "event-time disorder the flow absorbs (s); the model learns labels in steps of this size, so a "
         "label is used 1 to 2 steps after it is known", _at_least(1)))
     max_event_lead_hours: float = field(default=24.0, metadata=_meta(
         "an event this far ahead of its input partition's event time (plus the wall time since that advanced) "
         "is held until the partition's next event confirms the jump; alone, it is a dead letter (a bad clock)",
         _at_least(0.01)))
-    negative_sampling: float = field(default=0.1, metadata=_meta(
+    negative_sampling: float = field(default=_MODEL.negative_sampling, metadata=_model("negative_sampling", 
         "share of legitimate labels the model learns from (all frauds are learned, and every legitimate one at a "
         "terminal with known frauds); 0.1 balances the classes and measured better than 1.0", _between(0.001, 1.0)))
-    warmup_frauds: int = field(default=25, metadata=_meta(
+    warmup_frauds: int = field(default=_MODEL.warmup_frauds, metadata=_model("warmup_frauds", 
         "frauds learned before the supervised score replaces the anomaly score", _at_least(0)))
     # -- alert policy --------------------------------------------------------------------
-    threshold: float = field(default=0.5, metadata=_meta("alert when the fraud probability reaches this",
+    threshold: float = field(default=_MODEL.threshold, metadata=_model("threshold", "alert when the fraud probability reaches this",
                                                           _between(0.0, 1.0)))
-    coldstart_alert_rate: float = field(default=0.005, metadata=_meta(
+    coldstart_alert_rate: float = field(default=_MODEL.coldstart_alert_rate, metadata=_model("coldstart_alert_rate", 
         "cold start (before warmup_frauds): alert on this share of transactions, the most anomalous",
         _between(0.0001, 0.5)))
-    alert_budget_per_day: float = field(default=0.0, metadata=_meta(
+    alert_budget_per_day: float = field(default=_MODEL.alert_budget_per_day, metadata=_model("alert_budget_per_day", 
         "analysts' capacity: alert on about this many transactions a day, the riskiest (0: use threshold)",
         _at_least(0)))
-    alert_rate: float = field(default=0.0, metadata=_meta(
+    alert_rate: float = field(default=_MODEL.alert_rate, metadata=_model("alert_rate", 
         "or alert on about this share of transactions, the riskiest (0: use threshold)", _between(0, 0.5)))
     cooldown_hours: float = field(default=24.0, metadata=_meta(
         "at most one alert per card within this many hours (event time)", _at_least(0)))
-    reasons: int = field(default=5, metadata=_meta("reasons attached to each alert", _at_least(0)))
+    reasons: int = field(default=_MODEL.reasons, metadata=_model("reasons", "reasons attached to each alert", _at_least(0)))
     # -- operations ----------------------------------------------------------------------
     log_level: str = field(default="INFO", metadata=_meta(
         "DEBUG | INFO | WARNING | ERROR", _choice("DEBUG", "INFO", "WARNING", "ERROR")))
@@ -256,6 +266,12 @@ class Settings:
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+    def model_config(self, shards: int = 1) -> ModelConfig:
+        """The model section as the learners take it (``shards``: how many share the alert budget)."""
+        values = {f.metadata["model"]: getattr(self, f.name) for f in fields(self) if "model" in f.metadata}
+        return ModelConfig(**values, label_mode=self.effective_label_mode, shards=shards,
+                           export_interval_s=self.snapshot_interval_hours * 3600.0)
 
     @property
     def effective_label_mode(self) -> str:

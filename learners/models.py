@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Protocol, runtime_checkable
 from river import anomaly, base, compose, forest, linear_model, optim, preprocessing, tree
 
 from learners.binning import StepFeatures
+from learners.config import MODEL_KIND_NAMES
 
 __all__ = [
     "ANOMALY_FEATURES",
@@ -63,6 +64,7 @@ MODEL_KINDS: dict[str, Callable[[int], base.Classifier]] = {
     "arf": _arf,
     "amf": _amf,
 }
+assert set(MODEL_KINDS) == set(MODEL_KIND_NAMES), "learners.config.MODEL_KIND_NAMES names every model here"
 
 # Account-behaviour signals: the unsupervised detector looks at how unusual a transaction
 # is for its account, which needs no labels.

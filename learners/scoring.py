@@ -41,11 +41,11 @@ import pickle
 import struct
 import time
 import zlib
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 
 from learners.coldstart import ColdStart
+from learners.config import ModelConfig
 from learners.features import FEATURE_NAMES
 from learners.messages import FeaturedTransaction, LabelledExample, Scored, UnsampledCount
 from learners.models import ANOMALY_FEATURES, build_anomaly_detector, build_classifier, reasons_for
@@ -63,35 +63,6 @@ _PACK = struct.Struct(f"<{len(FEATURE_NAMES)}f")
 # that is over, and a 10 % sample left it a handful of examples (decision 0014).
 _FRAUD_TERMINAL_INDEX = FEATURE_NAMES.index("term_log_known_frauds_30d")
 _FRAUD_TERMINAL = struct.Struct(f"<{4 * _FRAUD_TERMINAL_INDEX}xf")  # that one float of a packed vector
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """How a shard scores and learns; part of the flow settings."""
-
-    kind: str = "binned_logreg"
-    seed: int = 0
-    label_mode: str = "all"  # "all": every transaction gets a label; "frauds": frauds only
-    label_timeout_days: float = 8.0  # frauds mode: no fraud label by then => legitimate (account stage)
-    allowed_lateness_s: float = 3600.0  # event-time disorder absorbed; the learning step
-    negative_sampling: float = 0.1  # share of legitimate labels learned (balances the classes)
-    warmup_frauds: int = 25  # frauds learned before the supervised score takes over
-    threshold: float = 0.5
-    coldstart_alert_rate: float = 0.005  # cold start: alert on this share, the most anomalous
-    reasons: int = 5
-    export_interval_s: float = 0.0  # event time between model snapshot exports (0: none)
-    quality_window: int = 10_000  # learned examples behind the online quality figures
-    alert_budget_per_day: float = 0.0  # >0: alert on about this many transactions a day (all shards)
-    alert_rate: float = 0.0  # >0: alert on about this share of transactions
-    shards: int = 1  # how many shards share the budget
-
-    @property
-    def adaptive_threshold(self) -> bool:
-        return self.alert_budget_per_day > 0 or self.alert_rate > 0
-
-    @property
-    def model_name(self) -> str:
-        return self.kind
 
 
 def _keep_negative(tx_id: str, rate: float) -> bool:
