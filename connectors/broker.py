@@ -118,6 +118,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGHUP, _stop)
+    signal.signal(signal.SIGINT, _stop)  # also when started from a script that ignores it (`make broker &`)
     try:
         assert broker.proc is not None
         broker.proc.wait()
