@@ -44,6 +44,7 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 from datetime import datetime
 from typing import Any, Optional
 
@@ -289,7 +290,10 @@ def _startup_problem(settings: Settings) -> Optional[str]:
         try:
             recovery_partitions(directory)
         except StateError as exc:
-            return f"-r {directory}: {exc}"
+            # An empty directory is fine in a cluster: a process that joins a scaled-out cluster
+            # (a new Kubernetes pod, its volume empty) holds no partition; the others do.
+            if process_count() == 1 or not Path(directory).is_dir():
+                return f"-r {directory}: {exc}"
         problem = feature_layout_error(directory, VECTOR_BYTES)
         if problem:
             return problem
