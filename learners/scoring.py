@@ -49,6 +49,7 @@ from learners.config import ModelConfig
 from learners.features import FEATURE_NAMES
 from learners.messages import FeaturedTransaction, LabelledExample, Scored, UnsampledCount
 from learners.models import ANOMALY_FEATURES, build_anomaly_detector, build_classifier, reasons_for
+from learners.pending import pack, unpack
 from learners.quality import OnlineQuality
 from learners.threshold import AlertThreshold
 from learners.versions import Version, VersionedLearner
@@ -57,7 +58,6 @@ __all__ = ["ModelConfig", "ModelShard", "Scored"]
 
 log = logging.getLogger(__name__)
 
-_PACK = struct.Struct(f"<{len(FEATURE_NAMES)}f")
 # Legitimate examples at a terminal with confirmed frauds are all learned, whatever the
 # negative sampling: that is where the model must tell a compromise that goes on from one
 # that is over, and a 10 % sample left it a handful of examples (decision 0014).
@@ -224,7 +224,7 @@ class ModelShard:
         due = self.cold_start.due(boundary)
         if not due:
             return
-        vectors = [_PACK.unpack(packed) for _, _, packed, _ in due]
+        vectors = [unpack(packed) for _, _, packed, _ in due]
         hooks = self.learner.hooks
         if hooks is not None and hooks.wants_unlabelled:
             for values in vectors:
@@ -240,7 +240,7 @@ class ModelShard:
     def _learn_example(self, is_fraud: Optional[bool], packed: bytes) -> None:
         """Learn one labelled example (already sampled by :meth:`on_example`)."""
         is_fraud = bool(is_fraud)  # held examples in snapshots from before sampling moved may be None
-        values = _PACK.unpack(packed)
+        values = unpack(packed)
         x = dict(zip(FEATURE_NAMES, values))
         learner = self.learner
         if self.supervised:  # test, then train
@@ -323,7 +323,7 @@ class ModelShard:
             reasons = reasons_for(model, x, scorer, top=cfg.reasons, means=means)
         hooks = self.learner.hooks
         if not self.supervised or (hooks is not None and hooks.wants_unlabelled):
-            self.cold_start.hold(event_ts, tx.tx_id, _PACK.pack(*features), score)
+            self.cold_start.hold(event_ts, tx.tx_id, pack(features), score)
         else:
             self.cold_start.drop()
         self.counts["scored"] += 1
