@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO
 
+from dataflows.cli.common import positive_int
 from dataflows.errors import FraudflowError
 
 log = logging.getLogger("fraudflow.kafka")
@@ -366,13 +367,6 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _positive_count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
 def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--brokers", help="bootstrap servers (default FRAUDFLOW_KAFKA_BROKERS)")
     p.add_argument("--connect-timeout", type=_non_negative, default=CONNECT_TIMEOUT_S, metavar="S",
@@ -384,8 +378,8 @@ def register(sub) -> None:
                        description="Create the transactions, labels, alerts, dlq and scores topics (names from "
                                    "FRAUDFLOW_KAFKA_TOPIC_*); existing topics are left as they are.")
     p.add_argument("action", choices=["create"], help="what to do")
-    p.add_argument("--partitions", type=_positive_count, default=4, help="partitions per topic (default %(default)s)")
-    p.add_argument("--replication", type=_positive_count, default=1,
+    p.add_argument("--partitions", type=positive_int, default=4, help="partitions per topic (default %(default)s)")
+    p.add_argument("--replication", type=positive_int, default=1,
                    help="replication factor (default %(default)s)")
     _client_args(p)
     p.set_defaults(func=cmd_topics)
@@ -407,7 +401,7 @@ def register(sub) -> None:
                                    "--idle-timeout quiet seconds.")
     p.add_argument("what", choices=["alerts", "dlq", "scores"], help="which output topic")
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest message, not the newest")
-    p.add_argument("-n", "--max", type=_positive_count, metavar="N",
+    p.add_argument("-n", "--max", type=positive_int, metavar="N",
                    help="stop after printing N messages (with --from-beginning: the first N)")
     p.add_argument("--idle-timeout", type=_non_negative, default=0.0, metavar="S",
                    help="stop after S seconds without a message (default 0: never)")
