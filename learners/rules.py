@@ -12,7 +12,8 @@ types, type-checked against the known fields, and compiled into nested closures:
 
 The language:
 
-* values: numbers (``500``, ``0.3``, ``1e3``), text in single or double quotes, ``true``/``false``;
+* values: numbers (``500``, ``0.3``, ``1e3``), text in single or double quotes, ``true``/``false``
+  (for ``extra`` fields);
 * fields (:data:`FIELDS`): the transaction's ``amount``, ``account_id``, ``terminal_id``,
   ``currency``, ``tx_id``, ``hour`` (UTC, 0–23) and ``weekday`` (0 = Monday); the model's
   calibrated ``score`` and the shard's alert ``threshold``; every feature the model and its
@@ -70,7 +71,7 @@ MAX_LIST = 100_000  # items of one ``in`` list
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}")
 _SPEC_KEYS = {"id", "version", "action", "when", "tag", "enabled", "owner", "note"}
 
-NUMBER, TEXT, BOOL, ANY = "number", "text", "condition", "any"
+NUMBER, TEXT, FLAG, BOOL, ANY = "number", "text", "true/false", "condition", "any"
 DAY = 86_400.0
 
 
@@ -142,7 +143,7 @@ class Literal:
     @property
     def kind(self) -> str:
         v = self.value
-        return BOOL if isinstance(v, bool) else TEXT if isinstance(v, str) else NUMBER
+        return FLAG if isinstance(v, bool) else TEXT if isinstance(v, str) else NUMBER
 
     def render(self) -> str:
         v = self.value
@@ -453,8 +454,9 @@ def _check(node: Any) -> str:
             raise RuleError(f"cannot compare conditions: {node.render()}")
         if ANY not in (a, b) and a != b:
             raise RuleError(f"compares {a} with {b}: {node.render()}")
-        if node.op not in ("==", "!=") and TEXT in (a, b):
-            raise RuleError(f"text can only be compared with == or !=: {node.render()}")
+        if node.op not in ("==", "!=") and (TEXT in (a, b) or FLAG in (a, b)):
+            raise RuleError(f"{'text' if TEXT in (a, b) else 'true/false'} can only be compared with == or !=: "
+                            f"{node.render()}")
         return BOOL
     if t is In:
         a = _check(node.operand)
@@ -550,15 +552,56 @@ def _compile(node: Any) -> Callable[[Any, tuple], Any]:
         def negate(tx: Any, row: tuple) -> bool:
             return not inner(tx, row)
         return negate
-    left, right = _compile(node.left), _compile(node.right)
-    if node.op == "and":
-        def both(tx: Any, row: tuple) -> bool:
-            return left(tx, row) and right(tx, row)
-        return both
+    return _chain(node.op, [_compile(part) for part in _operands(node)])
 
-    def either(tx: Any, row: tuple) -> bool:
-        return left(tx, row) or right(tx, row)
-    return either
+
+def _operands(node: Logic) -> list:
+    """``a and b and c`` (parsed as ``(a and b) and c``) as ``[a, b, c]``."""
+    parts: list = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if type(n) is Logic and n.op == node.op:
+            stack.extend((n.right, n.left))
+        else:
+            parts.append(n)
+    return parts
+
+
+def _chain(op: str, parts: list) -> Callable:
+    """One closure for a chain of ``and`` (or ``or``): one call per operand, not two."""
+    if len(parts) > 4:
+        return _chain(op, [_chain(op, parts[:4]), *parts[4:]])
+    a, b, *rest = parts
+    if op == "and":
+        if not rest:
+            def all2(tx: Any, row: tuple) -> bool:
+                return a(tx, row) and b(tx, row)
+            return all2
+        c = rest[0]
+        if len(rest) == 1:
+            def all3(tx: Any, row: tuple) -> bool:
+                return a(tx, row) and b(tx, row) and c(tx, row)
+            return all3
+        d = rest[1]
+
+        def all4(tx: Any, row: tuple) -> bool:
+            return a(tx, row) and b(tx, row) and c(tx, row) and d(tx, row)
+        return all4
+    if not rest:
+        def any2(tx: Any, row: tuple) -> bool:
+            return a(tx, row) or b(tx, row)
+        return any2
+    c = rest[0]
+    if len(rest) == 1:
+        def any3(tx: Any, row: tuple) -> bool:
+            return a(tx, row) or b(tx, row) or c(tx, row)
+        return any3
+    d = rest[1]
+
+    def any4(tx: Any, row: tuple) -> bool:
+        return a(tx, row) or b(tx, row) or c(tx, row) or d(tx, row)
+    return any4
 
 
 def _is_number(v: Any) -> bool:
@@ -611,7 +654,7 @@ def _comparison(node: Compare) -> Callable:
         x, y = a(tx, row), b(tx, row)
         if _is_number(x):
             return _is_number(y) and cmp(x, y)
-        return type(x) is str and type(y) is str and cmp(x, y)
+        return type(x) is type(y) and type(x) in (str, bool) and cmp(x, y)
     return guarded
 
 
@@ -675,6 +718,10 @@ class Rule:
     owner: str = ""
     note: str = ""
     matches: Callable[[Any, tuple], bool] = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+    # (field, values) when the rule can only match a transaction whose text field is one of
+    # the values (``account_id in [...]``, alone or and-ed): the book looks such rules up by
+    # the transaction's value instead of running each one (allow-lists cost one dict lookup).
+    guard: Optional[tuple[str, frozenset]] = field(default=None, repr=False, compare=False)
 
     def spec(self) -> dict:
         """The rule as JSON-ready data: ``parse_rule(rule.spec()) == rule``."""
@@ -729,7 +776,20 @@ def parse_rule(spec: Mapping[str, Any]) -> Rule:
     except RuleError as exc:
         raise RuleError(f"rule {rule_id!r}: {exc}") from None
     return Rule(rule_id, version, action, when, texts["tag"] or (rule_id if action == "tag" else ""), enabled,
-                texts["owner"], texts["note"], _compile(tree))
+                texts["owner"], texts["note"], _compile(tree), _guard(tree))
+
+
+_INDEXED = ("account_id", "terminal_id", "currency")
+
+
+def _guard(tree: Any) -> Optional[tuple[str, frozenset]]:
+    """The text field and values a match requires, if the condition says so at its top."""
+    parts = _operands(tree) if type(tree) is Logic and tree.op == "and" else [tree]
+    for part in parts:
+        if (type(part) is In and not part.negated and type(part.operand) is Field
+                and part.operand.name in _INDEXED):
+            return part.operand.name, frozenset(part.items)
+    return None
 
 
 def read_rules(path: Union[str, Path]) -> list[Rule]:
@@ -793,11 +853,13 @@ class RuleBook:
     True
     """
 
-    __slots__ = ("_rules", "_active")
+    __slots__ = ("_rules", "_scan", "_lookup", "_count")
 
     def __init__(self, rules: Iterable[Rule] = ()) -> None:
         self._rules: dict[str, Rule] = {}
-        self._active: tuple[tuple[Callable, str, str], ...] = ()
+        self._scan: tuple = ()  # (position, matches, action, name) of the rules run on every transaction
+        self._lookup: tuple = ()  # (field, {value: ((position, matches, action, name), ...)}) of guarded rules
+        self._count = 0
         for rule in rules:
             self.put(rule)
 
@@ -816,8 +878,21 @@ class RuleBook:
         return True
 
     def _index(self) -> None:
-        self._active = tuple((r.matches, r.action, r.tag if r.action == "tag" else r.id)
-                             for r in self._rules.values() if r.enabled)
+        scan: list = []
+        tables: dict[str, dict[Any, list]] = {}
+        enabled = [r for r in self._rules.values() if r.enabled]
+        for position, r in enumerate(enabled):
+            entry = (position, r.matches, r.action, r.tag if r.action == "tag" else r.id)
+            if r.guard is None:
+                scan.append(entry)
+                continue
+            table = tables.setdefault(r.guard[0], {})
+            for value in r.guard[1]:
+                table.setdefault(value, []).append(entry)
+        self._scan = tuple(scan)
+        self._lookup = tuple((name, {v: tuple(entries) for v, entries in table.items()})
+                             for name, table in tables.items())
+        self._count = len(enabled)
 
     def get(self, rule_id: str) -> Optional[Rule]:
         return self._rules.get(rule_id)
@@ -826,24 +901,33 @@ class RuleBook:
         return list(self._rules.values())
 
     def __len__(self) -> int:
-        return len(self._active)
+        return self._count
 
     def evaluate(self, tx: Any, features: tuple, score: float, threshold: float) -> Optional[Outcome]:
         """The outcome for one scored transaction, or None when no enabled rule matches."""
-        active = self._active
-        if not active:
+        if not self._count:
             return None
         row = (*features, score, threshold)
         hits = None
-        for matches, action, name in active:
-            if matches(tx, row):
+        for entry in self._scan:
+            if entry[1](tx, row):
                 if hits is None:
                     hits = []
-                hits.append((action, name))
+                hits.append(entry)
+        for name, table in self._lookup:
+            candidates = table.get(getattr(tx, name))
+            if candidates:
+                for entry in candidates:
+                    if entry[1](tx, row):
+                        if hits is None:
+                            hits = []
+                        hits.append(entry)
         if hits is None:
             return None
-        return Outcome(tuple(n for a, n in hits if a == "alert"), tuple(n for a, n in hits if a == "allow"),
-                       tuple(n for a, n in hits if a == "tag"))
+        if self._lookup:
+            hits.sort()  # the book's order
+        return Outcome(tuple(e[3] for e in hits if e[2] == "alert"), tuple(e[3] for e in hits if e[2] == "allow"),
+                       tuple(e[3] for e in hits if e[2] == "tag"))
 
     def snapshot(self) -> list[dict]:
         return [rule.spec() for rule in self._rules.values()]
