@@ -1,4 +1,4 @@
-"""Kafka wiring: the transactions and labels topics in, alerts / dead letters / scores out.
+"""Kafka wiring: the transactions, labels (and feedback) topics in, alerts / dead letters / scores out.
 
 The data path uses bytewax's Kafka connector (confluent-kafka underneath):
 
@@ -224,12 +224,14 @@ class _NoWaitConsumer:
 
 
 class EventsKafkaSource(KafkaSource):
-    """Both input topics through bytewax's KafkaSource, decoded into contract events."""
+    """The input topics through bytewax's KafkaSource, decoded into contract events;
+    ``feedback_topic`` (analysts' verdicts) is read too when given."""
 
     def __init__(self, brokers: list[str], transactions_topic: str, labels_topic: str, *, tail: bool = True,
                  add_config: Optional[dict[str, str]] = None, batch_size: int = 2000,
                  max_batch_span_s: float = MAX_BATCH_SPAN_S, process: int = 0, processes: int = 1,
-                 fetch_wait_ms: Optional[int] = None, max_lead_s: float = DEFAULT_MAX_LEAD_S) -> None:
+                 fetch_wait_ms: Optional[int] = None, max_lead_s: float = DEFAULT_MAX_LEAD_S,
+                 feedback_topic: str = "") -> None:
         self.max_lead_s = max_lead_s
         self.process = process
         self.processes = max(1, processes)
@@ -243,9 +245,12 @@ class EventsKafkaSource(KafkaSource):
         # bytewax hands ``add_config`` to the admin client that lists partitions (a producer
         # handle) as well as to the consumers: consumer-only options are added in build_part.
         self.consumer_options = options_for("consumer", options)
-        super().__init__(brokers, [transactions_topic, labels_topic], tail=tail, starting_offset=OFFSET_BEGINNING,
+        topics = [transactions_topic, labels_topic] + ([feedback_topic] if feedback_topic else [])
+        super().__init__(brokers, topics, tail=tail, starting_offset=OFFSET_BEGINNING,
                          add_config=options_for("admin", options), batch_size=batch_size, raise_on_errors=False)
         self.kinds = {transactions_topic: "transaction", labels_topic: "label"}
+        if feedback_topic:
+            self.kinds[feedback_topic] = "verdict"
         self.max_batch_span_s = max_batch_span_s
         self.pacer = EventTimePacer(max_batch_span_s)
 
@@ -391,13 +396,35 @@ def _brokers(settings: Any) -> list[str]:
     return [b.strip() for b in settings.kafka_brokers.split(",") if b.strip()]
 
 
+def _feedback_topic(settings: Any) -> str:
+    """The feedback topic if it exists (listed with all topics: a metadata request naming it
+    would make a broker with auto-creation create it, with the wrong partition count); a
+    flow without analysts' feedback runs without it, with a warning."""
+    topic = settings.kafka_topic_feedback
+    if not topic:
+        return ""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_brokers,
+                         **options_for("admin", _client_options(settings))})
+    try:
+        present = topic in admin.list_topics(timeout=settings.kafka_startup_timeout_s).topics
+    except KafkaException as exc:
+        log.warning("cannot list topics to find the feedback topic %r (%s): analysts' verdicts are not read",
+                    topic, exc.args[0].str() if exc.args else exc)
+        return ""
+    if not present:
+        log.warning("topic %r (FRAUDFLOW_KAFKA_TOPIC_FEEDBACK) does not exist: analysts' verdicts are not read "
+                    "(create it with `fraudflow topics create`)", topic)
+        return ""
+    return topic
+
+
 def kafka_source(settings: Any, process: int = 0, processes: int = 1) -> EventsKafkaSource:
     return EventsKafkaSource(
         _brokers(settings), settings.kafka_topic_transactions, settings.kafka_topic_labels,
         tail=not settings.kafka_stop_at_end, add_config=_client_options(settings),
         batch_size=settings.kafka_batch_size, process=process, processes=processes,
         max_batch_span_s=batch_span_for(settings.allowed_lateness_s), fetch_wait_ms=settings.kafka_fetch_wait_ms,
-        max_lead_s=settings.max_event_lead_hours * 3600,
+        max_lead_s=settings.max_event_lead_hours * 3600, feedback_topic=_feedback_topic(settings),
     )
 
 

@@ -54,7 +54,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, Sink
 
-from connectors.events import DeadLetter, Label, Score, Transaction, format_ts, parse_record
+from connectors.events import DeadLetter, Label, Score, Transaction, Verdict, format_ts, parse_record
 from connectors.files import FileEventsSource, JsonlSink, truncate
 from connectors.simulator import SimulatorConfig, SimulatorSource
 from connectors.sources import BOARD, batch_span_for
@@ -126,7 +126,7 @@ class _StageLogic(StatefulBatchLogic):
 # -- wiring --------------------------------------------------------------------------------
 def _parse(item: tuple[int, Any]) -> tuple[int, Any]:
     part, record = item
-    if isinstance(record, (Transaction, Label, DeadLetter)):
+    if isinstance(record, (Transaction, Label, Verdict, DeadLetter)):
         return item
     raw, origin, kind = record  # raw bytes from a broker
     return part, parse_record(raw, origin, kind)
@@ -153,8 +153,13 @@ def build_flow(
     dlq_sink: Optional[Sink] = None,
     scores_sink: Optional[Sink] = None,
     shards: Optional[int] = None,
+    desk: Optional[Any] = None,
 ) -> FlowParts:
-    """Wire the fraud flow from settings; sources and sinks may be passed in (tests)."""
+    """Wire the fraud flow from settings; sources and sinks may be passed in (tests).
+
+    ``desk``: simulated analysts inside the loop (:class:`learners.analysts.AnalystDesk`,
+    ``fraudflow replay --analysts``; files source, one process): the alert policy hands its
+    alerts to it and the files source injects its verdicts (:class:`connectors.files.FileEventsSource`)."""
     workers = total_workers()
     n_shards = shards or settings.model_shards or workers
     config = pipeline_config(settings, n_shards)
@@ -163,7 +168,7 @@ def build_flow(
     BOARD.clear()  # a new flow in this process: no clocks from an earlier one
 
     if source is None:
-        source = _default_source(settings)
+        source = _default_source(settings, desk)
     if alerts_sink is None or dlq_sink is None or (scores_sink is None and (settings.scores or settings.emit_scores)):
         default_alerts, default_dlq, default_scores = _default_sinks(settings)
         alerts_sink = alerts_sink or default_alerts
@@ -215,6 +220,8 @@ def build_flow(
     scored_split = op.branch("shard_dead", op.key_rm("unkey_shard", op.stateful_batch(
         "score_then_learn", by_shard, shard_stage)), lambda s: type(s) is not DeadLetter)
     scored = scored_split.trues
+    if desk is not None:  # the loop's drain count: transactions that were no alert candidate are done here
+        scored = op.inspect("count_for_analysts", scored, lambda _s, item: desk.on_scored(item))
     if scores_sink is not None:
         _write("write_scores", op.map("score_record", scored, _score_record), scores_sink)
     candidates = op.filter("alert_candidates", scored, lambda s: s.candidate)
@@ -222,7 +229,8 @@ def build_flow(
     alerts = op.stateful_batch(
         "alert_policy",
         keyed("key_candidates", candidates, lambda s: (s.tx.account_id, s), workers),
-        lambda state: _StageLogic(PolicyStage(policy_config, state, stats)),
+        lambda state: _StageLogic(PolicyStage(policy_config, state, stats,
+                                              handoff=desk.on_alerts if desk is not None else None)),
     )
     alerts_split = op.branch("policy_dead", op.key_rm("unkey_alerts", alerts), lambda a: type(a) is not DeadLetter)
     _write("write_alerts", alerts_split.trues, alerts_sink)
@@ -253,13 +261,14 @@ def _no_key(_item: Any) -> str:
     return ""
 
 
-def _default_source(settings: Settings) -> Source:
+def _default_source(settings: Settings, desk: Optional[Any] = None) -> Source:
     span = batch_span_for(settings.allowed_lateness_s)
     if settings.source == "simulator":
         return SimulatorSource(simulator_config(settings), partitions=settings.sim_partitions, max_batch_span_s=span)
     if settings.source == "files":
         return FileEventsSource(settings.transactions_file, settings.labels_file, max_batch_span_s=span,
-                                max_lead_s=settings.max_event_lead_hours * 3600)
+                                max_lead_s=settings.max_event_lead_hours * 3600, feedback_path=settings.feedback_file,
+                                desk=desk)
     from connectors.kafka import kafka_source
 
     return kafka_source(settings, process_id(), process_count())

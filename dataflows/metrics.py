@@ -24,6 +24,9 @@ fraudflow_dead_letters_total{reason}        rejected input, by reason category
 fraudflow_alerts_total                      alerts emitted
 fraudflow_alerts_suppressed_total           alert candidates folded into an open alert (cool-down)
 fraudflow_alerts_confirmed_total            alerts whose transaction a fraud label confirmed
+fraudflow_feedback_total{kind}              analysts' verdicts joined (verdicts), later labels for
+                                            an answered transaction dropped (labels_duplicate) or
+                                            learned as a correction (labels_overturning_verdict)
 fraudflow_score                             histogram of scores
 fraudflow_pending_transactions              transactions whose features await their label
 fraudflow_event_time_seconds                event time of the newest scored transaction
@@ -84,6 +87,11 @@ class FlowCollector:
         yield counter("fraudflow_alerts_suppressed", "Alert candidates folded into an open alert",
                       c["alerts_suppressed_by_cooldown"])
         yield counter("fraudflow_alerts_confirmed", "Alerts confirmed by a fraud label", c["alerts_confirmed_fraud"])
+        feedback = CounterMetricFamily("fraudflow_feedback", "Analysts' verdicts and the labels that followed them",
+                                       labels=["kind"])
+        for kind, n in sorted(c["feedback"].items()):
+            feedback.add_metric([kind], n)
+        yield feedback
         yield counter("fraudflow_late_transactions", "Transactions scored by an older model version than allowed",
                       c["late_transactions"])
         yield counter("fraudflow_late_labels", "Labels that arrived after their learning step", c["late_labels"])

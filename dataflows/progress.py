@@ -44,6 +44,8 @@ class RunStats:
         self.forgotten = 0
         self.pending = 0  # feature vectors awaiting their label (await_labels, this process)
         self._dead_by_reason: dict[str, int] = {}
+        # analysts' feedback at the account stage: verdicts, labels_duplicate, labels_overturning_verdict
+        self._feedback: dict[str, int] = {"verdicts": 0, "labels_duplicate": 0, "labels_overturning_verdict": 0}
         self._score_buckets = [0] * len(SCORE_BUCKETS)
         self._score_sum = 0.0
         self._alerted: set[str] = set()
@@ -87,6 +89,11 @@ class RunStats:
         with self._lock:
             if tx_id in self._alerted:
                 self.alerts_confirmed += 1
+
+    def feedback(self, kind: str) -> None:
+        """An analyst's verdict joined, or a later label for an answered transaction (decision 0050)."""
+        with self._lock:
+            self._feedback[kind] = self._feedback.get(kind, 0) + 1
 
     def dead(self, category: str = "other") -> None:
         """A dead letter of ``category`` (:attr:`connectors.events.DeadLetter.category`)."""
@@ -157,6 +164,7 @@ class RunStats:
             "alerts_suppressed_by_cooldown": self.suppressed,
             "alerts_confirmed_fraud": self.alerts_confirmed,
             "dead_letters": self.dead_letters,
+            "feedback": dict(self._feedback),
             "supervised_shards": sum(1 for s in shards if s.supervised),
             "model_shards": len(shards),
             "event_time": format_ts(self.event_ts) if self.event_ts is not None else None,
@@ -201,6 +209,11 @@ class RunStats:
             f"  dead letters          {c['dead_letters']:>12,}",
             model,
         ]
+        fb = c["feedback"]
+        if fb["verdicts"] or fb["labels_duplicate"]:
+            lines.append(f"  analysts' verdicts    {fb['verdicts']:>12,}   ({fb['labels_duplicate']:,} later labels for "
+                         f"answered transactions not learned again, {fb['labels_overturning_verdict']:,} chargebacks "
+                         "overturning a legitimate verdict learned)")
         if c["late_transactions"] or c["late_labels"]:
             lines.append(f"  late events           {c['late_transactions']:>12,} transactions, {c['late_labels']:,} labels"
                          " behind the learning step (raise FRAUDFLOW_ALLOWED_LATENESS_S if this grows)")

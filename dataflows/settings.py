@@ -201,6 +201,11 @@ class Settings:
     warm_start: str = field(default="", metadata=_meta(
         "start every model shard from this verified snapshot (.json); refused if unsigned, tampered or "
         "incompatible"))
+    # -- analyst feedback (issue 22) ------------------------------------------------------
+    feedback_file: str = field(default="", metadata=_meta(
+        "files source: analysts' verdicts JSONL (contract feedback), learned as labels at their ts (empty: none)"))
+    kafka_topic_feedback: str = field(default="feedback", metadata=_meta(
+        "input topic of analysts' verdicts, read with transactions and labels (empty: none)"))
 
     # ------------------------------------------------------------------------------------
     @classmethod
@@ -249,6 +254,8 @@ class Settings:
                     raise SettingsError(f"{var}: required when FRAUDFLOW_SOURCE=files")
                 if not Path(path).is_file():
                     raise SettingsError(f"{var}: no such file: {path}")
+            if self.feedback_file and not Path(self.feedback_file).is_file():
+                raise SettingsError(f"FRAUDFLOW_FEEDBACK_FILE: no such file: {self.feedback_file}")
         if self.source == "kafka" and not self.kafka_brokers.strip():
             raise SettingsError("FRAUDFLOW_KAFKA_BROKERS: required when FRAUDFLOW_SOURCE=kafka")
         if self.alert_budget_per_day and self.alert_rate:

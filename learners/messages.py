@@ -49,6 +49,9 @@ class JoinedLabel(msgspec.Struct, frozen=True, gc=False):
     is_fraud: Optional[bool]
     unexplained: bool = True  # a fraud here is unexplained by its card (unexplained_by_card)
     account_id: str = "?"
+    verdict: bool = False  # an analyst's verdict (learned at label_ts in every label mode)
+    keep: bool = False  # await_labels keeps the features after this example (a legitimate verdict a chargeback may correct)
+    release: bool = False  # nothing to learn: await_labels drops the features it kept (see ``keep``)
 
 
 class LabelledExample(msgspec.Struct, frozen=True, gc=False):

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional, Protocol, Sequence
 
-from connectors.events import (DeadLetter, Label, Origin, Transaction, encode, format_ts, label_to_json,
-                               transaction_to_json)
+from connectors.events import (DeadLetter, Label, Origin, Transaction, Verdict, encode, format_ts, label_to_json,
+                               transaction_to_json, verdict_to_json)
 from learners.decision import AlertPolicy, PolicyConfig
 from learners.features import AccountProfile, TerminalProfile, transaction_features
 from learners.messages import FeaturedTransaction, JoinedLabel, LabelledExample, Scored, UnsampledCount
@@ -92,8 +92,10 @@ def learn_at(joined: JoinedLabel, config: PipelineConfig) -> float:
     legitimate examples inferred there. Learning frauds at 7 days and inferred legitimate at 8+
     taught the model that whatever grows with calendar time (account history, terminals with
     known frauds) means fraud: 99 % of transactions scored ≥ 0.5 on days 14–16 (decision 0015).
-    Terminal risk still counts the fraud from ``label_ts``."""
-    if joined.is_fraud and config.model.label_mode == "frauds":
+    Terminal risk still counts the fraud from ``label_ts``. An analyst's verdict is learned at
+    its ``label_ts`` in every mode: verdicts of both kinds come hours after their transaction,
+    so learning them at once teaches no calendar-time bias (decision 0050)."""
+    if joined.is_fraud and config.model.label_mode == "frauds" and not joined.verdict:
         return max(joined.label_ts, joined.tx_ts + config.retention_s)
     return joined.label_ts
 
@@ -161,6 +163,7 @@ class StageStats(Protocol):
     def unmatched(self, n: int) -> None: ...
     def scored(self, scored: list, shard: Any) -> None: ...
     def alerted(self, alerts: list, suppressed: int) -> None: ...
+    def feedback(self, kind: str) -> None: ...
 
 
 class _NoStats:
@@ -177,6 +180,9 @@ class _NoStats:
         pass
 
     def alerted(self, alerts: list, suppressed: int) -> None:
+        pass
+
+    def feedback(self, kind: str) -> None:
         pass
 
 
@@ -215,6 +221,8 @@ def failure_of(step: str, exc: BaseException, m: Any) -> DeadLetter:
         return step_failure(step, exc, transaction_to_json(m), m.origin)
     if kind is Label:
         return step_failure(step, exc, label_to_json(m), m.origin)
+    if kind is Verdict:
+        return step_failure(step, exc, verdict_to_json(m), m.origin)
     if kind is JoinedLabel:
         return step_failure(step, exc, _joined_doc(m), None)
     if kind is LabelledExample:
@@ -283,6 +291,9 @@ class AccountStage(Stage):
         self.event_time = event_time
 
     def _joined(self, joined: JoinedLabel, out: list, origin: Optional[Origin] = None) -> None:
+        if joined.release:
+            out.append(joined)
+            return
         if stamped_before_transaction(joined):
             out.append(DeadLetter(encode(_joined_doc(joined)), _before_reason(joined.label_ts, joined.tx_ts),
                                   origin or _NO_ORIGIN, step="account_profile", category="bad_timestamp"))
@@ -294,7 +305,7 @@ class AccountStage(Stage):
     @staticmethod
     def _orphan_dead_letter(orphan: tuple, why: str, tx: Optional[Transaction] = None) -> DeadLetter:
         """``tx``: the orphan's own transaction, which came after the label's ts."""
-        tx_id, label_ts, is_fraud, account_id, origin = (*orphan, "?", None)[:5] if len(orphan) < 5 else orphan
+        tx_id, label_ts, is_fraud, account_id, origin = (*orphan, "?", None)[:5] if len(orphan) < 5 else orphan[:5]
         raw = encode({"tx_id": tx_id, "account_id": account_id, "ts": format_ts(label_ts), "is_fraud": is_fraud})
         where = Origin(*origin) if origin else Origin("labels", -1)
         if tx is not None:
@@ -316,8 +327,18 @@ class AccountStage(Stage):
                 out.append(self._orphan_dead_letter(orphan, "by its ts plus one learning step of event time",
                                                     event if orphan[0] == event.tx_id else None))
         else:
+            verdict = type(event) is Verdict
+            if profile.verdicts and profile.verdict_for(event.tx_id) is not None:
+                # an analyst answered this transaction already (decision 0050)
+                kind, j = profile.settle(event.tx_id, event.event_ts, event.is_fraud, event.account_id, verdict)
+                self.stats.feedback("labels_overturning_verdict" if kind == "overturned" else "labels_duplicate")
+                if j is not None:
+                    self._joined(j, out, event.origin)
+                return
+            if verdict:
+                self.stats.feedback("verdicts")
             j = profile.join_label(event.tx_id, event.event_ts, event.is_fraud, event.account_id,
-                                   _origin_tuple(event.origin))
+                                   _origin_tuple(event.origin), verdict)
             if j is not None:
                 self._joined(j, out, event.origin)
 
@@ -407,8 +428,11 @@ class PendingStage(Stage):
             try:
                 if type(m) is FeaturedTransaction:
                     examples = bucket.add(m.tx.tx_id, m.features)
+                elif m.release:
+                    bucket.release(m.tx_id)
+                    continue
                 else:
-                    examples = bucket.label(m.tx_id, learn_at(m, self.config), m.is_fraud)
+                    examples = bucket.label(m.tx_id, learn_at(m, self.config), m.is_fraud, m.keep)
             except Exception as exc:
                 out.append(failure_of("await_labels", exc, m))
                 continue
@@ -482,11 +506,17 @@ class ShardStage(Stage):
 
 
 class PolicyStage(Stage):
-    """alert_policy (keyed by ``account_id``): per-card cool-down over the alert candidates."""
+    """alert_policy (keyed by ``account_id``): per-card cool-down over the alert candidates.
 
-    def __init__(self, config: PolicyConfig, state: Optional[tuple] = None, stats: StageStats = NO_STATS) -> None:
+    ``handoff(alerts, candidates)``: called after every batch with its alerts and how many
+    candidates it took, for an in-process analyst desk (:class:`learners.analysts.AnalystDesk`,
+    ``fraudflow replay --analysts``)."""
+
+    def __init__(self, config: PolicyConfig, state: Optional[tuple] = None, stats: StageStats = NO_STATS,
+                 handoff: Optional[Callable[[list, int], None]] = None) -> None:
         self.policy = AlertPolicy(config, state)
         self.stats = stats
+        self.handoff = handoff
 
     def on_batch(self, messages: list) -> list:
         out: list = []
@@ -501,8 +531,10 @@ class PolicyStage(Stage):
                 continue
             if alert is not None:
                 out.append(alert)
-        self.stats.alerted([a for a in out if type(a) is not DeadLetter] if failed else out,
-                           len(messages) - len(out))
+        alerts = [a for a in out if type(a) is not DeadLetter] if failed else out
+        self.stats.alerted(alerts, len(messages) - len(out))
+        if self.handoff is not None:
+            self.handoff(alerts, len(messages))
         return out
 
     def snapshot(self) -> tuple:

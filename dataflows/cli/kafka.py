@@ -98,8 +98,9 @@ def existing_topics(client: Any, config: dict[str, Any], timeout_s: float) -> di
 
 
 def topics_for(settings: Any) -> list[str]:
-    return [settings.kafka_topic_transactions, settings.kafka_topic_labels, settings.kafka_topic_alerts,
-            settings.kafka_topic_dlq, settings.kafka_topic_scores]
+    names = [settings.kafka_topic_transactions, settings.kafka_topic_labels, settings.kafka_topic_alerts,
+             settings.kafka_topic_dlq, settings.kafka_topic_scores]
+    return names + ([settings.kafka_topic_feedback] if settings.kafka_topic_feedback else [])
 
 
 def create_topics(config: dict[str, Any], names: list[str], partitions: int, replication: int,
@@ -136,20 +137,30 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 # -- produce --------------------------------------------------------------------------------
+def feedback_path(prefix: str) -> str:
+    """PREFIX.feedback.jsonl if it exists (analysts' verdicts), else ""."""
+    path = f"{prefix}.feedback.jsonl"
+    return path if Path(path).is_file() else ""
+
+
 def merged_lines(prefix: str) -> Iterator[tuple[str, bytes, Optional[str]]]:
-    """(kind, raw line, account_id) from PREFIX.{transactions,labels}.jsonl in label-release order."""
-    from connectors.events import DeadLetter
+    """(kind, raw line, account_id) from PREFIX.{transactions,labels[,feedback]}.jsonl in
+    label-release order."""
+    from connectors.events import DeadLetter, Transaction, Verdict
     from connectors.files import read_events
 
-    tx_path, label_path = f"{prefix}.transactions.jsonl", f"{prefix}.labels.jsonl"
-    lines = {0: _raw_lines(tx_path), 1: _raw_lines(label_path)}
-    for event in read_events(tx_path, label_path):
+    tx_path, label_path, fb_path = f"{prefix}.transactions.jsonl", f"{prefix}.labels.jsonl", feedback_path(prefix)
+    paths = {tx_path: "transaction", label_path: "label", fb_path: "verdict"}
+    lines = {"transaction": _raw_lines(tx_path), "label": _raw_lines(label_path)}
+    if fb_path:
+        lines["verdict"] = _raw_lines(fb_path)
+    for event in read_events(tx_path, label_path, feedback_path=fb_path):
         if isinstance(event, DeadLetter):
-            stream = 0 if event.origin.source == tx_path else 1
-            yield ("transaction" if stream == 0 else "label"), next(lines[stream]), None
+            kind = paths[event.origin.source]
+            yield kind, next(lines[kind]), None
         else:
-            stream = 1 if hasattr(event, "is_fraud") else 0
-            yield ("transaction" if stream == 0 else "label"), next(lines[stream]), event.account_id
+            kind = "transaction" if type(event) is Transaction else "verdict" if type(event) is Verdict else "label"
+            yield kind, next(lines[kind]), event.account_id
 
 
 def _raw_lines(path: str) -> Iterator[bytes]:
@@ -235,9 +246,10 @@ def produce_files(config: dict[str, Any], prefix: str, topics: dict[str, str], r
         if topic not in have:
             raise _user_error(f"topic {topic!r} does not exist at {config['bootstrap.servers']}: "
                               "create the topics with `fraudflow topics create` first")
-    total = count_lines(f"{prefix}.transactions.jsonl", f"{prefix}.labels.jsonl")
+    fb_path = feedback_path(prefix)
+    total = count_lines(f"{prefix}.transactions.jsonl", f"{prefix}.labels.jsonl", *([fb_path] if fb_path else []))
     bar = ProgressBar(total, progress) if progress is not None else None
-    acked = {"transaction": 0, "label": 0}
+    acked = {kind: 0 for kind in topics}
     failed: list[str] = []
 
     def delivered(kind: str):
@@ -265,12 +277,12 @@ def produce_files(config: dict[str, Any], prefix: str, topics: dict[str, str], r
             while (ahead := sent / rate - (time.monotonic() - started)) > 0:
                 producer.poll(ahead)
         if bar is not None:
-            bar.update(acked["transaction"] + acked["label"])
+            bar.update(sum(acked.values()))
     while producer.flush(0.1 if bar is not None else 1.0):
         if bar is not None:
-            bar.update(acked["transaction"] + acked["label"])
+            bar.update(sum(acked.values()))
     if bar is not None:
-        bar.finish(acked["transaction"] + acked["label"])
+        bar.finish(sum(acked.values()))
     if failed:
         raise _user_error(f"{len(failed):,} of {sent:,} messages were not delivered (first: {failed[0]})")
     return acked
@@ -282,6 +294,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
             raise _user_error(f"no such file: {args.prefix}.{suffix}.jsonl (write it with `fraudflow simulate`)")
     settings = _settings()
     topics = {"transaction": settings.kafka_topic_transactions, "label": settings.kafka_topic_labels}
+    if feedback_path(args.prefix):
+        if not settings.kafka_topic_feedback:
+            raise _user_error(f"{feedback_path(args.prefix)} is there but FRAUDFLOW_KAFKA_TOPIC_FEEDBACK is empty")
+        topics["verdict"] = settings.kafka_topic_feedback
     counts = produce_files(client_config(settings, args.brokers, ClientLog()), args.prefix, topics, args.rate,
                            progress=None if args.quiet else sys.stderr, timeout_s=args.connect_timeout)
     print(json.dumps({"produced": counts, "topics": topics}))
@@ -375,7 +391,7 @@ def _client_args(p: argparse.ArgumentParser) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("topics", help="Kafka topics: create the ones the flow uses (idempotent)",
-                       description="Create the transactions, labels, alerts, dlq and scores topics (names from "
+                       description="Create the transactions, labels, alerts, dlq, scores and feedback topics (names from "
                                    "FRAUDFLOW_KAFKA_TOPIC_*); existing topics are left as they are.")
     p.add_argument("action", choices=["create"], help="what to do")
     p.add_argument("--partitions", type=positive_int, default=4, help="partitions per topic (default %(default)s)")
@@ -385,7 +401,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("produce", help="load files written by `fraudflow simulate` into the input topics",
-                       description="Produce PREFIX.transactions.jsonl and PREFIX.labels.jsonl to the input topics in "
+                       description="Produce PREFIX.transactions.jsonl and PREFIX.labels.jsonl (and PREFIX.feedback.jsonl, "
+                                   "analysts' verdicts, when present) to the input topics in "
                                    "label-release (event-time) order, keyed by account_id, with a progress bar on "
                                    "stderr. The topics must exist (`fraudflow topics create`).")
     p.add_argument("prefix", help="the --out prefix given to `fraudflow simulate`")
