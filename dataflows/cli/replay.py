@@ -28,13 +28,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         settings = Settings.from_env().replace(
             source="files", transactions_file=args.transactions, labels_file=args.labels,
             alerts=args.alerts, dlq=args.dlq, scores=args.scores or "", progress=not args.quiet,
+            **({"rules_file": args.rules} if args.rules else {}),
         )
         settings._check_consistency()
+        for path in (settings.alerts, settings.dlq, settings.scores):
+            truncate(path)
+        parts = build_flow(settings, shards=settings.model_shards or args.workers)
     except SettingsError as exc:
         raise FraudflowError(f"bad setting: {exc}") from None
-    for path in (settings.alerts, settings.dlq, settings.scores):
-        truncate(path)
-    parts = build_flow(settings, shards=settings.model_shards or args.workers)
     cli_main(parts.flow, workers_per_process=args.workers)
     if not args.quiet:
         parts.stats.print_summary(settings)
@@ -55,6 +56,8 @@ def register(sub: Any) -> None:
                    help="alerts JSONL, - for stdout (default %(default)s)")
     p.add_argument("--dlq", metavar="FILE", default="fraudflow-output/dlq.jsonl",
                    help="dead letters JSONL (default %(default)s)")
+    p.add_argument("--rules", type=existing_file, metavar="FILE",
+                   help="rules (YAML or JSON) every model shard applies from the first event (FRAUDFLOW_RULES_FILE)")
     p.add_argument("-w", "--workers", type=positive_int, default=1, help="Bytewax workers (default %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     p.set_defaults(func=cmd_replay)
