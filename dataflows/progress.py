@@ -51,6 +51,7 @@ class RunStats:
         self._rule_matches: dict[tuple[str, str], int] = {}  # (rule id or tag, action) -> transactions
         self._rule_alerts: dict[str, int] = {}  # rule id -> alerts emitted carrying it
         self.rule_allowed = 0  # alert candidates suppressed by allow rules
+        self.rule_alerts = 0  # alerts carrying at least one alert rule
         self._lock = threading.Lock()
         self._next_report = self.started + self.REPORT_EVERY_S
         self.failure: Optional[str] = None  # why the run stopped, if it failed
@@ -85,9 +86,12 @@ class RunStats:
             for alert in alerts:
                 self.alerts += 1
                 self._alerted.add(alert.tx_id)
+                ruled = False
                 for name, _ in alert.reasons:
                     if name.startswith("rule:"):
                         rule_alerts[name[5:]] = rule_alerts.get(name[5:], 0) + 1
+                        ruled = True
+                self.rule_alerts += ruled
             self.suppressed += suppressed
 
     def rule_book(self, stage: Any, active: int) -> None:
@@ -191,7 +195,7 @@ class RunStats:
             "alerts_confirmed_fraud": self.alerts_confirmed,
             "dead_letters": self.dead_letters,
             "rules_active": max((n for _, n in self._rule_books.values()), default=0),
-            "rule_alerts": sum(self._rule_alerts.values()),
+            "rule_alerts": self.rule_alerts,
             "rule_allowed": self.rule_allowed,
             "bad_rules": self._dead_by_reason.get("bad_rule", 0),
             "supervised_shards": sum(1 for s in shards if s.supervised),
