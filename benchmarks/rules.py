@@ -106,6 +106,12 @@ def evaluate_cost(path: str, rules: str, repeat: str = "5") -> dict:
             "matched_share": round(matched / len(rows), 4)}
 
 
+def _tx_share(runs: dict) -> float:
+    """Transactions per event of the workload (labels are events too)."""
+    first = runs["no_rules"][0]
+    return first["transactions"] / first["events"]
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=1_000)
@@ -137,11 +143,19 @@ def main(argv=None) -> dict:
         "throughput_cost": round(1 - ratio, 3),
         "evaluate": cost,
         "target": f"throughput cost <= {TARGET_COST:.0%} with 50 rules",
-        "met": 1 - ratio <= TARGET_COST,
+        # evaluate()'s time against the flow's time per transaction (no-rules runs): a cost
+        # estimate that machine noise moves far less than the paired flow ratios
+        "evaluate_share_of_transaction_time": round(
+            cost["us_per_transaction"] * 1e-6 * statistics.median(none) * _tx_share(runs), 3),
+        "paired_ratio_spread": round(max(ratios) - min(ratios), 3),
     }
+    spread_ok = result["paired_ratio_spread"] <= TARGET_COST
+    result["met"] = ((1 - ratio <= TARGET_COST) if spread_ok else None)  # None: the paired runs are too noisy
+    result["met_by_evaluate_share"] = result["evaluate_share_of_transaction_time"] <= TARGET_COST
     out = save("rules", result)
     print(json.dumps({k: result[k] for k in ("workload", "events_per_s_median", "paired_ratios",
-                                             "ratio_fifty_to_none_median", "throughput_cost", "evaluate", "met")}
+                                             "ratio_fifty_to_none_median", "throughput_cost", "evaluate",
+                                             "evaluate_share_of_transaction_time", "met", "met_by_evaluate_share")}
                      | {"results": str(out)}, indent=2))
     return result
 
