@@ -207,6 +207,7 @@ class Alert(msgspec.Struct, frozen=True, omit_defaults=True):
     reasons: list[tuple[str, float]]
     currency: str
     extra: Optional[dict] = None
+    tags: tuple = ()  # what tag rules wrote (learners.rules); written only when some did
 
 
 class Score(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -217,6 +218,7 @@ class Score(msgspec.Struct, frozen=True, omit_defaults=True):
     model: str
     account_id: str = ""
     ts: str = ""
+    tags: tuple = ()  # what tag rules wrote (learners.rules); written only when some did
 
 
 def format_ts(event_ts: float) -> str:

@@ -8,6 +8,9 @@ The data path uses bytewax's Kafka connector (confluent-kafka underneath):
   dead letter with its topic, partition and offset) and cut into batches of bounded event
   time, like the other sources. Broker-level errors (an unreachable broker) are logged and
   retried by librdkafka; they never move the resume offset.
+* :class:`RulesKafkaSource` reads the rules topic (compacted, keyed by rule id) from its
+  start and follows it, one :class:`RuleMessage` per record (validated by the flow, decision
+  0055); its offset is its resume state like the events'.
 * :func:`check_cluster` runs before the flow is built: it waits a bounded time
   (``FRAUDFLOW_KAFKA_STARTUP_TIMEOUT_S``) for a broker to answer and for every topic the flow
   uses to exist, and otherwise raises :class:`KafkaStartupError` with one line naming the
@@ -44,13 +47,14 @@ from bytewax.inputs import StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
+import msgspec
 
 from connectors.events import DeadLetter, Origin, encode, parse_record
 from connectors.sources import (BOARD, DEFAULT_MAX_LEAD_S, MAX_BATCH_SPAN_S, EventTimePacer, LeadGuard, batch_span_for,
                                 beat)
 
-__all__ = ["CheckedKafkaSink", "EventsKafkaSource", "KafkaStartupError", "check_cluster", "client_log", "kafka_problem",
-           "kafka_sinks", "kafka_source", "options_for"]
+__all__ = ["CheckedKafkaSink", "EventsKafkaSource", "KafkaStartupError", "RuleMessage", "RulesKafkaSource",
+           "check_cluster", "client_log", "kafka_problem", "kafka_sinks", "kafka_source", "options_for", "rules_source"]
 
 log = logging.getLogger(__name__)
 
@@ -267,14 +271,7 @@ class EventsKafkaSource(KafkaSource):
 
     def _consumer_partition(self, step_id: str, topic: str, partition: int,
                             resume_state: Optional[int]) -> _KafkaSourcePartition:
-        """bytewax's own partition (KafkaSource.build_part, 0.21.1) with the consumer options."""
-        config = {"group.id": "BYTEWAX_IGNORED", "enable.auto.commit": "false",
-                  "bootstrap.servers": ",".join(self._brokers), "enable.partition.eof": str(not self._tail),
-                  "statistics.interval.ms": 1000, **self.consumer_options}
-        part = _KafkaSourcePartition(step_id, config, topic, partition, self._starting_offset, resume_state,
-                                     self._batch_size, self._raise_on_errors)
-        part._consumer = _NoWaitConsumer(part._consumer)
-        return part
+        return _consumer_partition(self, step_id, topic, partition, resume_state)
 
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> _EventsPartition:
         idx, topic = for_part.split("-", 1)
@@ -282,6 +279,81 @@ class EventsKafkaSource(KafkaSource):
         start = resume_state if resume_state is not None else OFFSET_BEGINNING
         return _EventsPartition(inner, topic, int(idx), self.kinds[topic], start, self.max_batch_span_s, self.pacer,
                                 self.max_lead_s)
+
+
+def _consumer_partition(source: Any, step_id: str, topic: str, partition: int,
+                        resume_state: Optional[int]) -> _KafkaSourcePartition:
+    """bytewax's own partition (KafkaSource.build_part, 0.21.1) with the consumer options."""
+    config = {"group.id": "BYTEWAX_IGNORED", "enable.auto.commit": "false",
+              "bootstrap.servers": ",".join(source._brokers), "enable.partition.eof": str(not source._tail),
+              "statistics.interval.ms": 1000, **source.consumer_options}
+    part = _KafkaSourcePartition(step_id, config, topic, partition, source._starting_offset, resume_state,
+                                 source._batch_size, source._raise_on_errors)
+    part._consumer = _NoWaitConsumer(part._consumer)
+    return part
+
+
+class RuleMessage(msgspec.Struct, frozen=True, gc=False):
+    """One record of the rules topic as read: its key (the rule id), its value (the rule's
+    JSON; None: a tombstone, delete the rule) and where it was read."""
+
+    key: Optional[bytes]
+    value: Optional[bytes]
+    origin: Origin
+
+
+class _RulesPartition(StatefulSourcePartition[RuleMessage, Optional[int]]):
+    def __init__(self, inner: _KafkaSourcePartition, topic: str, partition: int) -> None:
+        self._inner = inner
+        self._topic = topic
+        self._partition = partition
+        self._last_warning = 0.0
+
+    def next_batch(self) -> list[RuleMessage]:
+        out: list[RuleMessage] = []
+        for msg in self._inner.next_batch():
+            if isinstance(msg, KafkaError):
+                now = time.monotonic()
+                if now - self._last_warning > 10:
+                    self._last_warning = now
+                    log.warning("kafka %s[%d]: %s (librdkafka retries)", self._topic, self._partition, msg.err)
+                continue
+            out.append(RuleMessage(msg.key, msg.value, Origin(msg.topic or self._topic, msg.offset, msg.partition)))
+        return out
+
+    def next_awake(self):
+        return self._inner.next_awake()
+
+    def snapshot(self) -> Optional[int]:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class RulesKafkaSource(KafkaSource):
+    """The rules topic from its start (with recovery: from where it was), followed unless
+    ``tail`` is false; its partitions are read by process ``p % processes`` (the rules go to
+    every model shard from there)."""
+
+    def __init__(self, brokers: list[str], topic: str, *, tail: bool = True,
+                 add_config: Optional[dict[str, str]] = None, process: int = 0, processes: int = 1,
+                 fetch_wait_ms: Optional[int] = None) -> None:
+        options = dict(add_config or {})
+        if fetch_wait_ms is not None:
+            options.setdefault("fetch.wait.max.ms", str(fetch_wait_ms))
+        self.consumer_options = options_for("consumer", options)
+        self.process = process
+        self.processes = max(1, processes)
+        super().__init__(brokers, [topic], tail=tail, starting_offset=OFFSET_BEGINNING,
+                         add_config=options_for("admin", options), batch_size=500, raise_on_errors=False)
+
+    def list_parts(self) -> list[str]:
+        return [p for p in super().list_parts() if int(p.split("-", 1)[0]) % self.processes == self.process]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> _RulesPartition:
+        idx, topic = for_part.split("-", 1)
+        return _RulesPartition(_consumer_partition(self, step_id, topic, int(idx), resume_state), topic, int(idx))
 
 
 class _CheckedPartition(StatefulSinkPartition[Any, None]):
@@ -428,6 +500,16 @@ def kafka_source(settings: Any, process: int = 0, processes: int = 1) -> EventsK
     )
 
 
+def rules_source(settings: Any, process: int = 0, processes: int = 1) -> Optional[RulesKafkaSource]:
+    """The rules topic's source (None without ``kafka_topic_rules``); it stops at the topic's
+    end with ``kafka_stop_at_end``, like the events."""
+    if not settings.kafka_topic_rules:
+        return None
+    return RulesKafkaSource(_brokers(settings), settings.kafka_topic_rules, tail=not settings.kafka_stop_at_end,
+                            add_config=_client_options(settings), process=process, processes=processes,
+                            fetch_wait_ms=settings.kafka_fetch_wait_ms)
+
+
 def kafka_sinks(settings: Any, process: int = 0, processes: int = 1, workers: int = 1,
                 ) -> tuple[CheckedKafkaSink, CheckedKafkaSink, Optional[CheckedKafkaSink]]:
     """The alerts, dead-letter and (with ``emit_scores``) scores sinks of one process of
@@ -513,7 +595,8 @@ class KafkaStartupError(RuntimeError):
 
 def _flow_topics(settings: Any) -> dict[str, str]:
     """The topics the flow reads and writes, each with the variable that names it."""
-    names = ["transactions", "labels", "alerts", "dlq"] + (["scores"] if settings.emit_scores else [])
+    names = (["transactions", "labels", "alerts", "dlq"] + (["scores"] if settings.emit_scores else [])
+             + (["rules"] if settings.kafka_topic_rules else []))  # decision 0055: required unless set empty
     return {getattr(settings, f"kafka_topic_{n}"): f"FRAUDFLOW_KAFKA_TOPIC_{n.upper()}" for n in names}
 
 

@@ -12,6 +12,8 @@ Steps (each a named Bytewax operator)::
                                                                      | (labelled examples)  | (transactions)
                                                                      +--> score_then_learn <-+
                                                                                   |
+                                   read_rules -> validate_rules --(every shard)--> apply_rules
+                                                 (bad rules: dlq)                 |
                                               scores <----------------------------+---> alert_policy -> alerts
 
 Each keyed step runs one stage object of :mod:`learners.stages` through one adapter
@@ -27,6 +29,8 @@ Each keyed step runs one stage object of :mod:`learners.stages` through one adap
   only the hours that changed.
 * ``score_then_learn`` (keyed by model shard): scores every transaction, learns each
   example at the event-time step after its label became known (no look-ahead).
+* ``apply_rules`` (keyed by model shard): the analysts' rules (allow, alert, tag) over the
+  scored transactions; rule updates from the rules topic reach every shard (decision 0055).
 * ``alert_policy`` (keyed by ``account_id``): threshold and per-card cool-down.
 
 With several workers each keyed step's input comes through :func:`dataflows.exchange.keyed`:
@@ -68,10 +72,10 @@ from dataflows.runtime import tune_gc
 from dataflows.settings import Settings, SettingsError, load_settings
 from dataflows.recovery_store import StateError, feature_layout_error, recovery_partitions
 from learners.decision import PolicyConfig
-from learners.messages import FeaturedTransaction, JoinedLabel, Scored
+from learners.messages import FeaturedTransaction, JoinedLabel, RuleUpdate, Scored
 from learners.pending import VECTOR_BYTES
-from learners.stages import (AccountStage, PendingStage, PipelineConfig, PolicyStage, Routes, ShardStage, Stage,
-                             TerminalStage)
+from learners.stages import (AccountStage, PendingStage, PipelineConfig, PolicyStage, Routes, RulesStage, ShardStage,
+                             Stage, TerminalStage, rule_update)
 
 __all__ = ["FlowParts", "build_flow", "pipeline_config"]
 
@@ -134,7 +138,7 @@ def _parse(item: tuple[int, Any]) -> tuple[int, Any]:
 
 def _score_record(scored: Scored) -> Score:
     tx = scored.tx
-    return Score(tx.tx_id, round(scored.score, 6), scored.model, tx.account_id, format_ts(tx.event_ts))
+    return Score(tx.tx_id, round(scored.score, 6), scored.model, tx.account_id, format_ts(tx.event_ts), scored.tags)
 
 
 class FlowParts:
@@ -217,8 +221,23 @@ def build_flow(
             warm.apply(stage.shard)
         return _StageLogic(stage)
 
+    shard_out = op.stateful_batch("score_then_learn", by_shard, shard_stage)
+    # The analysts' rules (decision 0055): a rule book per model shard, on the shard's own
+    # worker (score_then_learn's output is keyed by the shard already: nothing crosses
+    # processes); rule updates are validated once where they are read and sent to every shard.
+    initial_rules = _initial_rules(settings)
+    rules_in = _rules_input(flow, settings, keys, workers)
+    bad_rules = None
+    if rules_in is not None:
+        updates = op.branch("rule_or_bad", op.map("validate_rules", rules_in, _validate_rule),
+                            lambda m: type(m) is RuleUpdate)
+        bad_rules = updates.falses
+        shard_out = op.merge("scored_and_rules", shard_out, keyed(
+            "rules_to_shards", updates.trues, lambda u: [(key, u) for key in keys], workers, many=True))
     scored_split = op.branch("shard_dead", op.key_rm("unkey_shard", op.stateful_batch(
-        "score_then_learn", by_shard, shard_stage)), lambda s: type(s) is not DeadLetter)
+        "apply_rules", shard_out,
+        lambda state: _StageLogic(RulesStage(initial_rules, state, stats, name_of=routes.shard)))),
+        lambda s: type(s) is not DeadLetter)
     scored = scored_split.trues
     if desk is not None:  # the loop's drain count: transactions that were no alert candidate are done here
         scored = op.inspect("count_for_analysts", scored, lambda _s, item: desk.on_scored(item))
@@ -241,12 +260,50 @@ def build_flow(
                  op.key_rm("unkey_await_dead", awaiting_split.falses)),
         scored_split.falses,
         alerts_split.falses,
+        *([bad_rules] if bad_rules is not None else []),
     )
     _write("write_dlq", op.inspect("count_dead", dead, lambda _s, d: stats.dead(d.category)), dlq_sink)
     if settings.metrics_port:
         serve(stats, settings.metrics_port, liveness_timeout_s=settings.liveness_timeout_s,
               request_snapshot=stats.request_exports)
     return FlowParts(flow, stats, settings)
+
+
+def _initial_rules(settings: Settings) -> list:
+    """The rule book every model shard starts with (``rules_file``); a bad file is a bad setting."""
+    if not settings.rules_file:
+        return []
+    from learners.rules import RuleError, read_rules
+
+    try:
+        rules = read_rules(settings.rules_file)
+    except RuleError as exc:
+        raise SettingsError(f"FRAUDFLOW_RULES_FILE: {exc}") from None
+    logging.getLogger(__name__).info("%d rules from %s in every rule book", len(rules), settings.rules_file)
+    return rules
+
+
+def _rules_input(flow: Dataflow, settings: Settings, keys: tuple, workers: int) -> Optional[Stream]:
+    """The rules topic as a stream of :class:`connectors.kafka.RuleMessage` (Kafka source
+    only, and only with ``kafka_topic_rules``); None otherwise."""
+    if settings.source != "kafka" or not settings.kafka_topic_rules:
+        return None
+    from connectors.kafka import rules_source
+
+    return op.input("read_rules", flow, rules_source(settings, process_id(), process_count()))
+
+
+def _validate_rule(message: Any) -> Any:
+    """``validate_rules``: a rules-topic record -> :class:`RuleUpdate` or a ``bad_rule`` dead letter."""
+    update = rule_update(message.key, message.value, message.origin)
+    log = logging.getLogger(__name__)
+    if type(update) is RuleUpdate:
+        log.info("rule %r read at %s: %s", update.rule_id, message.origin.as_dict(),
+                 "delete" if update.spec is None else f"version {update.spec['version']}, sent to every model shard")
+    else:
+        log.warning("bad rule at %s (dead-lettered; the version in force stays): %s", message.origin.as_dict(),
+                    update.reason)
+    return update
 
 
 def _write(step_id: str, up: Stream, sink: Sink) -> None:

@@ -207,6 +207,14 @@ class Settings:
     kafka_topic_feedback: str = field(default="feedback", metadata=_meta(
         "input topic of analysts' verdicts, read with transactions and labels (empty: none)"))
 
+    # -- rules (issue 22) ---------------------------------------------------------------
+    kafka_topic_rules: str = field(default="rules", metadata=_meta(
+        "kafka: the analysts' rules, read from its start and followed (compacted, keyed by rule id, the rule's "
+        "JSON as value, no value deletes it); empty: no rules topic"))
+    rules_file: str = field(default="", metadata=_meta(
+        "YAML or JSON file of rules every model shard's rule book starts with (replays, tests; a recovered "
+        "rule book wins over it)"))
+
     # ------------------------------------------------------------------------------------
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -262,6 +270,8 @@ class Settings:
             raise SettingsError("FRAUDFLOW_ALERT_RATE: set either it or FRAUDFLOW_ALERT_BUDGET_PER_DAY, not both")
         if self.warm_start and not Path(self.warm_start).is_file():
             raise SettingsError(f"FRAUDFLOW_WARM_START: no such file: {self.warm_start}")
+        if self.rules_file and not Path(self.rules_file).is_file():
+            raise SettingsError(f"FRAUDFLOW_RULES_FILE: no such file: {self.rules_file}")
         if self.snapshot_key_file and not Path(self.snapshot_key_file).is_file():
             raise SettingsError(f"FRAUDFLOW_SNAPSHOT_KEY_FILE: no such file: {self.snapshot_key_file}")
 

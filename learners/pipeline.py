@@ -10,12 +10,14 @@ must agree with, score for score.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Sequence
 
 from connectors.events import DeadLetter, Label, Transaction
-from learners.messages import FeaturedTransaction, Scored
+from learners.messages import FeaturedTransaction, RuleUpdate, Scored
+from learners.rules import Rule
 from learners.scoring import ModelShard
-from learners.stages import AccountStage, PendingStage, PipelineConfig, Routes, ShardStage, TerminalStage, shard_for
+from learners.stages import (AccountStage, PendingStage, PipelineConfig, Routes, RulesStage, ShardStage, TerminalStage,
+                             shard_for)
 
 __all__ = ["PipelineConfig", "SequentialPipeline", "scores_of", "shard_for"]
 
@@ -23,9 +25,11 @@ __all__ = ["PipelineConfig", "SequentialPipeline", "scores_of", "shard_for"]
 class SequentialPipeline:
     """Runs the pipeline's stages in one loop, in arrival order (alert policy aside)."""
 
-    def __init__(self, config: PipelineConfig = PipelineConfig()) -> None:
+    def __init__(self, config: PipelineConfig = PipelineConfig(), rules: Sequence[Rule] = ()) -> None:
         self.config = config
         self.routes = Routes(config, [f"shard-{i}" for i in range(config.shards)])
+        # each shard's rule book (apply_rules), ``rules`` to start with (FRAUDFLOW_RULES_FILE)
+        self.rule_stages = {key: RulesStage(rules, name_of=self.routes.shard) for key in self.routes.keys}
         self.accounts: dict[str, AccountStage] = {}
         self.terminals: dict[str, TerminalStage] = {}
         self.buckets: dict[str, PendingStage] = {}
@@ -36,9 +40,15 @@ class SequentialPipeline:
     def shards(self) -> list[ModelShard]:
         return [stage.shard for stage in self.shard_stages.values()]
 
+    def update_rule(self, update: RuleUpdate) -> None:
+        """A validated rule update (:func:`learners.stages.rule_update`) to every shard's book."""
+        for stage in self.rule_stages.values():
+            stage.on_batch([update])
+
     def _to_shard(self, key: str, m) -> Optional[Scored]:
         scored = None
-        for s in self.shard_stages[key].on_batch([m]):
+        out = self.shard_stages[key].on_batch([m])
+        for s in self.rule_stages[key].on_batch(out) if out else out:
             if type(s) is DeadLetter:
                 self.dead_letters.append(s)
             else:

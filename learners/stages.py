@@ -39,17 +39,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional, Protocol, Sequence
 
+import msgspec
+
 from connectors.events import (DeadLetter, Label, Origin, Transaction, Verdict, encode, format_ts, label_to_json,
                                transaction_to_json, verdict_to_json)
 from learners.decision import AlertPolicy, PolicyConfig
 from learners.features import AccountProfile, TerminalProfile, transaction_features
-from learners.messages import FeaturedTransaction, JoinedLabel, LabelledExample, Scored, UnsampledCount
+from learners.messages import FeaturedTransaction, JoinedLabel, LabelledExample, RuleUpdate, Scored, UnsampledCount
 from learners.pending import PendingBucket, bucket_of
+from learners.rules import Outcome, Rule, RuleBook, RuleError, parse_rule
 from learners.scoring import ModelConfig, ModelShard, in_sample
 
-__all__ = ["AccountStage", "PendingStage", "PipelineConfig", "PolicyStage", "Routes", "ShardStage", "Stage",
-           "StageStats", "TerminalStage", "learn_at", "pending_key", "shard_for", "stamped_before_transaction",
-           "step_failure"]
+__all__ = ["AccountStage", "PendingStage", "PipelineConfig", "PolicyStage", "Routes", "RulesStage", "ShardStage",
+           "Stage", "StageStats", "TerminalStage", "learn_at", "pending_key", "rule_update", "shard_for",
+           "stamped_before_transaction", "step_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +167,8 @@ class StageStats(Protocol):
     def scored(self, scored: list, shard: Any) -> None: ...
     def alerted(self, alerts: list, suppressed: int) -> None: ...
     def feedback(self, kind: str) -> None: ...
+    def rule_book(self, stage: Any, active: int) -> None: ...
+    def rule_matches(self, matches: dict, allowed: int) -> None: ...
 
 
 class _NoStats:
@@ -183,6 +188,12 @@ class _NoStats:
         pass
 
     def feedback(self, kind: str) -> None:
+        pass
+
+    def rule_book(self, stage: Any, active: int) -> None:
+        pass
+
+    def rule_matches(self, matches: dict, allowed: int) -> None:
         pass
 
 
@@ -539,3 +550,179 @@ class PolicyStage(Stage):
 
     def snapshot(self) -> tuple:
         return self.policy.snapshot()
+
+
+# -- rules -----------------------------------------------------------------------------------
+_decode_json = msgspec.json.Decoder()
+
+
+def rule_update(key: Optional[bytes], value: Optional[bytes], origin: Origin) -> Any:
+    """One message of the rules topic (keyed by rule id, the rule's JSON, or no value: delete
+    it), validated once, before it is sent to every model shard: a :class:`RuleUpdate`, or a
+    dead letter (category ``bad_rule``) naming the rule and what is wrong (decision 0055).
+
+    >>> where = Origin("rules", 7, 0)
+    >>> rule_update(b"big", b'{"id": "big", "version": 1, "action": "alert", "when": "amount > 500"}', where).spec
+    {'id': 'big', 'version': 1, 'action': 'alert', 'when': 'amount > 500', 'enabled': True}
+    >>> rule_update(b"big", None, where)
+    RuleUpdate(rule_id='big', spec=None, offset=7)
+    >>> rule_update(b"big", b'{"id": "big", "version": 2, "action": "alert", "when": "amout > 5"}', where).reason
+    "rule 'big': unknown field 'amout' at column 1 (did you mean 'amount'?)"
+    >>> rule_update(b"other", b'{"id": "big", "version": 2, "action": "alert", "when": "amount > 5"}', where).reason
+    "rule 'big': published under the key 'other'; a rule's key is its id (compaction keeps the latest per key)"
+    """
+
+    def bad(reason: str) -> DeadLetter:
+        return DeadLetter(value or b"", reason, origin, step="read_rules", category="bad_rule")
+
+    try:
+        rule_id = key.decode("utf-8") if key else ""
+    except UnicodeDecodeError:
+        return bad("rule key is not UTF-8 text")
+    if value is None:
+        if not rule_id:
+            return bad("a delete (a message without value) without a key: the key names the rule to delete")
+        return RuleUpdate(rule_id, None, origin.position)
+    named = f"rule {rule_id!r}" if rule_id else "rule without a key"
+    try:
+        doc = _decode_json.decode(value)
+    except msgspec.DecodeError as exc:
+        return bad(f"{named}: invalid JSON: {exc}")
+    except Exception as exc:  # e.g. RecursionError on deeply nested input
+        return bad(f"{named}: undecodable: {type(exc).__name__}")
+    try:
+        rule = parse_rule(doc)
+    except RuleError as exc:
+        return bad(str(exc) if rule_id else f"{exc} (and the message has no key)")
+    if rule.id != rule_id:
+        return bad(f"rule {rule.id!r}: published under the key {rule_id!r}; a rule's key is its id (compaction keeps "
+                   "the latest per key)" if rule_id else
+                   f"rule {rule.id!r}: published without a key; a rule's key is its id (compaction keeps the latest "
+                   "per key, and a delete names it)")
+    return RuleUpdate(rule.id, rule.spec(), origin.position)
+
+
+_logged_updates: set = set()  # (rule id, offset, verdict): each update logged once per process, not per shard
+
+
+def _log_update(m: RuleUpdate, verdict: str) -> None:
+    mark = (m.rule_id, m.offset, verdict)
+    if mark in _logged_updates:
+        return
+    if len(_logged_updates) > 10_000:
+        _logged_updates.clear()
+    _logged_updates.add(mark)
+    log.log(logging.WARNING if verdict.startswith("ignored") else logging.INFO, "rule %r (offset %d): %s", m.rule_id,
+            m.offset, verdict)
+
+
+class RulesStage(Stage):
+    """apply_rules (keyed by model shard): the analysts' rule book over the scored
+    transactions (decision 0055). Its state is the book, snapshotted as the rules' specs.
+
+    Per :class:`Scored`: an ``allow`` rule that matches makes it no alert candidate, whatever
+    the score and whatever the alert rules say (allow wins, as in Stripe Radar); otherwise an
+    ``alert`` rule makes it a candidate with ``("rule:ID", version)`` first among its reasons;
+    ``tag`` rules write their tags (to the score record and the alert). The cool-down of
+    ``alert_policy`` applies after this, to rule alerts too. A :class:`RuleUpdate` changes the
+    book for the messages after it (a rule replaces only an older version of itself). With no
+    rule in force a batch is returned as it is.
+
+    ``initial``: the book of a key seen for the first time (``FRAUDFLOW_RULES_FILE``); a
+    restored state wins over it. ``name_of``: the shard's name from an account id (metrics).
+
+    >>> from connectors.events import Transaction
+    >>> from learners.features import FEATURE_NAMES
+    >>> stage = RulesStage([parse_rule({"id": "big", "version": 3, "action": "alert", "when": "amount > 500"})])
+    >>> tx = Transaction("t-1", "c-1", 1522541276.0, 640.0, "m-1")
+    >>> [s] = stage.on_batch([Scored(tx, 0.1, 0.5, "logreg", None, False, (640.0,) + (0.0,) * 28)])
+    >>> s.candidate, s.reasons
+    (True, [('rule:big', 3)])
+    >>> _ = stage.on_batch([RuleUpdate("big", None)])  # deleted
+    >>> stage.on_batch([Scored(tx, 0.1, 0.5, "logreg", None, False, (640.0,) + (0.0,) * 28)])[0].candidate
+    False
+    """
+
+    def __init__(self, initial: Sequence[Rule] = (), state: Optional[list] = None, stats: StageStats = NO_STATS,
+                 name_of: Optional[Callable[[str], str]] = None) -> None:
+        self.book = RuleBook.from_snapshot(state) if state is not None else RuleBook(initial)
+        self.stats = stats
+        self.name_of = name_of
+        self.name: Optional[str] = None
+        stats.rule_book(self, len(self.book))
+
+    def _learn_name(self, messages: list) -> None:
+        first = next((m for m in messages if type(m) is Scored), None)
+        if first is not None:
+            self.name = self.name_of(first.tx.account_id)
+
+    def on_batch(self, messages: list) -> list:
+        if self.name is None and self.name_of is not None:
+            self._learn_name(messages)
+        book = self.book
+        if not len(book):
+            for m in messages:
+                if type(m) is RuleUpdate:
+                    break
+            else:
+                return messages  # no rule in force: nothing to do (the common case)
+        out: list = []
+        matches: dict = {}
+        allowed = 0
+        for m in messages:
+            kind = type(m)
+            if kind is Scored:
+                try:
+                    outcome = book.evaluate(m.tx, m.features, m.score, m.threshold)
+                    if outcome is not None:
+                        if outcome.allow and (m.candidate or outcome.alert):
+                            allowed += 1  # an alert the allow rules suppressed
+                        m = self._decide(m, outcome, matches)
+                except Exception as exc:
+                    out.append(failure_of("apply_rules", exc, m))
+                    continue
+                out.append(m)
+            elif kind is RuleUpdate:
+                self._update(m)
+            else:
+                out.append(m)  # score_then_learn's dead letters go on
+        if matches or allowed:
+            self.stats.rule_matches(matches, allowed)
+        return out
+
+    def _decide(self, scored: Scored, outcome: Outcome, matches: dict) -> Scored:
+        for action, names in (("allow", outcome.allow), ("alert", outcome.alert), ("tag", outcome.tags)):
+            for name in names:
+                k = (name, action)
+                matches[k] = matches.get(k, 0) + 1
+        if outcome.allow:
+            candidate, reasons = False, None
+        elif outcome.alert:
+            get = self.book.get
+            candidate = True
+            reasons = [(f"rule:{rule_id}", get(rule_id).version) for rule_id in outcome.alert]
+            reasons.extend(scored.reasons or ())
+        else:
+            candidate, reasons = scored.candidate, scored.reasons
+        return Scored(scored.tx, scored.score, scored.threshold, scored.model, reasons, candidate, scored.features,
+                      outcome.tags)
+
+    def _update(self, m: RuleUpdate) -> None:
+        book = self.book
+        if m.spec is None:
+            _log_update(m, "deleted" if book.delete(m.rule_id) else "delete of a rule not held (nothing to do)")
+        else:
+            try:
+                rule = parse_rule(m.spec)  # validated at read_rules; compiled here (closures stay in-process)
+            except RuleError as exc:  # pragma: no cover - read_rules let through what it should not have
+                log.error("rule update %r refused at apply_rules: %s", m.rule_id, exc)
+                return
+            held = book.get(rule.id)
+            if book.put(rule):
+                _log_update(m, f"version {rule.version} in force ({'enabled' if rule.enabled else 'disabled'})")
+            else:
+                _log_update(m, f"ignored: version {rule.version} is not newer than version {held.version} in force")
+        self.stats.rule_book(self, len(book))
+
+    def snapshot(self) -> list:
+        return self.book.snapshot()

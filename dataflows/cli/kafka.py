@@ -100,12 +100,25 @@ def existing_topics(client: Any, config: dict[str, Any], timeout_s: float) -> di
 def topics_for(settings: Any) -> list[str]:
     names = [settings.kafka_topic_transactions, settings.kafka_topic_labels, settings.kafka_topic_alerts,
              settings.kafka_topic_dlq, settings.kafka_topic_scores]
-    return names + ([settings.kafka_topic_feedback] if settings.kafka_topic_feedback else [])
+    optional = (settings.kafka_topic_feedback, settings.kafka_topic_rules)
+    return names + [name for name in optional if name]
+
+
+# The rules topic (decision 0055): compacted (the latest version of each rule is kept, a
+# tombstone deletes it), one partition (a handful of rules; every update in one order).
+RULES_TOPIC_CONFIG = {"cleanup.policy": "compact"}
+
+
+def special_topics(settings: Any) -> dict[str, tuple[int, dict[str, str]]]:
+    """Topics created with their own partition count and configuration: name -> (partitions, config)."""
+    return {settings.kafka_topic_rules: (1, RULES_TOPIC_CONFIG)} if settings.kafka_topic_rules else {}
 
 
 def create_topics(config: dict[str, Any], names: list[str], partitions: int, replication: int,
-                  timeout_s: float = CONNECT_TIMEOUT_S) -> dict[str, str]:
-    """Create the topics that do not exist yet; returns name -> 'created' | 'exists (N partitions)'."""
+                  timeout_s: float = CONNECT_TIMEOUT_S,
+                  special: Optional[dict[str, tuple[int, dict[str, str]]]] = None) -> dict[str, str]:
+    """Create the topics that do not exist yet; returns name -> 'created' | 'exists (N partitions)'.
+    ``special``: topics with their own (partitions, topic config)."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -114,7 +127,9 @@ def create_topics(config: dict[str, Any], names: list[str], partitions: int, rep
     result = {name: f"exists ({have[name]} partitions)" for name in names if name in have}
     missing = [name for name in names if name not in have]
     if missing:
-        futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=replication)
+        special = special or {}
+        futures = admin.create_topics([NewTopic(n, num_partitions=special.get(n, (partitions, {}))[0],
+                                                replication_factor=replication, config=special.get(n, (0, {}))[1])
                                        for n in missing], request_timeout=timeout_s)
         for name, future in futures.items():
             try:
@@ -130,7 +145,8 @@ def create_topics(config: dict[str, Any], names: list[str], partitions: int, rep
 def cmd_topics(args: argparse.Namespace) -> int:
     settings = _settings()
     config = client_config(settings, args.brokers, ClientLog())
-    result = create_topics(config, topics_for(settings), args.partitions, args.replication, args.connect_timeout)
+    result = create_topics(config, topics_for(settings), args.partitions, args.replication, args.connect_timeout,
+                           special_topics(settings))
     for name, status in result.items():
         print(f"{name:20s} {status}")
     return 0
@@ -391,8 +407,9 @@ def _client_args(p: argparse.ArgumentParser) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("topics", help="Kafka topics: create the ones the flow uses (idempotent)",
-                       description="Create the transactions, labels, alerts, dlq, scores and feedback topics (names from "
-                                   "FRAUDFLOW_KAFKA_TOPIC_*); existing topics are left as they are.")
+                       description="Create the transactions, labels, alerts, dlq, scores and feedback topics (names "
+                                   "from FRAUDFLOW_KAFKA_TOPIC_*), and the rules topic (compacted, one partition); "
+                                   "existing topics are left as they are.")
     p.add_argument("action", choices=["create"], help="what to do")
     p.add_argument("--partitions", type=positive_int, default=4, help="partitions per topic (default %(default)s)")
     p.add_argument("--replication", type=positive_int, default=1,

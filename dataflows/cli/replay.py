@@ -24,25 +24,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from dataflows.settings import Settings, SettingsError
 
     tune_gc()
+    if args.capacity < 0:
+        raise FraudflowError(f"--capacity: must be >= 0, got {args.capacity}")
+    desk = None
+    if args.analysts:
+        from learners.analysts import AnalystConfig, AnalystDesk, read_frauds
+
+        desk = AnalystDesk(AnalystConfig(args.capacity, args.delay_hours * 3600.0), read_frauds(args.labels))
     try:
         settings = Settings.from_env().replace(
             source="files", transactions_file=args.transactions, labels_file=args.labels,
             alerts=args.alerts, dlq=args.dlq, scores=args.scores or "", progress=not args.quiet,
             feedback_file=args.feedback or "",
+            **({"rules_file": args.rules} if args.rules else {}),
         )
         settings._check_consistency()
+        for path in (settings.alerts, settings.dlq, settings.scores):
+            truncate(path)
+        parts = build_flow(settings, shards=settings.model_shards or args.workers, desk=desk)
     except SettingsError as exc:
         raise FraudflowError(f"bad setting: {exc}") from None
-    for path in (settings.alerts, settings.dlq, settings.scores):
-        truncate(path)
-    desk = None
-    if args.capacity < 0:
-        raise FraudflowError(f"--capacity: must be >= 0, got {args.capacity}")
-    if args.analysts:
-        from learners.analysts import AnalystConfig, AnalystDesk, read_frauds
-
-        desk = AnalystDesk(AnalystConfig(args.capacity, args.delay_hours * 3600.0), read_frauds(args.labels))
-    parts = build_flow(settings, shards=settings.model_shards or args.workers, desk=desk)
     cli_main(parts.flow, workers_per_process=args.workers)
     if desk is not None and args.verdicts:
         _write_verdicts(args.verdicts, desk)
@@ -83,6 +84,8 @@ def register(sub: Any) -> None:
     p.add_argument("--delay-hours", type=positive_hours, default=4.0,
                    help="--analysts: hours from alert to verdict, event time (default %(default)s)")
     p.add_argument("--verdicts", metavar="FILE", help="--analysts: also write the verdicts here")
+    p.add_argument("--rules", type=existing_file, metavar="FILE",
+                   help="rules (YAML or JSON) every model shard applies from the first event (FRAUDFLOW_RULES_FILE)")
     p.add_argument("-w", "--workers", type=positive_int, default=1, help="Bytewax workers (default %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     p.set_defaults(func=cmd_replay)
