@@ -32,14 +32,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         settings._check_consistency()
     except SettingsError as exc:
         raise FraudflowError(f"bad setting: {exc}") from None
-    for path in (settings.alerts, settings.dlq, settings.scores):
+    for path in (settings.outputs.alerts, settings.outputs.dlq, settings.outputs.scores):
         truncate(path)
-    parts = build_flow(settings, shards=settings.model_shards or args.workers)
+    parts = build_flow(settings, shards=settings.model.shards or args.workers)
     cli_main(parts.flow, workers_per_process=args.workers)
     if not args.quiet:
-        parts.stats.print_summary(settings)
-        if settings.scores:
-            print(f"  scores written to     {settings.scores}", file=sys.stderr)
+        parts.stats.print_summary(settings.outputs)
+        if settings.outputs.scores:
+            print(f"  scores written to     {settings.outputs.scores}", file=sys.stderr)
     return 0
 
 

@@ -21,7 +21,7 @@ DAY = 86_400
 
 
 def run_flow(events, settings: Settings | None = None, workers: int = 1, source=None):
-    settings = settings or Settings(progress=False, snapshot_dir="off")
+    settings = settings or Settings().replace(progress=False, snapshot_dir="off")
     alerts, dlq, scores = [], [], []
     parts = build_flow(settings, source=source or EventListSource(events),
                        alerts_sink=TestingSink(alerts), dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores),
