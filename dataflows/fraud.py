@@ -78,7 +78,8 @@ __all__ = ["FlowParts", "build_flow", "pipeline_config"]
 
 def pipeline_config(settings: Settings, shards: int) -> PipelineConfig:
     return PipelineConfig(model=settings.model_config(shards), risk_delay_days=settings.model.risk_delay_days,
-                          shards=shards, shard_examples=settings.model.shard_examples)
+                          shards=shards, shard_examples=settings.model.shard_examples,
+                          policy=PolicyConfig(cooldown_s=settings.policy.cooldown_hours * 3600.0))
 
 
 def simulator_config(sim: SimSettings) -> SimulatorConfig:
@@ -211,11 +212,10 @@ def build_flow(
     if scores_sink is not None:
         _write("write_scores", op.map("score_record", scored, _score_record), scores_sink)
     candidates = op.filter("alert_candidates", scored, lambda s: s.candidate)
-    policy_config = PolicyConfig(cooldown_s=settings.policy.cooldown_hours * 3600.0)
     alerts = op.stateful_batch(
         "alert_policy",
         keyed("key_candidates", candidates, lambda s: (s.tx.account_id, s), workers),
-        lambda state: _StageLogic(PolicyStage(policy_config, state, stats)),
+        lambda state: _StageLogic(PolicyStage(config.policy, state, stats)),
     )
     alerts_split = op.branch("policy_dead", op.key_rm("unkey_alerts", alerts), lambda a: type(a) is not DeadLetter)
     _write("write_alerts", alerts_split.trues, alerts_sink)
