@@ -182,7 +182,8 @@ def test_nested_toml_tables_and_flat_keys_mean_the_same(tmp_path):
     b = Settings.from_env({"FRAUDFLOW_CONFIG": str(nested)})
     assert a == b and a.kafka.brokers == "k:9092" and a.kafka.options == {"client.id": "ff"}
     assert a.policy.threshold == 0.6 and a != Settings.from_env({})
-    assert Settings.from_env({"FRAUDFLOW_CONFIG": str(nested), "FRAUDFLOW_KAFKA_BROKERS": "env:1"}).kafka.brokers == "env:1"
+    overridden = Settings.from_env({"FRAUDFLOW_CONFIG": str(nested), "FRAUDFLOW_KAFKA_BROKERS": "env:1"})
+    assert overridden.kafka.brokers == "env:1"  # the environment wins over the file
     bad = tmp_path / "bad.toml"
     bad.write_text('[kafka]\nbrokres = "k:9092"\n')
     with pytest.raises(SettingsError, match=r"FRAUDFLOW_CONFIG: .*unknown setting \[kafka\] brokres"):

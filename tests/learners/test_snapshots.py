@@ -209,7 +209,8 @@ def test_missing_binary_and_unreadable_or_foreign_json(export, tmp_path):
 # -- unsigned exports ----------------------------------------------------------------------
 def test_unsigned_exports_are_written_with_one_warning_and_never_load(tmp_path, logreg, caplog):
     with caplog.at_level(logging.WARNING):
-        assert make_exporter(Settings().replace(snapshot_dir=str(tmp_path)), lambda: None) is not None  # the flow's start-up
+        # the flow's start-up
+        assert make_exporter(Settings().replace(snapshot_dir=str(tmp_path)), lambda: None) is not None
         first = write_export(tmp_path, _document(logreg), logreg, None)
         write_export(tmp_path, _document(logreg, last_ts=T0 + 86_400), logreg, None)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
