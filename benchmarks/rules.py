@@ -72,7 +72,7 @@ def dataflow(path: str, rules: str = "", model_kind: str = DEFAULT_MODEL) -> dic
 
     events = load(path)
     alerts, dlq, scores = [], [], []
-    settings = Settings(progress=False, model_kind=model_kind, snapshot_dir="off", rules_file=rules)
+    settings = Settings().replace(progress=False, model_kind=model_kind, snapshot_dir="off", rules_file=rules)
     parts = build_flow(settings, source=EventListSource(events), alerts_sink=TestingSink(alerts),
                        dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores), shards=1)
     started = time.perf_counter()

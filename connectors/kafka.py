@@ -27,7 +27,7 @@ The data path uses bytewax's Kafka connector (confluent-kafka underneath):
   failed delivery fails the flow, which then resumes from recovery, instead of losing an
   alert; with the default ``message.timeout.ms=0`` a broker outage stalls the flow instead.
 
-Every librdkafka option in ``settings.kafka_options`` (``security.protocol``, ``sasl.*``,
+Every librdkafka option in ``settings.kafka.options`` (``security.protocol``, ``sasl.*``,
 ``ssl.*``, …) is passed to every client that accepts it: consumer-only options (``fetch.*``,
 ``group.*``, …) only to consumers, producer-only ones (``linger.ms``, ``acks``, …) only to
 producers, the rest (security, timeouts) to all. They are never logged.
@@ -50,7 +50,7 @@ from confluent_kafka.admin import AdminClient
 import msgspec
 
 from connectors.events import DeadLetter, Origin, encode, parse_record
-from connectors.sources import (BOARD, DEFAULT_MAX_LEAD_S, MAX_BATCH_SPAN_S, EventTimePacer, LeadGuard, batch_span_for,
+from connectors.sources import (BOARD, DEFAULT_MAX_LEAD_S, MAX_BATCH_SPAN_S, EventTimePacer, LeadGuard,
                                 beat)
 
 __all__ = ["CheckedKafkaSink", "EventsKafkaSource", "KafkaStartupError", "RuleMessage", "RulesKafkaSource",
@@ -464,21 +464,18 @@ class CheckedKafkaSink(FixedPartitionedSink[Any, None]):
         return _CheckedPartition(Producer(self.config), self.topic, self._to_message, self.confirm_every_batch)
 
 
-def _brokers(settings: Any) -> list[str]:
-    return [b.strip() for b in settings.kafka_brokers.split(",") if b.strip()]
-
-
-def _feedback_topic(settings: Any) -> str:
+def _feedback_topic(kafka: Any) -> str:
     """The feedback topic if it exists (listed with all topics: a metadata request naming it
-    would make a broker with auto-creation create it, with the wrong partition count); a
-    flow without analysts' feedback runs without it, with a warning."""
-    topic = settings.kafka_topic_feedback
+    would make a broker with auto-creation create it, with the wrong partition count). Under
+    ``bytewax.run`` the start-up check has made sure it does (:func:`check_cluster`); a flow
+    built in-process (tests, benchmarks) without the topic runs without it, with a warning."""
+    topic = kafka.topic_feedback
     if not topic:
         return ""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_brokers,
-                         **options_for("admin", _client_options(settings))})
+    admin = AdminClient({"bootstrap.servers": ",".join(kafka.broker_list()),
+                         **options_for("admin", _client_options(kafka))})
     try:
-        present = topic in admin.list_topics(timeout=settings.kafka_startup_timeout_s).topics
+        present = topic in admin.list_topics(timeout=kafka.startup_timeout_s).topics
     except KafkaException as exc:
         log.warning("cannot list topics to find the feedback topic %r (%s): analysts' verdicts are not read",
                     topic, exc.args[0].str() if exc.args else exc)
@@ -490,40 +487,42 @@ def _feedback_topic(settings: Any) -> str:
     return topic
 
 
-def kafka_source(settings: Any, process: int = 0, processes: int = 1) -> EventsKafkaSource:
+def kafka_source(kafka: Any, process: int = 0, processes: int = 1, max_batch_span_s: float = MAX_BATCH_SPAN_S,
+                 max_lead_s: float = DEFAULT_MAX_LEAD_S) -> EventsKafkaSource:
+    """The transactions and labels topics of the settings' Kafka section ``kafka``
+    (:class:`dataflows.settings.KafkaSettings`) as the input of one process of ``processes``."""
     return EventsKafkaSource(
-        _brokers(settings), settings.kafka_topic_transactions, settings.kafka_topic_labels,
-        tail=not settings.kafka_stop_at_end, add_config=_client_options(settings),
-        batch_size=settings.kafka_batch_size, process=process, processes=processes,
-        max_batch_span_s=batch_span_for(settings.allowed_lateness_s), fetch_wait_ms=settings.kafka_fetch_wait_ms,
-        max_lead_s=settings.max_event_lead_hours * 3600, feedback_topic=_feedback_topic(settings),
+        kafka.broker_list(), kafka.topic_transactions, kafka.topic_labels,
+        tail=not kafka.stop_at_end, add_config=_client_options(kafka),
+        batch_size=kafka.batch_size, process=process, processes=processes,
+        max_batch_span_s=max_batch_span_s, fetch_wait_ms=kafka.fetch_wait_ms, max_lead_s=max_lead_s,
+        feedback_topic=_feedback_topic(kafka),
     )
 
 
-def rules_source(settings: Any, process: int = 0, processes: int = 1) -> Optional[RulesKafkaSource]:
-    """The rules topic's source (None without ``kafka_topic_rules``); it stops at the topic's
-    end with ``kafka_stop_at_end``, like the events."""
-    if not settings.kafka_topic_rules:
+def rules_source(kafka: Any, process: int = 0, processes: int = 1) -> Optional[RulesKafkaSource]:
+    """The rules topic's source (None without ``topic_rules``); it stops at the topic's end
+    with ``stop_at_end``, like the events."""
+    if not kafka.topic_rules:
         return None
-    return RulesKafkaSource(_brokers(settings), settings.kafka_topic_rules, tail=not settings.kafka_stop_at_end,
-                            add_config=_client_options(settings), process=process, processes=processes,
-                            fetch_wait_ms=settings.kafka_fetch_wait_ms)
+    return RulesKafkaSource(kafka.broker_list(), kafka.topic_rules, tail=not kafka.stop_at_end,
+                            add_config=_client_options(kafka), process=process, processes=processes,
+                            fetch_wait_ms=kafka.fetch_wait_ms)
 
 
-def kafka_sinks(settings: Any, process: int = 0, processes: int = 1, workers: int = 1,
+def kafka_sinks(kafka: Any, emit_scores: bool = False, process: int = 0, processes: int = 1, workers: int = 1,
                 ) -> tuple[CheckedKafkaSink, CheckedKafkaSink, Optional[CheckedKafkaSink]]:
     """The alerts, dead-letter and (with ``emit_scores``) scores sinks of one process of
-    ``processes`` (``workers`` in all)."""
-    common = dict(brokers=_brokers(settings), add_config=_client_options(settings),
-                  confirm_every_batch=settings.kafka_confirm == "batch",
+    ``processes`` (``workers`` in all), on the topics of the settings' Kafka section ``kafka``."""
+    common = dict(brokers=kafka.broker_list(), add_config=_client_options(kafka),
+                  confirm_every_batch=kafka.confirm == "batch",
                   process=process, workers_per_process=max(1, workers // max(1, processes)), processes=processes)
-    linger = settings.kafka_linger_ms
-    alerts = CheckedKafkaSink(topic=settings.kafka_topic_alerts, key=lambda a: a.account_id, linger_ms=linger,
-                              **common)
-    dlq = CheckedKafkaSink(topic=settings.kafka_topic_dlq, linger_ms=linger, **common)
-    scores = (CheckedKafkaSink(topic=settings.kafka_topic_scores, key=lambda s: s.account_id,
-                               linger_ms=settings.kafka_scores_linger_ms, **common)
-              if settings.emit_scores else None)
+    linger = kafka.linger_ms
+    alerts = CheckedKafkaSink(topic=kafka.topic_alerts, key=lambda a: a.account_id, linger_ms=linger, **common)
+    dlq = CheckedKafkaSink(topic=kafka.topic_dlq, linger_ms=linger, **common)
+    scores = (CheckedKafkaSink(topic=kafka.topic_scores, key=lambda s: s.account_id,
+                               linger_ms=kafka.scores_linger_ms, **common)
+              if emit_scores else None)
     return alerts, dlq, scores
 
 
@@ -584,33 +583,36 @@ def kafka_problem(within_s: float) -> Optional[str]:
     return None
 
 
-def _client_options(settings: Any) -> dict[str, Any]:
+def _client_options(kafka: Any) -> dict[str, Any]:
     """Options for every client: the pass-through librdkafka options and the logger."""
-    return {**settings.kafka_options, "logger": _CLIENT_LOG}
+    return {**kafka.options, "logger": _CLIENT_LOG}
 
 
 class KafkaStartupError(RuntimeError):
     """The brokers did not answer, or the flow's topics do not exist; the message is one line."""
 
 
-def _flow_topics(settings: Any) -> dict[str, str]:
+def _flow_topics(kafka: Any, emit_scores: bool) -> dict[str, str]:
     """The topics the flow reads and writes, each with the variable that names it."""
-    names = (["transactions", "labels", "alerts", "dlq"] + (["scores"] if settings.emit_scores else [])
-             + (["rules"] if settings.kafka_topic_rules else []))  # decision 0055: required unless set empty
-    return {getattr(settings, f"kafka_topic_{n}"): f"FRAUDFLOW_KAFKA_TOPIC_{n.upper()}" for n in names}
+    # the feedback and rules topics are required unless set empty (decision 0055)
+    names = (["transactions", "labels", "alerts", "dlq"] + (["scores"] if emit_scores else [])
+             + [n for n in ("feedback", "rules") if getattr(kafka, f"topic_{n}")])
+    return {getattr(kafka, f"topic_{n}"): f"FRAUDFLOW_KAFKA_TOPIC_{n.upper()}" for n in names}
 
 
-def check_cluster(settings: Any, retry_every_s: float = 1.0, report_every_s: float = 10.0) -> None:
-    """Return once a broker answers and every topic of the flow exists; raise
-    :class:`KafkaStartupError` if that has not happened within ``kafka_startup_timeout_s``.
+def check_cluster(kafka: Any, emit_scores: bool = False, retry_every_s: float = 1.0,
+                  report_every_s: float = 10.0) -> None:
+    """Return once a broker answers and every topic of the flow exists (the topics of the
+    settings' Kafka section ``kafka``, the scores topic with ``emit_scores``); raise
+    :class:`KafkaStartupError` if that has not happened within ``kafka.startup_timeout_s``.
 
     While topics are missing (created by another job that has not run yet, say), a line naming
     them is logged every ``report_every_s``. Topics are never created here.
     """
-    brokers, timeout = settings.kafka_brokers, settings.kafka_startup_timeout_s
-    wanted = _flow_topics(settings)
-    admin = AdminClient({"bootstrap.servers": ",".join(_brokers(settings)),
-                         **options_for("admin", _client_options(settings))})
+    brokers, timeout = kafka.brokers, kafka.startup_timeout_s
+    wanted = _flow_topics(kafka, emit_scores)
+    admin = AdminClient({"bootstrap.servers": ",".join(kafka.broker_list()),
+                         **options_for("admin", _client_options(kafka))})
     deadline = time.monotonic() + timeout
     next_report = 0.0
     while True:

@@ -270,10 +270,12 @@ class RunStats:
         ]
         return "\n".join(lines)
 
-    def print_summary(self, settings: Any = None) -> None:
+    def print_summary(self, outputs: Any = None) -> None:
+        """Print the summary, with where alerts and dead letters went when ``outputs`` (the
+        settings' output section: files, not topics) is given."""
         text = self.summary()
-        if settings is not None and getattr(settings, "source", "kafka") != "kafka":
-            text += f"\n  alerts written to     {settings.alerts}\n  dead letters in       {settings.dlq}"
+        if outputs is not None:
+            text += f"\n  alerts written to     {outputs.alerts}\n  dead letters in       {outputs.dlq}"
         print(text, file=sys.stderr, flush=True)
 
 

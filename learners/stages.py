@@ -65,6 +65,7 @@ class PipelineConfig:
     risk_delay_days: int = 7  # terminal risk windows end this many days back (label delay)
     shards: int = 1
     shard_examples: str = "all"  # every shard learns every example ("all") or its accounts' ("own")
+    policy: PolicyConfig = field(default_factory=PolicyConfig)  # alert_policy: the per-card cool-down
 
     @property
     def retention_s(self) -> float:

@@ -41,7 +41,7 @@ def _kafka_alerts(args: argparse.Namespace, settings: Any) -> Iterator[tuple[int
     from dataflows.cli.kafka import ClientLog, _new_client, client_config, existing_topics
 
     config = client_config(settings, args.brokers, ClientLog())
-    topic = settings.kafka_topic_alerts
+    topic = settings.topic_alerts
     consumer = _new_client(Consumer, {**config, "group.id": "fraudflow-investigate", "enable.auto.commit": False,
                                       "enable.partition.eof": True})
     try:
@@ -74,7 +74,7 @@ def _produce(args: argparse.Namespace, settings: Any, verdicts: list) -> str:
     from connectors.events import encode, verdict_to_json
     from dataflows.cli.kafka import LINGER_MS, ClientLog, _new_client, client_config, existing_topics
 
-    topic = settings.kafka_topic_feedback
+    topic = settings.topic_feedback
     if not topic:
         raise FraudflowError("FRAUDFLOW_KAFKA_TOPIC_FEEDBACK is empty: no topic to write the verdicts to")
     config = client_config(settings, args.brokers, ClientLog())
@@ -123,7 +123,7 @@ def cmd_investigate(args: argparse.Namespace) -> int:
         settings = _settings()
     desk = AnalystDesk(AnalystConfig(args.capacity, args.delay_hours * 3600.0), read_frauds(args.labels))
     source = _kafka_alerts(args, settings) if args.kafka else _alert_lines(args.alerts)
-    where = settings.kafka_topic_alerts if args.kafka else args.alerts
+    where = settings.topic_alerts if args.kafka else args.alerts
     dec = msgspec.json.Decoder()
     bad = 0
     next_report = time.monotonic() + _PROGRESS_EVERY_S

@@ -54,20 +54,22 @@ def _user_error(message: str) -> Exception:
 
 
 def _settings():
+    """The flow's Kafka section (``FRAUDFLOW_KAFKA_*``), as the flow itself reads it."""
     from dataflows.settings import Settings, SettingsError
 
     try:
-        return Settings.from_env()
+        return Settings.from_env().kafka
     except SettingsError as exc:
         raise _user_error(f"bad setting: {exc}") from None
 
 
-def client_config(settings: Any, brokers: Optional[str], client_log: ClientLog) -> dict[str, Any]:
-    """The flow's librdkafka configuration (same brokers, same security options), plus our log hooks."""
-    servers = ",".join(b.strip() for b in (brokers or settings.kafka_brokers).split(",") if b.strip())
+def client_config(kafka: Any, brokers: Optional[str], client_log: ClientLog) -> dict[str, Any]:
+    """The flow's librdkafka configuration (same brokers, same security options of the settings'
+    Kafka section ``kafka``), plus our log hooks."""
+    servers = ",".join(b.strip() for b in (brokers or kafka.brokers).split(",") if b.strip())
     if not servers:
         raise _user_error("no brokers: set FRAUDFLOW_KAFKA_BROKERS (e.g. 127.0.0.1:9092) or pass --brokers")
-    return {"bootstrap.servers": servers, **settings.kafka_options,
+    return {"bootstrap.servers": servers, **kafka.options,
             "logger": client_log, "error_cb": client_log.error}
 
 
@@ -97,11 +99,9 @@ def existing_topics(client: Any, config: dict[str, Any], timeout_s: float) -> di
     return {name: len(topic.partitions) for name, topic in metadata.topics.items() if not name.startswith("__")}
 
 
-def topics_for(settings: Any) -> list[str]:
-    names = [settings.kafka_topic_transactions, settings.kafka_topic_labels, settings.kafka_topic_alerts,
-             settings.kafka_topic_dlq, settings.kafka_topic_scores]
-    optional = (settings.kafka_topic_feedback, settings.kafka_topic_rules)
-    return names + [name for name in optional if name]
+def topics_for(kafka: Any) -> list[str]:
+    names = [kafka.topic_transactions, kafka.topic_labels, kafka.topic_alerts, kafka.topic_dlq, kafka.topic_scores]
+    return names + [name for name in (kafka.topic_feedback, kafka.topic_rules) if name]
 
 
 # The rules topic (decision 0055): compacted (the latest version of each rule is kept, a
@@ -109,9 +109,9 @@ def topics_for(settings: Any) -> list[str]:
 RULES_TOPIC_CONFIG = {"cleanup.policy": "compact"}
 
 
-def special_topics(settings: Any) -> dict[str, tuple[int, dict[str, str]]]:
+def special_topics(kafka: Any) -> dict[str, tuple[int, dict[str, str]]]:
     """Topics created with their own partition count and configuration: name -> (partitions, config)."""
-    return {settings.kafka_topic_rules: (1, RULES_TOPIC_CONFIG)} if settings.kafka_topic_rules else {}
+    return {kafka.topic_rules: (1, RULES_TOPIC_CONFIG)} if kafka.topic_rules else {}
 
 
 def create_topics(config: dict[str, Any], names: list[str], partitions: int, replication: int,
@@ -143,10 +143,10 @@ def create_topics(config: dict[str, Any], names: list[str], partitions: int, rep
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    settings = _settings()
-    config = client_config(settings, args.brokers, ClientLog())
-    result = create_topics(config, topics_for(settings), args.partitions, args.replication, args.connect_timeout,
-                           special_topics(settings))
+    kafka = _settings()
+    config = client_config(kafka, args.brokers, ClientLog())
+    result = create_topics(config, topics_for(kafka), args.partitions, args.replication, args.connect_timeout,
+                           special_topics(kafka))
     for name, status in result.items():
         print(f"{name:20s} {status}")
     return 0
@@ -308,13 +308,13 @@ def cmd_produce(args: argparse.Namespace) -> int:
     for suffix in ("transactions", "labels"):
         if not Path(f"{args.prefix}.{suffix}.jsonl").is_file():
             raise _user_error(f"no such file: {args.prefix}.{suffix}.jsonl (write it with `fraudflow simulate`)")
-    settings = _settings()
-    topics = {"transaction": settings.kafka_topic_transactions, "label": settings.kafka_topic_labels}
+    kafka = _settings()
+    topics = {"transaction": kafka.topic_transactions, "label": kafka.topic_labels}
     if feedback_path(args.prefix):
-        if not settings.kafka_topic_feedback:
+        if not kafka.topic_feedback:
             raise _user_error(f"{feedback_path(args.prefix)} is there but FRAUDFLOW_KAFKA_TOPIC_FEEDBACK is empty")
-        topics["verdict"] = settings.kafka_topic_feedback
-    counts = produce_files(client_config(settings, args.brokers, ClientLog()), args.prefix, topics, args.rate,
+        topics["verdict"] = kafka.topic_feedback
+    counts = produce_files(client_config(kafka, args.brokers, ClientLog()), args.prefix, topics, args.rate,
                            progress=None if args.quiet else sys.stderr, timeout_s=args.connect_timeout)
     print(json.dumps({"produced": counts, "topics": topics}))
     return 0
@@ -344,10 +344,9 @@ def _show(value: Optional[bytes], readable_alert: bool) -> str:
 def cmd_tail(args: argparse.Namespace) -> int:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
-    settings = _settings()
-    topic = {"alerts": settings.kafka_topic_alerts, "dlq": settings.kafka_topic_dlq,
-             "scores": settings.kafka_topic_scores}[args.what]
-    config = client_config(settings, args.brokers, ClientLog())
+    kafka = _settings()
+    topic = {"alerts": kafka.topic_alerts, "dlq": kafka.topic_dlq, "scores": kafka.topic_scores}[args.what]
+    config = client_config(kafka, args.brokers, ClientLog())
     # Partitions are assigned, not subscribed: no consumer group (tansu stalls on group joins);
     # the group id is only a name librdkafka asks for, nothing is committed under it.
     consumer = _new_client(Consumer, {**config, "group.id": "fraudflow-tail", "enable.auto.commit": False,

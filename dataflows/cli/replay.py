@@ -39,20 +39,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
             **({"rules_file": args.rules} if args.rules else {}),
         )
         settings._check_consistency()
-        for path in (settings.alerts, settings.dlq, settings.scores):
+        for path in (settings.outputs.alerts, settings.outputs.dlq, settings.outputs.scores):
             truncate(path)
-        parts = build_flow(settings, shards=settings.model_shards or args.workers, desk=desk)
+        parts = build_flow(settings, shards=settings.model.shards or args.workers, desk=desk)
     except SettingsError as exc:
         raise FraudflowError(f"bad setting: {exc}") from None
     cli_main(parts.flow, workers_per_process=args.workers)
     if desk is not None and args.verdicts:
         _write_verdicts(args.verdicts, desk)
     if not args.quiet:
-        parts.stats.print_summary(settings)
+        parts.stats.print_summary(settings.outputs)
         if desk is not None:
             print(f"  simulated analysts    {desk.summary()}", file=sys.stderr)
-        if settings.scores:
-            print(f"  scores written to     {settings.scores}", file=sys.stderr)
+        if settings.outputs.scores:
+            print(f"  scores written to     {settings.outputs.scores}", file=sys.stderr)
     return 0
 
 

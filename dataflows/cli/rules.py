@@ -91,7 +91,7 @@ def _producer(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
     from confluent_kafka import Producer
 
     settings = _settings()
-    topic = settings.kafka_topic_rules
+    topic = settings.topic_rules
     if not topic:
         raise FraudflowError("no rules topic: FRAUDFLOW_KAFKA_TOPIC_RULES is empty")
     config = client_config(settings, args.brokers, ClientLog())
@@ -199,7 +199,7 @@ def read_rules_topic(config: dict[str, Any], topic: str, timeout_s: float, idle_
 
 def cmd_list(args: argparse.Namespace) -> int:
     settings = _settings()
-    topic = settings.kafka_topic_rules
+    topic = settings.topic_rules
     if not topic:
         raise FraudflowError("no rules topic: FRAUDFLOW_KAFKA_TOPIC_RULES is empty")
     config = client_config(settings, args.brokers, ClientLog())

@@ -28,7 +28,7 @@ def tiny_stream():
 
 def _run(events):
     alerts, dlq, scores = [], [], []
-    parts = build_flow(Settings(progress=False, snapshot_dir="off"), source=EventListSource(events),
+    parts = build_flow(Settings().replace(progress=False, snapshot_dir="off"), source=EventListSource(events),
                        alerts_sink=TestingSink(alerts), dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores),
                        shards=1)
     run_main(parts.flow)

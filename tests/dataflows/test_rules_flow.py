@@ -25,7 +25,7 @@ def events():
 
 def _replay(events, rules_file: str, shards: int = 1):
     alerts, dlq, scores = [], [], []
-    settings = Settings(progress=False, snapshot_dir="off", cooldown_hours=0.0, rules_file=rules_file)
+    settings = Settings().replace(progress=False, snapshot_dir="off", cooldown_hours=0.0, rules_file=rules_file)
     parts = build_flow(settings, source=EventListSource(events), alerts_sink=TestingSink(alerts),
                        dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores), shards=shards)
     run_main(parts.flow)
@@ -75,7 +75,7 @@ def test_a_bad_rules_file_stops_start_up_naming_the_setting(events, tmp_path, ca
     bad = tmp_path / "bad.yaml"
     bad.write_text("- {id: typo, version: 1, action: alert, when: 'amout > 5'}\n")
     with pytest.raises(SettingsError, match=r"FRAUDFLOW_RULES_FILE: .*bad.yaml, rule 1: rule 'typo': unknown field"):
-        build_flow(Settings(progress=False, snapshot_dir="off", rules_file=str(bad)), source=EventListSource([]))
+        build_flow(Settings().replace(progress=False, snapshot_dir="off", rules_file=str(bad)), source=EventListSource([]))
     tx, labels = tmp_path / "tx.jsonl", tmp_path / "labels.jsonl"
     tx.write_text("")
     labels.write_text("")

@@ -260,4 +260,4 @@ def test_bad_operations_settings_are_named(variable, value, message):
     with pytest.raises(SettingsError) as err:
         Settings.from_env({variable: value})
     assert str(err.value) == message
-    assert Settings.from_env({}).kafka_startup_timeout_s == 30.0 and Settings.from_env({}).idle_report_s == 30.0
+    assert Settings.from_env({}).kafka.startup_timeout_s == 30.0 and Settings.from_env({}).ops.idle_report_s == 30.0
