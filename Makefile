@@ -40,8 +40,15 @@ lock:  ## re-resolve constraints.txt and deploy/requirements.lock (PIP_COMPILE_F
 demo: $(STAMP)  ## run the dataflow on the embedded simulator (about a minute)
 	$(PY) -m bytewax.run dataflows.fraud:flow
 
+# The suite on TEST_WORKERS processes (pytest-xdist; a test file stays on one worker, so its
+# module fixtures are computed once), then the tests marked `serial` alone: multi-process
+# clusters whose processes must not compete with another test for the CPU (decision 0047).
+TEST_WORKERS ?= 2
+
 test: $(STAMP)  ## run the test suite (starts its own Kafka-compatible broker)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not serial"; parallel=$$?; \
+	$(PY) -m pytest -q -m serial; serial=$$?; \
+	exit $$(( parallel || serial ))
 
 bench: $(STAMP)  ## throughput / latency / scaling benchmarks, results in benchmarks/results/
 	$(PY) -m benchmarks.run

@@ -15,7 +15,6 @@ from connectors.sources import EventListSource
 from dataflows.fraud import build_flow, pipeline_config
 from dataflows.settings import Settings
 from learners.evaluation import average_precision, roc_auc
-from learners.pipeline import SequentialPipeline
 
 DAY = 86_400
 
@@ -103,10 +102,9 @@ def _iso(ts: float) -> str:
     return format_ts(ts)
 
 
-def test_flow_gives_the_bare_loop_scores(one_worker, small_stream):
-    events, _ = small_stream
+def test_flow_gives_the_bare_loop_scores(one_worker, small_sequential):
     _, _, scores, _ = one_worker
-    loop = {s.tx.tx_id: round(s.score, 6) for s in SequentialPipeline().run(events)}
+    loop = {s.tx.tx_id: round(s.score, 6) for s in small_sequential}
     flow = {s.tx_id: s.score for s in scores}
     assert flow == loop
 

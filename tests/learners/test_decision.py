@@ -66,8 +66,11 @@ def test_budget_alerts_are_the_riskiest(small_stream):
     assert precision > 10 * base_rate
 
 
-def test_one_open_alert_per_card_within_the_cooldown(small_stream):
+def test_one_open_alert_per_card_within_the_cooldown(small_stream, small_sequential):
     events, _ = small_stream
+    # The default configuration's candidates: the session's run of the default loop, computed once.
+    assert PipelineConfig(model=ModelConfig()) == PipelineConfig()
+    _SCORED.setdefault((id(events), ModelConfig()), [s for s in small_sequential if s.candidate])
     cooldown = 24 * 3600
     alerts = _alerts(events, ModelConfig(), cooldown_s=cooldown)
     by_card = defaultdict(list)
