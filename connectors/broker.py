@@ -105,21 +105,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default %(default)s)")
     parser.add_argument("--port", type=int, default=9092, help="listen port (default %(default)s)")
     args = parser.parse_args(argv)
-    broker = LocalBroker(args.port, args.host)
-    try:
-        broker.start()
-    except RuntimeError as exc:
-        print(f"broker: {exc}", file=sys.stderr)
-        return 2
-    print(f"tansu broker on {broker.bootstrap} (in memory; Ctrl-C stops it and loses its data)", flush=True)
 
     def _stop(signum: int, _frame: object) -> None:  # `kill %1` of `make broker &` too, not only Ctrl-C
         raise KeyboardInterrupt
 
+    # Handlers first: a signal that lands while tansu starts, or just after, still stops it.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGHUP, _stop)
     signal.signal(signal.SIGINT, _stop)  # also when started from a script that ignores it (`make broker &`)
+    broker = LocalBroker(args.port, args.host)
     try:
+        try:
+            broker.start()
+        except RuntimeError as exc:
+            print(f"broker: {exc}", file=sys.stderr)
+            return 2
+        print(f"tansu broker on {broker.bootstrap} (in memory; Ctrl-C stops it and loses its data)", flush=True)
         assert broker.proc is not None
         broker.proc.wait()
     except KeyboardInterrupt:

@@ -177,6 +177,7 @@ def test_rules_change_while_a_two_process_cluster_runs(broker, phases, tmp_path)
     assert "bad rule at" in logs
 
 
+@pytest.mark.serial  # kills a cluster mid-stream: waits are bounded for a machine without a competing test
 def test_a_killed_recovering_cluster_keeps_its_rules(broker, phases, tmp_path):
     recovery = init_recovery(tmp_path / "recovery", 2)
     live = Live(broker.bootstrap, tmp_path, recovery=recovery)
