@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DEFAULT_MODEL = "binned_logreg"  # dataflows.settings.Settings.model_kind (checked by a test)
+DEFAULT_MODEL = "binned_logreg"  # dataflows.settings.Settings().model.kind (checked by a test)
 
 
 def machine() -> dict[str, Any]:

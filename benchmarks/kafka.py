@@ -170,11 +170,11 @@ def _timestamps(bootstrap: str, topic: str, expect: int, quiet_s: float = 5.0) -
 
 
 def _settings(env: Optional[dict] = None):
-    """The flow's settings as a run's environment sets them (the relay and the tail use its
+    """The flow's Kafka section as a run's environment sets it (the relay and the tail use its
     Kafka client settings)."""
     from dataflows.settings import Settings
 
-    return Settings.from_env(env)
+    return Settings.from_env(env).kafka
 
 
 def relay(bootstrap: str, transactions: str, labels: str, scores: str) -> None:
@@ -186,20 +186,20 @@ def relay(bootstrap: str, transactions: str, labels: str, scores: str) -> None:
     from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    settings = _settings()
+    kafka = _settings()
     meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
     consumers = []
     for topic in (transactions, labels):
         for p in meta.topics[topic].partitions:
             consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-relay", "enable.auto.commit": False,
-                                 "fetch.wait.max.ms": settings.kafka_fetch_wait_ms})
+                                 "fetch.wait.max.ms": kafka.fetch_wait_ms})
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)])
             consumers.append(consumer)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": settings.kafka_scores_linger_ms})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": kafka.scores_linger_ms})
     while True:
         got = 0
         for consumer in consumers:
-            msgs = consumer.consume(settings.kafka_batch_size, 0)
+            msgs = consumer.consume(kafka.batch_size, 0)
             got += len(msgs)
             for msg in msgs:
                 if msg.error() is None and msg.topic() == transactions:
@@ -221,7 +221,7 @@ def tail(bootstrap: str, out: str, *topics: str) -> None:
 
     meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-tail", "enable.auto.commit": False,
-                         "fetch.wait.max.ms": _settings().kafka_fetch_wait_ms})
+                         "fetch.wait.max.ms": _settings().fetch_wait_ms})
     consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in meta.topics[t].partitions])
     seen: list = []
     stop = []
@@ -461,15 +461,15 @@ def latency(bootstrap: str, events: list, rate: float, minutes: float = 5.0, war
     first_m, last_m = (minutes_q[min(minutes_q)], minutes_q[max(minutes_q)]) if minutes_q else ({}, {})
     drift = (round(last_m["p99"] / first_m["p99"] - 1, 3) if len(minutes_q) > 1 and first_m.get("p99") else None)
     dropped = _drop_topics(bootstrap, topics)
-    settings = _settings(env)
+    kafka = _settings(env)
     expected = sum(1 for t in tx_ts.values() if t >= horizon)
     return {"what": "broker-only relay" if baseline else f"flow, {processes} process(es), recovery -s {snapshot_s}",
             "processes": processes, "snapshot_interval_s": snapshot_s, "target_events_per_s": round(rate),
             "offered_events_per_s": round(offered), "minutes": minutes, "warmup_s": warmup_s,
             "transactions_sent": n_tx, "transactions_measured": expected, "label_delay_s": label_delay_s,
-            "settings": {"fetch_wait_ms": settings.kafka_fetch_wait_ms, "linger_ms": settings.kafka_linger_ms,
-                         "scores_linger_ms": settings.kafka_scores_linger_ms,
-                         "confirm": settings.kafka_confirm, "generator_linger_ms": GENERATOR_LINGER_MS,
+            "settings": {"fetch_wait_ms": kafka.fetch_wait_ms, "linger_ms": kafka.linger_ms,
+                         "scores_linger_ms": kafka.scores_linger_ms,
+                         "confirm": kafka.confirm, "generator_linger_ms": GENERATOR_LINGER_MS,
                          **(extra_env or {})},
             "score_latency_ms": _quantiles(scores),
             "alert_latency_ms": _quantiles(alerts["readable"]),
@@ -534,7 +534,7 @@ def broker_fetch_cost(stored: tuple[int, ...] = (500, 2_000, 5_000, 10_000, 20_0
                 producer.flush()
                 held += 1
             consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-fetch-cost",
-                                 "fetch.wait.max.ms": _settings().kafka_fetch_wait_ms})
+                                 "fetch.wait.max.ms": _settings().fetch_wait_ms})
             consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
             got, stop = [0], threading.Event()
 

@@ -58,8 +58,8 @@ def dataflow(path: str, model_kind: str = DEFAULT_MODEL, workers: int = 1, expor
     import tempfile
 
     export_dir = tempfile.mkdtemp(prefix="fraudflow-bench-exports-") if exports else "off"
-    settings = Settings(progress=False, model_kind=model_kind, snapshot_dir=export_dir,
-                        snapshot_key="benchmark-signing-key-0123456789")
+    settings = Settings().replace(progress=False, model_kind=model_kind, snapshot_dir=export_dir,
+                                  snapshot_key="benchmark-signing-key-0123456789")
     parts = build_flow(settings, source=EventListSource(events), alerts_sink=TestingSink(alerts),
                        dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores), shards=workers)
     started = time.perf_counter()

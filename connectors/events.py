@@ -34,7 +34,7 @@ import hashlib
 import math
 import time
 from datetime import datetime, timezone
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import msgspec
 
@@ -45,10 +45,12 @@ __all__ = [
     "Origin",
     "Score",
     "Transaction",
+    "Verdict",
     "alert_id_for",
     "encode",
     "format_ts",
     "parse_record",
+    "verdict_to_json",
 ]
 
 _UTC = timezone.utc
@@ -99,6 +101,14 @@ class _WireLabel(msgspec.Struct, frozen=True):
     terminal_id: Optional[_NonEmpty] = None
 
 
+class _WireVerdict(msgspec.Struct, frozen=True):
+    alert_id: _NonEmpty
+    tx_id: _NonEmpty
+    account_id: _NonEmpty
+    ts: _TzDatetime
+    verdict: Literal["fraud", "legitimate"]
+
+
 _TX_FIELDS = frozenset(_WireTransaction.__struct_fields__)
 _LABEL_FIELDS = frozenset(_WireLabel.__struct_fields__)
 
@@ -125,6 +135,19 @@ class Label(msgspec.Struct, frozen=True, gc=False):
     is_fraud: bool
     terminal_id: Optional[str] = None
     origin: Optional[Origin] = None  # where it was read (a label for an unknown transaction names it)
+
+
+class Verdict(msgspec.Struct, frozen=True, gc=False):
+    """An analyst's verdict on an alert (contract ``feedback``), learned as a label: ``event_ts``
+    is when the analyst decided (the label's time, same no-look-ahead rule), ``is_fraud`` the
+    verdict. It has a label's fields, so the account stage joins it like one."""
+
+    alert_id: str
+    tx_id: str
+    account_id: str
+    event_ts: float
+    is_fraud: bool
+    origin: Optional[Origin] = None
 
 
 class DeadLetter(msgspec.Struct, frozen=True, gc=False):
@@ -184,6 +207,7 @@ class Alert(msgspec.Struct, frozen=True, omit_defaults=True):
     reasons: list[tuple[str, float]]
     currency: str
     extra: Optional[dict] = None
+    tags: tuple = ()  # what tag rules wrote (learners.rules); written only when some did
 
 
 class Score(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -194,6 +218,7 @@ class Score(msgspec.Struct, frozen=True, omit_defaults=True):
     model: str
     account_id: str = ""
     ts: str = ""
+    tags: tuple = ()  # what tag rules wrote (learners.rules); written only when some did
 
 
 def format_ts(event_ts: float) -> str:
@@ -230,7 +255,7 @@ def encode(record: msgspec.Struct | dict[str, Any]) -> bytes:
     return _encoder.encode(record)
 
 
-Event = Union[Transaction, Label]
+Event = Union[Transaction, Label, Verdict]
 
 
 def _reject(raw: bytes, origin: Origin, reason: str, category: str) -> DeadLetter:
@@ -250,8 +275,9 @@ def parse_record(raw: bytes | str, origin: Origin, kind: Optional[str] = None,
                  now: Optional[float] = None) -> Event | DeadLetter:
     """Decode one input record into a typed event or a dead letter; never raises.
 
-    ``kind`` is ``"transaction"`` or ``"label"`` when the source knows (one topic per
-    kind); ``None`` tells them apart by their fields (``is_fraud`` marks a label). ``now``
+    ``kind`` is ``"transaction"``, ``"label"`` or ``"verdict"`` when the source knows (one
+    topic per kind); ``None`` tells them apart by their fields (``is_fraud`` marks a label,
+    ``verdict`` an analyst's verdict). ``now``
     (POSIX seconds, default the wall clock) bounds how far in the future an event may be.
     """
     if isinstance(raw, str):
@@ -268,13 +294,17 @@ def parse_record(raw: bytes | str, origin: Origin, kind: Optional[str] = None,
     if not isinstance(doc, dict):
         return _reject(raw, origin, f"expected a JSON object, got {type(doc).__name__}", "not_an_object")
     if kind is None:
-        if "is_fraud" in doc:
+        if "verdict" in doc:
+            kind = "verdict"
+        elif "is_fraud" in doc:
             kind = "label"
         elif "amount" in doc:
             kind = "transaction"
         else:
             return _reject(raw, origin, "not a transaction or label: has neither 'amount' nor 'is_fraud'",
                            "not_an_event")
+    if kind == "verdict":
+        return _parse_verdict(doc, raw, origin, now)
     category = "invalid_label" if kind == "label" else "invalid_transaction"
     try:
         if kind == "label":
@@ -318,6 +348,40 @@ def parse_record(raw: bytes | str, origin: Origin, kind: Optional[str] = None,
         extra=extra,
         origin=origin,
     )
+
+
+def _parse_verdict(doc: dict, raw: bytes, origin: Origin, now: Optional[float]) -> Verdict | DeadLetter:
+    """An analyst's verdict (contract ``feedback``), or a dead letter ``invalid_verdict``.
+
+    >>> v = parse_record(b'{"alert_id": "a-1", "tx_id": "t-1", "account_id": "c-1", "ts": "2018-04-01T04:07:56Z",'
+    ...                  b' "verdict": "fraud"}', Origin("feedback", 1))
+    >>> v.is_fraud, v.event_ts
+    (True, 1522555676.0)
+    >>> d = parse_record(b'{"alert_id": "a-1", "tx_id": "t-1", "account_id": "c-1", "ts": "2018-04-01T04:07:56Z",'
+    ...                  b' "verdict": "maybe"}', Origin("feedback", 2))
+    >>> d.category, d.reason
+    ('invalid_verdict', "invalid verdict: Invalid enum value 'maybe' - at `$.verdict`")
+    """
+    try:
+        wire = msgspec.convert(doc, _WireVerdict)
+    except msgspec.ValidationError as exc:
+        return _reject(raw, origin, f"invalid verdict: {exc}", "invalid_verdict")
+    event_ts = wire.ts.timestamp()
+    problem = _ts_problem("verdict", event_ts, now)
+    if problem:
+        return _reject(raw, origin, problem, "bad_timestamp")
+    return Verdict(alert_id=wire.alert_id, tx_id=wire.tx_id, account_id=wire.account_id, event_ts=event_ts,
+                   is_fraud=wire.verdict == "fraud", origin=origin)
+
+
+def verdict_to_json(verdict: Verdict) -> dict[str, Any]:
+    """The contract form of a verdict (what ``fraudflow investigate`` writes).
+
+    >>> verdict_to_json(Verdict("a-1", "t-1", "c-1", 1522555676.0, False))
+    {'alert_id': 'a-1', 'tx_id': 't-1', 'account_id': 'c-1', 'ts': '2018-04-01T04:07:56Z', 'verdict': 'legitimate'}
+    """
+    return {"alert_id": verdict.alert_id, "tx_id": verdict.tx_id, "account_id": verdict.account_id,
+            "ts": format_ts(verdict.event_ts), "verdict": "fraud" if verdict.is_fraud else "legitimate"}
 
 
 def transaction_to_json(tx: Transaction) -> dict[str, Any]:

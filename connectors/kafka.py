@@ -1,4 +1,4 @@
-"""Kafka wiring: the transactions and labels topics in, alerts / dead letters / scores out.
+"""Kafka wiring: the transactions, labels (and feedback) topics in, alerts / dead letters / scores out.
 
 The data path uses bytewax's Kafka connector (confluent-kafka underneath):
 
@@ -8,6 +8,9 @@ The data path uses bytewax's Kafka connector (confluent-kafka underneath):
   dead letter with its topic, partition and offset) and cut into batches of bounded event
   time, like the other sources. Broker-level errors (an unreachable broker) are logged and
   retried by librdkafka; they never move the resume offset.
+* :class:`RulesKafkaSource` reads the rules topic (compacted, keyed by rule id) from its
+  start and follows it, one :class:`RuleMessage` per record (validated by the flow, decision
+  0055); its offset is its resume state like the events'.
 * :func:`check_cluster` runs before the flow is built: it waits a bounded time
   (``FRAUDFLOW_KAFKA_STARTUP_TIMEOUT_S``) for a broker to answer and for every topic the flow
   uses to exist, and otherwise raises :class:`KafkaStartupError` with one line naming the
@@ -24,7 +27,7 @@ The data path uses bytewax's Kafka connector (confluent-kafka underneath):
   failed delivery fails the flow, which then resumes from recovery, instead of losing an
   alert; with the default ``message.timeout.ms=0`` a broker outage stalls the flow instead.
 
-Every librdkafka option in ``settings.kafka_options`` (``security.protocol``, ``sasl.*``,
+Every librdkafka option in ``settings.kafka.options`` (``security.protocol``, ``sasl.*``,
 ``ssl.*``, …) is passed to every client that accepts it: consumer-only options (``fetch.*``,
 ``group.*``, …) only to consumers, producer-only ones (``linger.ms``, ``acks``, …) only to
 producers, the rest (security, timeouts) to all. They are never logged.
@@ -44,13 +47,14 @@ from bytewax.inputs import StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
+import msgspec
 
 from connectors.events import DeadLetter, Origin, encode, parse_record
-from connectors.sources import (BOARD, DEFAULT_MAX_LEAD_S, MAX_BATCH_SPAN_S, EventTimePacer, LeadGuard, batch_span_for,
+from connectors.sources import (BOARD, DEFAULT_MAX_LEAD_S, MAX_BATCH_SPAN_S, EventTimePacer, LeadGuard,
                                 beat)
 
-__all__ = ["CheckedKafkaSink", "EventsKafkaSource", "KafkaStartupError", "check_cluster", "client_log", "kafka_problem",
-           "kafka_sinks", "kafka_source", "options_for"]
+__all__ = ["CheckedKafkaSink", "EventsKafkaSource", "KafkaStartupError", "RuleMessage", "RulesKafkaSource",
+           "check_cluster", "client_log", "kafka_problem", "kafka_sinks", "kafka_source", "options_for", "rules_source"]
 
 log = logging.getLogger(__name__)
 
@@ -224,12 +228,14 @@ class _NoWaitConsumer:
 
 
 class EventsKafkaSource(KafkaSource):
-    """Both input topics through bytewax's KafkaSource, decoded into contract events."""
+    """The input topics through bytewax's KafkaSource, decoded into contract events;
+    ``feedback_topic`` (analysts' verdicts) is read too when given."""
 
     def __init__(self, brokers: list[str], transactions_topic: str, labels_topic: str, *, tail: bool = True,
                  add_config: Optional[dict[str, str]] = None, batch_size: int = 2000,
                  max_batch_span_s: float = MAX_BATCH_SPAN_S, process: int = 0, processes: int = 1,
-                 fetch_wait_ms: Optional[int] = None, max_lead_s: float = DEFAULT_MAX_LEAD_S) -> None:
+                 fetch_wait_ms: Optional[int] = None, max_lead_s: float = DEFAULT_MAX_LEAD_S,
+                 feedback_topic: str = "") -> None:
         self.max_lead_s = max_lead_s
         self.process = process
         self.processes = max(1, processes)
@@ -243,9 +249,12 @@ class EventsKafkaSource(KafkaSource):
         # bytewax hands ``add_config`` to the admin client that lists partitions (a producer
         # handle) as well as to the consumers: consumer-only options are added in build_part.
         self.consumer_options = options_for("consumer", options)
-        super().__init__(brokers, [transactions_topic, labels_topic], tail=tail, starting_offset=OFFSET_BEGINNING,
+        topics = [transactions_topic, labels_topic] + ([feedback_topic] if feedback_topic else [])
+        super().__init__(brokers, topics, tail=tail, starting_offset=OFFSET_BEGINNING,
                          add_config=options_for("admin", options), batch_size=batch_size, raise_on_errors=False)
         self.kinds = {transactions_topic: "transaction", labels_topic: "label"}
+        if feedback_topic:
+            self.kinds[feedback_topic] = "verdict"
         self.max_batch_span_s = max_batch_span_s
         self.pacer = EventTimePacer(max_batch_span_s)
 
@@ -262,14 +271,7 @@ class EventsKafkaSource(KafkaSource):
 
     def _consumer_partition(self, step_id: str, topic: str, partition: int,
                             resume_state: Optional[int]) -> _KafkaSourcePartition:
-        """bytewax's own partition (KafkaSource.build_part, 0.21.1) with the consumer options."""
-        config = {"group.id": "BYTEWAX_IGNORED", "enable.auto.commit": "false",
-                  "bootstrap.servers": ",".join(self._brokers), "enable.partition.eof": str(not self._tail),
-                  "statistics.interval.ms": 1000, **self.consumer_options}
-        part = _KafkaSourcePartition(step_id, config, topic, partition, self._starting_offset, resume_state,
-                                     self._batch_size, self._raise_on_errors)
-        part._consumer = _NoWaitConsumer(part._consumer)
-        return part
+        return _consumer_partition(self, step_id, topic, partition, resume_state)
 
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> _EventsPartition:
         idx, topic = for_part.split("-", 1)
@@ -277,6 +279,81 @@ class EventsKafkaSource(KafkaSource):
         start = resume_state if resume_state is not None else OFFSET_BEGINNING
         return _EventsPartition(inner, topic, int(idx), self.kinds[topic], start, self.max_batch_span_s, self.pacer,
                                 self.max_lead_s)
+
+
+def _consumer_partition(source: Any, step_id: str, topic: str, partition: int,
+                        resume_state: Optional[int]) -> _KafkaSourcePartition:
+    """bytewax's own partition (KafkaSource.build_part, 0.21.1) with the consumer options."""
+    config = {"group.id": "BYTEWAX_IGNORED", "enable.auto.commit": "false",
+              "bootstrap.servers": ",".join(source._brokers), "enable.partition.eof": str(not source._tail),
+              "statistics.interval.ms": 1000, **source.consumer_options}
+    part = _KafkaSourcePartition(step_id, config, topic, partition, source._starting_offset, resume_state,
+                                 source._batch_size, source._raise_on_errors)
+    part._consumer = _NoWaitConsumer(part._consumer)
+    return part
+
+
+class RuleMessage(msgspec.Struct, frozen=True, gc=False):
+    """One record of the rules topic as read: its key (the rule id), its value (the rule's
+    JSON; None: a tombstone, delete the rule) and where it was read."""
+
+    key: Optional[bytes]
+    value: Optional[bytes]
+    origin: Origin
+
+
+class _RulesPartition(StatefulSourcePartition[RuleMessage, Optional[int]]):
+    def __init__(self, inner: _KafkaSourcePartition, topic: str, partition: int) -> None:
+        self._inner = inner
+        self._topic = topic
+        self._partition = partition
+        self._last_warning = 0.0
+
+    def next_batch(self) -> list[RuleMessage]:
+        out: list[RuleMessage] = []
+        for msg in self._inner.next_batch():
+            if isinstance(msg, KafkaError):
+                now = time.monotonic()
+                if now - self._last_warning > 10:
+                    self._last_warning = now
+                    log.warning("kafka %s[%d]: %s (librdkafka retries)", self._topic, self._partition, msg.err)
+                continue
+            out.append(RuleMessage(msg.key, msg.value, Origin(msg.topic or self._topic, msg.offset, msg.partition)))
+        return out
+
+    def next_awake(self):
+        return self._inner.next_awake()
+
+    def snapshot(self) -> Optional[int]:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class RulesKafkaSource(KafkaSource):
+    """The rules topic from its start (with recovery: from where it was), followed unless
+    ``tail`` is false; its partitions are read by process ``p % processes`` (the rules go to
+    every model shard from there)."""
+
+    def __init__(self, brokers: list[str], topic: str, *, tail: bool = True,
+                 add_config: Optional[dict[str, str]] = None, process: int = 0, processes: int = 1,
+                 fetch_wait_ms: Optional[int] = None) -> None:
+        options = dict(add_config or {})
+        if fetch_wait_ms is not None:
+            options.setdefault("fetch.wait.max.ms", str(fetch_wait_ms))
+        self.consumer_options = options_for("consumer", options)
+        self.process = process
+        self.processes = max(1, processes)
+        super().__init__(brokers, [topic], tail=tail, starting_offset=OFFSET_BEGINNING,
+                         add_config=options_for("admin", options), batch_size=500, raise_on_errors=False)
+
+    def list_parts(self) -> list[str]:
+        return [p for p in super().list_parts() if int(p.split("-", 1)[0]) % self.processes == self.process]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> _RulesPartition:
+        idx, topic = for_part.split("-", 1)
+        return _RulesPartition(_consumer_partition(self, step_id, topic, int(idx), resume_state), topic, int(idx))
 
 
 class _CheckedPartition(StatefulSinkPartition[Any, None]):
@@ -387,34 +464,65 @@ class CheckedKafkaSink(FixedPartitionedSink[Any, None]):
         return _CheckedPartition(Producer(self.config), self.topic, self._to_message, self.confirm_every_batch)
 
 
-def _brokers(settings: Any) -> list[str]:
-    return [b.strip() for b in settings.kafka_brokers.split(",") if b.strip()]
+def _feedback_topic(kafka: Any) -> str:
+    """The feedback topic if it exists (listed with all topics: a metadata request naming it
+    would make a broker with auto-creation create it, with the wrong partition count). Under
+    ``bytewax.run`` the start-up check has made sure it does (:func:`check_cluster`); a flow
+    built in-process (tests, benchmarks) without the topic runs without it, with a warning."""
+    topic = kafka.topic_feedback
+    if not topic:
+        return ""
+    admin = AdminClient({"bootstrap.servers": ",".join(kafka.broker_list()),
+                         **options_for("admin", _client_options(kafka))})
+    try:
+        present = topic in admin.list_topics(timeout=kafka.startup_timeout_s).topics
+    except KafkaException as exc:
+        log.warning("cannot list topics to find the feedback topic %r (%s): analysts' verdicts are not read",
+                    topic, exc.args[0].str() if exc.args else exc)
+        return ""
+    if not present:
+        log.warning("topic %r (FRAUDFLOW_KAFKA_TOPIC_FEEDBACK) does not exist: analysts' verdicts are not read "
+                    "(create it with `fraudflow topics create`)", topic)
+        return ""
+    return topic
 
 
-def kafka_source(settings: Any, process: int = 0, processes: int = 1) -> EventsKafkaSource:
+def kafka_source(kafka: Any, process: int = 0, processes: int = 1, max_batch_span_s: float = MAX_BATCH_SPAN_S,
+                 max_lead_s: float = DEFAULT_MAX_LEAD_S) -> EventsKafkaSource:
+    """The transactions and labels topics of the settings' Kafka section ``kafka``
+    (:class:`dataflows.settings.KafkaSettings`) as the input of one process of ``processes``."""
     return EventsKafkaSource(
-        _brokers(settings), settings.kafka_topic_transactions, settings.kafka_topic_labels,
-        tail=not settings.kafka_stop_at_end, add_config=_client_options(settings),
-        batch_size=settings.kafka_batch_size, process=process, processes=processes,
-        max_batch_span_s=batch_span_for(settings.allowed_lateness_s), fetch_wait_ms=settings.kafka_fetch_wait_ms,
-        max_lead_s=settings.max_event_lead_hours * 3600,
+        kafka.broker_list(), kafka.topic_transactions, kafka.topic_labels,
+        tail=not kafka.stop_at_end, add_config=_client_options(kafka),
+        batch_size=kafka.batch_size, process=process, processes=processes,
+        max_batch_span_s=max_batch_span_s, fetch_wait_ms=kafka.fetch_wait_ms, max_lead_s=max_lead_s,
+        feedback_topic=_feedback_topic(kafka),
     )
 
 
-def kafka_sinks(settings: Any, process: int = 0, processes: int = 1, workers: int = 1,
+def rules_source(kafka: Any, process: int = 0, processes: int = 1) -> Optional[RulesKafkaSource]:
+    """The rules topic's source (None without ``topic_rules``); it stops at the topic's end
+    with ``stop_at_end``, like the events."""
+    if not kafka.topic_rules:
+        return None
+    return RulesKafkaSource(kafka.broker_list(), kafka.topic_rules, tail=not kafka.stop_at_end,
+                            add_config=_client_options(kafka), process=process, processes=processes,
+                            fetch_wait_ms=kafka.fetch_wait_ms)
+
+
+def kafka_sinks(kafka: Any, emit_scores: bool = False, process: int = 0, processes: int = 1, workers: int = 1,
                 ) -> tuple[CheckedKafkaSink, CheckedKafkaSink, Optional[CheckedKafkaSink]]:
     """The alerts, dead-letter and (with ``emit_scores``) scores sinks of one process of
-    ``processes`` (``workers`` in all)."""
-    common = dict(brokers=_brokers(settings), add_config=_client_options(settings),
-                  confirm_every_batch=settings.kafka_confirm == "batch",
+    ``processes`` (``workers`` in all), on the topics of the settings' Kafka section ``kafka``."""
+    common = dict(brokers=kafka.broker_list(), add_config=_client_options(kafka),
+                  confirm_every_batch=kafka.confirm == "batch",
                   process=process, workers_per_process=max(1, workers // max(1, processes)), processes=processes)
-    linger = settings.kafka_linger_ms
-    alerts = CheckedKafkaSink(topic=settings.kafka_topic_alerts, key=lambda a: a.account_id, linger_ms=linger,
-                              **common)
-    dlq = CheckedKafkaSink(topic=settings.kafka_topic_dlq, linger_ms=linger, **common)
-    scores = (CheckedKafkaSink(topic=settings.kafka_topic_scores, key=lambda s: s.account_id,
-                               linger_ms=settings.kafka_scores_linger_ms, **common)
-              if settings.emit_scores else None)
+    linger = kafka.linger_ms
+    alerts = CheckedKafkaSink(topic=kafka.topic_alerts, key=lambda a: a.account_id, linger_ms=linger, **common)
+    dlq = CheckedKafkaSink(topic=kafka.topic_dlq, linger_ms=linger, **common)
+    scores = (CheckedKafkaSink(topic=kafka.topic_scores, key=lambda s: s.account_id,
+                               linger_ms=kafka.scores_linger_ms, **common)
+              if emit_scores else None)
     return alerts, dlq, scores
 
 
@@ -475,32 +583,36 @@ def kafka_problem(within_s: float) -> Optional[str]:
     return None
 
 
-def _client_options(settings: Any) -> dict[str, Any]:
+def _client_options(kafka: Any) -> dict[str, Any]:
     """Options for every client: the pass-through librdkafka options and the logger."""
-    return {**settings.kafka_options, "logger": _CLIENT_LOG}
+    return {**kafka.options, "logger": _CLIENT_LOG}
 
 
 class KafkaStartupError(RuntimeError):
     """The brokers did not answer, or the flow's topics do not exist; the message is one line."""
 
 
-def _flow_topics(settings: Any) -> dict[str, str]:
+def _flow_topics(kafka: Any, emit_scores: bool) -> dict[str, str]:
     """The topics the flow reads and writes, each with the variable that names it."""
-    names = ["transactions", "labels", "alerts", "dlq"] + (["scores"] if settings.emit_scores else [])
-    return {getattr(settings, f"kafka_topic_{n}"): f"FRAUDFLOW_KAFKA_TOPIC_{n.upper()}" for n in names}
+    # the feedback and rules topics are required unless set empty (decision 0055)
+    names = (["transactions", "labels", "alerts", "dlq"] + (["scores"] if emit_scores else [])
+             + [n for n in ("feedback", "rules") if getattr(kafka, f"topic_{n}")])
+    return {getattr(kafka, f"topic_{n}"): f"FRAUDFLOW_KAFKA_TOPIC_{n.upper()}" for n in names}
 
 
-def check_cluster(settings: Any, retry_every_s: float = 1.0, report_every_s: float = 10.0) -> None:
-    """Return once a broker answers and every topic of the flow exists; raise
-    :class:`KafkaStartupError` if that has not happened within ``kafka_startup_timeout_s``.
+def check_cluster(kafka: Any, emit_scores: bool = False, retry_every_s: float = 1.0,
+                  report_every_s: float = 10.0) -> None:
+    """Return once a broker answers and every topic of the flow exists (the topics of the
+    settings' Kafka section ``kafka``, the scores topic with ``emit_scores``); raise
+    :class:`KafkaStartupError` if that has not happened within ``kafka.startup_timeout_s``.
 
     While topics are missing (created by another job that has not run yet, say), a line naming
     them is logged every ``report_every_s``. Topics are never created here.
     """
-    brokers, timeout = settings.kafka_brokers, settings.kafka_startup_timeout_s
-    wanted = _flow_topics(settings)
-    admin = AdminClient({"bootstrap.servers": ",".join(_brokers(settings)),
-                         **options_for("admin", _client_options(settings))})
+    brokers, timeout = kafka.brokers, kafka.startup_timeout_s
+    wanted = _flow_topics(kafka, emit_scores)
+    admin = AdminClient({"bootstrap.servers": ",".join(kafka.broker_list()),
+                         **options_for("admin", _client_options(kafka))})
     deadline = time.monotonic() + timeout
     next_report = 0.0
     while True:

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from dataflows.settings import Settings, SettingsError
+from dataflows.settings import Settings, SettingsError, SnapshotSettings
 from learners.features import FEATURE_NAMES
 from learners.snapshot_format import SnapshotError, build_document, check_key, load_model, write_export
 
@@ -47,9 +47,9 @@ def code_version() -> str:
     return f"{base}+g{commit}" if commit else base
 
 
-def signing_key(settings: Settings) -> Optional[bytes]:
+def signing_key(snapshots: SnapshotSettings) -> Optional[bytes]:
     """The HMAC key of ``FRAUDFLOW_SNAPSHOT_KEY_FILE`` (trailing newline stripped) or
-    ``FRAUDFLOW_SNAPSHOT_KEY``, or None when neither is set.
+    ``FRAUDFLOW_SNAPSHOT_KEY`` (the settings' ``snapshots`` section), or None when neither is set.
 
     Raises
     ------
@@ -57,9 +57,9 @@ def signing_key(settings: Settings) -> Optional[bytes]:
         The key file is unreadable, or the key is empty or shorter than 16 bytes. The message
         names the setting, never the key.
     """
-    path = settings.snapshot_key_file
+    path = snapshots.key_file
     if path:
-        if settings.snapshot_key:
+        if snapshots.key:
             log.warning("both FRAUDFLOW_SNAPSHOT_KEY_FILE and FRAUDFLOW_SNAPSHOT_KEY are set; using the key file")
         try:
             key = Path(path).read_bytes().rstrip(b"\r\n")
@@ -67,8 +67,8 @@ def signing_key(settings: Settings) -> Optional[bytes]:
             raise SettingsError(f"FRAUDFLOW_SNAPSHOT_KEY_FILE: cannot read the signing key file {path}: "
                                 f"{exc.strerror or exc}") from None
         source = f"FRAUDFLOW_SNAPSHOT_KEY_FILE ({path})"
-    elif settings.snapshot_key:
-        key, source = settings.snapshot_key.encode(), "FRAUDFLOW_SNAPSHOT_KEY"
+    elif snapshots.key:
+        key, source = snapshots.key.encode(), "FRAUDFLOW_SNAPSHOT_KEY"
     else:
         return None
     try:
@@ -77,14 +77,15 @@ def signing_key(settings: Settings) -> Optional[bytes]:
         raise SettingsError(str(exc)) from None
 
 
-def export_document(shard: Any, settings: Settings, reason: str) -> dict[str, Any]:
-    """The readable half of an export: what the shard's model is and has learned."""
+def export_document(shard: Any, settings_fingerprint: str, reason: str) -> dict[str, Any]:
+    """The readable half of an export: what the shard's model is and has learned, under the
+    settings of that fingerprint (:meth:`Settings.fingerprint`)."""
     cfg = shard.config
     return build_document(
         shard=shard.name or "shard", reason=reason, kind=cfg.kind, model_name=cfg.model_name, model=shard.model,
         features=FEATURE_NAMES, counts=shard.counts, quality=shard.online_quality(), threshold=cfg.threshold,
         negative_sampling=cfg.negative_sampling, supervised=shard.supervised, seed=cfg.seed,
-        code_version=code_version(), settings_fingerprint=settings.fingerprint(), first_ts=shard.first_ts,
+        code_version=code_version(), settings_fingerprint=settings_fingerprint, first_ts=shard.first_ts,
         last_ts=shard.last_ts, built_to=shard.built_to)
 
 
@@ -93,7 +94,8 @@ def make_exporter(settings: Settings, on_written: Callable[[], None]) -> Optiona
     directory = settings.effective_snapshot_dir
     if not directory:
         return None
-    key = signing_key(settings)
+    key = signing_key(settings.snapshots)
+    fingerprint = settings.fingerprint()
     if key is None:
         log.warning("model exports are written unsigned (set FRAUDFLOW_SNAPSHOT_KEY_FILE or FRAUDFLOW_SNAPSHOT_KEY "
                     "to sign them); unsigned exports cannot be loaded back")
@@ -102,7 +104,7 @@ def make_exporter(settings: Settings, on_written: Callable[[], None]) -> Optiona
         if shard.name is None and shard.counts["scored"] == 0:
             return  # nothing learned, nothing to show
         try:
-            path = write_export(directory, export_document(shard, settings, reason), shard.model, key)
+            path = write_export(directory, export_document(shard, fingerprint, reason), shard.model, key)
         except OSError as exc:  # a full disk must not stop fraud scoring
             log.error("could not write a model snapshot to %s: %s", directory, exc)
             return
@@ -124,17 +126,19 @@ class WarmStart:
         shard.warm_start(copy.deepcopy(self.model), self.document)
 
 
-def warm_start(settings: Settings) -> Optional[WarmStart]:
-    """Load and verify FRAUDFLOW_WARM_START; any problem is a SettingsError naming it."""
-    if not settings.warm_start:
+def warm_start(snapshots: SnapshotSettings, model_kind: str) -> Optional[WarmStart]:
+    """Load and verify FRAUDFLOW_WARM_START (of the ``snapshots`` section) for a model of
+    ``model_kind``; any problem is a SettingsError naming it."""
+    path = snapshots.warm_start
+    if not path:
         return None
-    key = signing_key(settings)
+    key = signing_key(snapshots)
     try:
-        model, document = load_model(settings.warm_start, key, expect_kind=settings.model_kind,
+        model, document = load_model(path, key, expect_kind=model_kind,
                                      expect_features=list(FEATURE_NAMES))
     except SnapshotError as exc:
         where = "" if key else "; the key comes from FRAUDFLOW_SNAPSHOT_KEY_FILE or FRAUDFLOW_SNAPSHOT_KEY"
-        raise SettingsError(f"FRAUDFLOW_WARM_START: {settings.warm_start}: {exc}{where}") from None
-    log.info("warm start from %s (%s, %s labels learned)", settings.warm_start, document.get("shard"),
+        raise SettingsError(f"FRAUDFLOW_WARM_START: {path}: {exc}{where}") from None
+    log.info("warm start from %s (%s, %s labels learned)", path, document.get("shard"),
              document.get("counts", {}).get("labels_learned"))
-    return WarmStart(model, document, settings.warm_start)
+    return WarmStart(model, document, path)

@@ -12,6 +12,8 @@ Steps (each a named Bytewax operator)::
                                                                      | (labelled examples)  | (transactions)
                                                                      +--> score_then_learn <-+
                                                                                   |
+                                   read_rules -> validate_rules --(every shard)--> apply_rules
+                                                 (bad rules: dlq)                 |
                                               scores <----------------------------+---> alert_policy -> alerts
 
 Each keyed step runs one stage object of :mod:`learners.stages` through one adapter
@@ -27,6 +29,8 @@ Each keyed step runs one stage object of :mod:`learners.stages` through one adap
   only the hours that changed.
 * ``score_then_learn`` (keyed by model shard): scores every transaction, learns each
   example at the event-time step after its label became known (no look-ahead).
+* ``apply_rules`` (keyed by model shard): the analysts' rules (allow, alert, tag) over the
+  scored transactions; rule updates from the rules topic reach every shard (decision 0055).
 * ``alert_policy`` (keyed by ``account_id``): threshold and per-card cool-down.
 
 With several workers each keyed step's input comes through :func:`dataflows.exchange.keyed`:
@@ -54,7 +58,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, Sink
 
-from connectors.events import DeadLetter, Label, Score, Transaction, format_ts, parse_record
+from connectors.events import DeadLetter, Label, Score, Transaction, Verdict, format_ts, parse_record
 from connectors.files import FileEventsSource, JsonlSink, truncate
 from connectors.simulator import SimulatorConfig, SimulatorSource
 from connectors.sources import BOARD, batch_span_for
@@ -65,33 +69,26 @@ from dataflows.exports import make_exporter, warm_start
 from dataflows.metrics import serve
 from dataflows.progress import RunStats, watch_idle
 from dataflows.runtime import tune_gc
-from dataflows.settings import Settings, SettingsError, load_settings
+from dataflows.settings import Settings, SettingsError, SimSettings, load_settings
 from dataflows.recovery_store import StateError, feature_layout_error, recovery_partitions
 from learners.decision import PolicyConfig
-from learners.messages import FeaturedTransaction, JoinedLabel, Scored
+from learners.messages import FeaturedTransaction, JoinedLabel, RuleUpdate, Scored
 from learners.pending import VECTOR_BYTES
-from learners.stages import (AccountStage, PendingStage, PipelineConfig, PolicyStage, Routes, ShardStage, Stage,
-                             TerminalStage)
+from learners.stages import (AccountStage, PendingStage, PipelineConfig, PolicyStage, Routes, RulesStage, ShardStage,
+                             Stage, TerminalStage, rule_update)
 
 __all__ = ["FlowParts", "build_flow", "pipeline_config"]
 
 
 def pipeline_config(settings: Settings, shards: int) -> PipelineConfig:
-    return PipelineConfig(model=settings.model_config(shards), risk_delay_days=settings.risk_delay_days, shards=shards,
-                          shard_examples=settings.shard_examples)
+    return PipelineConfig(model=settings.model_config(shards), risk_delay_days=settings.model.risk_delay_days,
+                          shards=shards, shard_examples=settings.model.shard_examples,
+                          policy=PolicyConfig(cooldown_s=settings.policy.cooldown_hours * 3600.0))
 
 
-def simulator_config(settings: Settings) -> SimulatorConfig:
-    return SimulatorConfig(
-        customers=settings.sim_customers,
-        terminals=settings.sim_terminals,
-        days=settings.sim_days,
-        start=settings.sim_start,
-        seed=settings.sim_seed,
-        radius=settings.sim_radius,
-        label_delay_days=settings.sim_label_delay_days,
-        labels=settings.sim_labels,
-    )
+def simulator_config(sim: SimSettings) -> SimulatorConfig:
+    return SimulatorConfig(customers=sim.customers, terminals=sim.terminals, days=sim.days, start=sim.start,
+                           seed=sim.seed, radius=sim.radius, label_delay_days=sim.label_delay_days, labels=sim.labels)
 
 
 # -- keyed stages --------------------------------------------------------------------------
@@ -126,7 +123,7 @@ class _StageLogic(StatefulBatchLogic):
 # -- wiring --------------------------------------------------------------------------------
 def _parse(item: tuple[int, Any]) -> tuple[int, Any]:
     part, record = item
-    if isinstance(record, (Transaction, Label, DeadLetter)):
+    if isinstance(record, (Transaction, Label, Verdict, DeadLetter)):
         return item
     raw, origin, kind = record  # raw bytes from a broker
     return part, parse_record(raw, origin, kind)
@@ -134,7 +131,7 @@ def _parse(item: tuple[int, Any]) -> tuple[int, Any]:
 
 def _score_record(scored: Scored) -> Score:
     tx = scored.tx
-    return Score(tx.tx_id, round(scored.score, 6), scored.model, tx.account_id, format_ts(tx.event_ts))
+    return Score(tx.tx_id, round(scored.score, 6), scored.model, tx.account_id, format_ts(tx.event_ts), scored.tags)
 
 
 class FlowParts:
@@ -153,18 +150,24 @@ def build_flow(
     dlq_sink: Optional[Sink] = None,
     scores_sink: Optional[Sink] = None,
     shards: Optional[int] = None,
+    desk: Optional[Any] = None,
 ) -> FlowParts:
-    """Wire the fraud flow from settings; sources and sinks may be passed in (tests)."""
+    """Wire the fraud flow from settings; sources and sinks may be passed in (tests).
+
+    ``desk``: simulated analysts inside the loop (:class:`learners.analysts.AnalystDesk`,
+    ``fraudflow replay --analysts``; files source, one process): the alert policy hands its
+    alerts to it and the files source injects its verdicts (:class:`connectors.files.FileEventsSource`)."""
     workers = total_workers()
-    n_shards = shards or settings.model_shards or workers
+    n_shards = shards or settings.model.shards or workers
     config = pipeline_config(settings, n_shards)
     keys = shard_keys(n_shards)  # names independent of the worker count: models survive rescaling
-    stats = RunStats(progress=settings.progress, shared_examples=config.shard_examples == "all")
+    stats = RunStats(progress=settings.outputs.progress, shared_examples=config.shard_examples == "all")
     BOARD.clear()  # a new flow in this process: no clocks from an earlier one
 
     if source is None:
-        source = _default_source(settings)
-    if alerts_sink is None or dlq_sink is None or (scores_sink is None and (settings.scores or settings.emit_scores)):
+        source = _default_source(settings, desk)
+    wants_scores = bool(settings.outputs.scores or settings.outputs.emit_scores)
+    if alerts_sink is None or dlq_sink is None or (scores_sink is None and wants_scores):
         default_alerts, default_dlq, default_scores = _default_sinks(settings)
         alerts_sink = alerts_sink or default_alerts
         dlq_sink = dlq_sink or default_dlq
@@ -204,7 +207,7 @@ def build_flow(
     )
     model_config = config.model
     exporter = make_exporter(settings, stats.exported)
-    warm = warm_start(settings)
+    warm = warm_start(settings.snapshots, settings.model.kind)
 
     def shard_stage(state: Optional[bytes]) -> _StageLogic:
         stage = ShardStage(model_config, state, stats, routes.shard, exporter, publish=BOARD.publish)
@@ -212,17 +215,34 @@ def build_flow(
             warm.apply(stage.shard)
         return _StageLogic(stage)
 
+    shard_out = op.stateful_batch("score_then_learn", by_shard, shard_stage)
+    # The analysts' rules (decision 0055): a rule book per model shard, on the shard's own
+    # worker (score_then_learn's output is keyed by the shard already: nothing crosses
+    # processes); rule updates are validated once where they are read and sent to every shard.
+    initial_rules = _initial_rules(settings)
+    rules_in = _rules_input(flow, settings, keys, workers)
+    bad_rules = None
+    if rules_in is not None:
+        updates = op.branch("rule_or_bad", op.map("validate_rules", rules_in, _validate_rule),
+                            lambda m: type(m) is RuleUpdate)
+        bad_rules = updates.falses
+        shard_out = op.merge("scored_and_rules", shard_out, keyed(
+            "rules_to_shards", updates.trues, lambda u: [(key, u) for key in keys], workers, many=True))
     scored_split = op.branch("shard_dead", op.key_rm("unkey_shard", op.stateful_batch(
-        "score_then_learn", by_shard, shard_stage)), lambda s: type(s) is not DeadLetter)
+        "apply_rules", shard_out,
+        lambda state: _StageLogic(RulesStage(initial_rules, state, stats, name_of=routes.shard)))),
+        lambda s: type(s) is not DeadLetter)
     scored = scored_split.trues
+    if desk is not None:  # the loop's drain count: transactions that were no alert candidate are done here
+        scored = op.inspect("count_for_analysts", scored, lambda _s, item: desk.on_scored(item))
     if scores_sink is not None:
         _write("write_scores", op.map("score_record", scored, _score_record), scores_sink)
     candidates = op.filter("alert_candidates", scored, lambda s: s.candidate)
-    policy_config = PolicyConfig(cooldown_s=settings.cooldown_hours * 3600.0)
     alerts = op.stateful_batch(
         "alert_policy",
         keyed("key_candidates", candidates, lambda s: (s.tx.account_id, s), workers),
-        lambda state: _StageLogic(PolicyStage(policy_config, state, stats)),
+        lambda state: _StageLogic(PolicyStage(config.policy, state, stats,
+                                              handoff=desk.on_alerts if desk is not None else None)),
     )
     alerts_split = op.branch("policy_dead", op.key_rm("unkey_alerts", alerts), lambda a: type(a) is not DeadLetter)
     _write("write_alerts", alerts_split.trues, alerts_sink)
@@ -233,12 +253,51 @@ def build_flow(
                  op.key_rm("unkey_await_dead", awaiting_split.falses)),
         scored_split.falses,
         alerts_split.falses,
+        *([bad_rules] if bad_rules is not None else []),
     )
     _write("write_dlq", op.inspect("count_dead", dead, lambda _s, d: stats.dead(d.category)), dlq_sink)
-    if settings.metrics_port:
-        serve(stats, settings.metrics_port, liveness_timeout_s=settings.liveness_timeout_s,
+    if settings.ops.metrics_port:
+        serve(stats, settings.ops.metrics_port, liveness_timeout_s=settings.ops.liveness_timeout_s,
               request_snapshot=stats.request_exports)
     return FlowParts(flow, stats, settings)
+
+
+def _initial_rules(settings: Settings) -> list:
+    """The rule book every model shard starts with (``rules_file``); a bad file is a bad setting."""
+    path = settings.input.rules_file
+    if not path:
+        return []
+    from learners.rules import RuleError, read_rules
+
+    try:
+        rules = read_rules(path)
+    except RuleError as exc:
+        raise SettingsError(f"FRAUDFLOW_RULES_FILE: {exc}") from None
+    logging.getLogger(__name__).info("%d rules from %s in every rule book", len(rules), path)
+    return rules
+
+
+def _rules_input(flow: Dataflow, settings: Settings, keys: tuple, workers: int) -> Optional[Stream]:
+    """The rules topic as a stream of :class:`connectors.kafka.RuleMessage` (Kafka source
+    only, and only with ``kafka.topic_rules``); None otherwise."""
+    if settings.input.source != "kafka" or not settings.kafka.topic_rules:
+        return None
+    from connectors.kafka import rules_source
+
+    return op.input("read_rules", flow, rules_source(settings.kafka, process_id(), process_count()))
+
+
+def _validate_rule(message: Any) -> Any:
+    """``validate_rules``: a rules-topic record -> :class:`RuleUpdate` or a ``bad_rule`` dead letter."""
+    update = rule_update(message.key, message.value, message.origin)
+    log = logging.getLogger(__name__)
+    if type(update) is RuleUpdate:
+        log.info("rule %r read at %s: %s", update.rule_id, message.origin.as_dict(),
+                 "delete" if update.spec is None else f"version {update.spec['version']}, sent to every model shard")
+    else:
+        log.warning("bad rule at %s (dead-lettered; the version in force stays): %s", message.origin.as_dict(),
+                    update.reason)
+    return update
 
 
 def _write(step_id: str, up: Stream, sink: Sink) -> None:
@@ -253,32 +312,36 @@ def _no_key(_item: Any) -> str:
     return ""
 
 
-def _default_source(settings: Settings) -> Source:
-    span = batch_span_for(settings.allowed_lateness_s)
-    if settings.source == "simulator":
-        return SimulatorSource(simulator_config(settings), partitions=settings.sim_partitions, max_batch_span_s=span)
-    if settings.source == "files":
-        return FileEventsSource(settings.transactions_file, settings.labels_file, max_batch_span_s=span,
-                                max_lead_s=settings.max_event_lead_hours * 3600)
+def _default_source(settings: Settings, desk: Optional[Any] = None) -> Source:
+    span = batch_span_for(settings.model.allowed_lateness_s)
+    inp = settings.input
+    if inp.source == "simulator":
+        sim = settings.sim
+        return SimulatorSource(simulator_config(sim), partitions=sim.partitions, max_batch_span_s=span)
+    if inp.source == "files":
+        return FileEventsSource(inp.transactions_file, inp.labels_file, max_batch_span_s=span,
+                                max_lead_s=inp.max_event_lead_hours * 3600, feedback_path=inp.feedback_file, desk=desk)
     from connectors.kafka import kafka_source
 
-    return kafka_source(settings, process_id(), process_count())
+    return kafka_source(settings.kafka, process_id(), process_count(), max_batch_span_s=span,
+                        max_lead_s=inp.max_event_lead_hours * 3600)
 
 
 def _default_sinks(settings: Settings) -> tuple[Sink, Sink, Optional[Sink]]:
-    if settings.source == "kafka":
+    out = settings.outputs
+    if settings.input.source == "kafka":
         from connectors.kafka import kafka_sinks
 
-        return kafka_sinks(settings, process_id(), process_count(), total_workers())
-    scores = JsonlSink(settings.scores) if settings.scores else None
-    return JsonlSink(settings.alerts), JsonlSink(settings.dlq), scores
+        return kafka_sinks(settings.kafka, out.emit_scores, process_id(), process_count(), total_workers())
+    scores = JsonlSink(out.scores) if out.scores else None
+    return JsonlSink(out.alerts), JsonlSink(out.dlq), scores
 
 
 def _prepare_outputs(settings: Settings) -> None:
     """A fresh run (no recovery) starts with empty output files, written by process 0."""
-    if settings.source == "kafka" or recovery_enabled() or process_id() != 0:
+    if settings.input.source == "kafka" or recovery_enabled() or process_id() != 0:
         return
-    for path in (settings.alerts, settings.dlq, settings.scores):
+    for path in (settings.outputs.alerts, settings.outputs.dlq, settings.outputs.scores):
         truncate(path)
 
 
@@ -297,11 +360,11 @@ def _startup_problem(settings: Settings) -> Optional[str]:
         problem = feature_layout_error(directory, VECTOR_BYTES)
         if problem:
             return problem
-    if settings.source == "kafka":
+    if settings.input.source == "kafka":
         from connectors.kafka import KafkaStartupError, check_cluster
 
         try:
-            check_cluster(settings)
+            check_cluster(settings.kafka, settings.outputs.emit_scores)
         except KafkaStartupError as exc:
             return str(exc)
     return None
@@ -352,7 +415,7 @@ def _module_flow() -> Dataflow:
     tune_gc()
     try:
         settings = load_settings()
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=settings.ops.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         problem = _startup_problem(settings) if under_bytewax_run() else None
         if problem:
             sys.exit(f"fraudflow: {problem}")
@@ -361,18 +424,19 @@ def _module_flow() -> Dataflow:
         sys.exit(f"fraudflow: bad setting: {exc}")
     if under_bytewax_run():
         _prepare_outputs(settings)
-        _report_failures(parts.stats, debug=settings.log_level == "DEBUG")
-        if settings.progress:
-            atexit.register(parts.stats.print_summary, settings)
-            if settings.source == "kafka":
+        _report_failures(parts.stats, debug=settings.ops.log_level == "DEBUG")
+        if settings.outputs.progress:
+            kafka = settings.input.source == "kafka"
+            atexit.register(parts.stats.print_summary, None if kafka else settings.outputs)
+            if kafka:
                 from connectors.kafka import kafka_problem
 
-                watch_idle(parts.stats, settings.idle_report_s,
-                           f"most likely writing to a Kafka broker that does not answer ({settings.kafka_brokers}, "
+                watch_idle(parts.stats, settings.ops.idle_report_s,
+                           f"most likely writing to a Kafka broker that does not answer ({settings.kafka.brokers}, "
                            "FRAUDFLOW_KAFKA_BROKERS); it continues when the broker answers",
                            lambda within_s: _kafka_note(kafka_problem(within_s)))
             else:
-                watch_idle(parts.stats, settings.idle_report_s)
+                watch_idle(parts.stats, settings.ops.idle_report_s)
     return parts.flow
 
 

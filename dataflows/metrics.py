@@ -24,6 +24,9 @@ fraudflow_dead_letters_total{reason}        rejected input, by reason category
 fraudflow_alerts_total                      alerts emitted
 fraudflow_alerts_suppressed_total           alert candidates folded into an open alert (cool-down)
 fraudflow_alerts_confirmed_total            alerts whose transaction a fraud label confirmed
+fraudflow_feedback_total{kind}              analysts' verdicts joined (verdicts), later labels for
+                                            an answered transaction dropped (labels_duplicate) or
+                                            learned as a correction (labels_overturning_verdict)
 fraudflow_score                             histogram of scores
 fraudflow_pending_transactions              transactions whose features await their label
 fraudflow_event_time_seconds                event time of the newest scored transaction
@@ -34,6 +37,11 @@ fraudflow_model_supervised{shard}           1 once the shard scores with the sup
 fraudflow_model_average_precision{shard}    online quality over the shard's recent labels
 fraudflow_model_auc_roc{shard}              online quality over the shard's recent labels
 fraudflow_snapshot_exports_total            model snapshots written
+fraudflow_rules_active{shard}               enabled rules in the shard's rule book (apply_rules)
+fraudflow_rule_matches_total{rule,action}   transactions a rule matched (a tag rule: by its tag)
+fraudflow_rule_alerts_total{rule}           alerts emitted carrying the rule (after the cool-down)
+fraudflow_rule_allowed_alerts_total         alert candidates that allow rules suppressed
+                                            (bad rules: fraudflow_dead_letters_total{reason="bad_rule"})
 ==========================================  =====================================================
 """
 
@@ -84,6 +92,11 @@ class FlowCollector:
         yield counter("fraudflow_alerts_suppressed", "Alert candidates folded into an open alert",
                       c["alerts_suppressed_by_cooldown"])
         yield counter("fraudflow_alerts_confirmed", "Alerts confirmed by a fraud label", c["alerts_confirmed_fraud"])
+        feedback = CounterMetricFamily("fraudflow_feedback", "Analysts' verdicts and the labels that followed them",
+                                       labels=["kind"])
+        for kind, n in sorted(c["feedback"].items()):
+            feedback.add_metric([kind], n)
+        yield feedback
         yield counter("fraudflow_late_transactions", "Transactions scored by an older model version than allowed",
                       c["late_transactions"])
         yield counter("fraudflow_late_labels", "Labels that arrived after their learning step", c["late_labels"])
@@ -118,6 +131,21 @@ class FlowCollector:
         yield supervised
         yield ap
         yield auc
+        books = GaugeMetricFamily("fraudflow_rules_active", "Enabled rules in the shard's rule book", labels=["shard"])
+        for name, active in stats.rule_books():
+            books.add_metric([name], active)
+        yield books
+        matches, rule_alerts = stats.rule_counts()
+        matched = CounterMetricFamily("fraudflow_rule_matches", "Transactions a rule matched", labels=["rule", "action"])
+        for (rule, action), n in sorted(matches.items()):
+            matched.add_metric([rule, action], n)
+        yield matched
+        alerted = CounterMetricFamily("fraudflow_rule_alerts", "Alerts emitted carrying the rule", labels=["rule"])
+        for rule, n in sorted(rule_alerts.items()):
+            alerted.add_metric([rule], n)
+        yield alerted
+        yield counter("fraudflow_rule_allowed_alerts", "Alert candidates that allow rules suppressed",
+                      c["rule_allowed"])
 
 
 class _State:

@@ -44,9 +44,16 @@ class RunStats:
         self.forgotten = 0
         self.pending = 0  # feature vectors awaiting their label (await_labels, this process)
         self._dead_by_reason: dict[str, int] = {}
+        # analysts' feedback at the account stage: verdicts, labels_duplicate, labels_overturning_verdict
+        self._feedback: dict[str, int] = {"verdicts": 0, "labels_duplicate": 0, "labels_overturning_verdict": 0}
         self._score_buckets = [0] * len(SCORE_BUCKETS)
         self._score_sum = 0.0
         self._alerted: set[str] = set()
+        self._rule_books: dict[int, tuple[Any, int]] = {}  # id(stage) -> (stage, rules in force)
+        self._rule_matches: dict[tuple[str, str], int] = {}  # (rule id or tag, action) -> transactions
+        self._rule_alerts: dict[str, int] = {}  # rule id -> alerts emitted carrying it
+        self.rule_allowed = 0  # alert candidates suppressed by allow rules
+        self.rule_alerts = 0  # alerts carrying at least one alert rule
         self._lock = threading.Lock()
         self._next_report = self.started + self.REPORT_EVERY_S
         self.failure: Optional[str] = None  # why the run stopped, if it failed
@@ -77,16 +84,42 @@ class RunStats:
 
     def alerted(self, alerts: Iterable[Any], suppressed: int) -> None:
         with self._lock:
+            rule_alerts = self._rule_alerts
             for alert in alerts:
                 self.alerts += 1
                 self._alerted.add(alert.tx_id)
+                ruled = False
+                for name, _ in alert.reasons:
+                    if name.startswith("rule:"):
+                        rule_alerts[name[5:]] = rule_alerts.get(name[5:], 0) + 1
+                        ruled = True
+                self.rule_alerts += ruled
             self.suppressed += suppressed
+
+    def rule_book(self, stage: Any, active: int) -> None:
+        """A model shard's rule book (``apply_rules``) holds ``active`` enabled rules."""
+        with self._lock:
+            self._rule_books[id(stage)] = (stage, active)
+
+    def rule_matches(self, matches: dict, allowed: int) -> None:
+        """Transactions each rule matched, by ``(rule id or tag, action)``; ``allowed``: alert
+        candidates the allow rules suppressed."""
+        with self._lock:
+            counts = self._rule_matches
+            for key, n in matches.items():
+                counts[key] = counts.get(key, 0) + n
+            self.rule_allowed += allowed
 
     def confirm(self, tx_id: str) -> None:
         """A fraud label joined: was the transaction alerted?"""
         with self._lock:
             if tx_id in self._alerted:
                 self.alerts_confirmed += 1
+
+    def feedback(self, kind: str) -> None:
+        """An analyst's verdict joined, or a later label for an answered transaction (decision 0050)."""
+        with self._lock:
+            self._feedback[kind] = self._feedback.get(kind, 0) + 1
 
     def dead(self, category: str = "other") -> None:
         """A dead letter of ``category`` (:attr:`connectors.events.DeadLetter.category`)."""
@@ -118,6 +151,17 @@ class RunStats:
     def score_histogram(self) -> tuple[list[int], float, int]:
         with self._lock:
             return list(self._score_buckets), self._score_sum, self.transactions
+
+    def rule_books(self) -> list[tuple[str, int]]:
+        """(shard name, enabled rules) of every rule book of this process."""
+        with self._lock:
+            books = list(self._rule_books.values())
+        return [(getattr(stage, "name", None) or f"book-{i}", active) for i, (stage, active) in enumerate(books)]
+
+    def rule_counts(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+        """(matches by (rule, action), alerts by rule)."""
+        with self._lock:
+            return dict(self._rule_matches), dict(self._rule_alerts)
 
     def request_exports(self) -> None:
         """Ask every shard of this process to export a snapshot at its next batch."""
@@ -157,6 +201,11 @@ class RunStats:
             "alerts_suppressed_by_cooldown": self.suppressed,
             "alerts_confirmed_fraud": self.alerts_confirmed,
             "dead_letters": self.dead_letters,
+            "feedback": dict(self._feedback),
+            "rules_active": max((n for _, n in self._rule_books.values()), default=0),
+            "rule_alerts": self.rule_alerts,
+            "rule_allowed": self.rule_allowed,
+            "bad_rules": self._dead_by_reason.get("bad_rule", 0),
             "supervised_shards": sum(1 for s in shards if s.supervised),
             "model_shards": len(shards),
             "event_time": format_ts(self.event_ts) if self.event_ts is not None else None,
@@ -201,6 +250,15 @@ class RunStats:
             f"  dead letters          {c['dead_letters']:>12,}",
             model,
         ]
+        fb = c["feedback"]
+        if fb["verdicts"] or fb["labels_duplicate"]:
+            lines.append(f"  analysts' verdicts    {fb['verdicts']:>12,}   ({fb['labels_duplicate']:,} later labels for "
+                         f"answered transactions not learned again, {fb['labels_overturning_verdict']:,} chargebacks "
+                         "overturning a legitimate verdict learned)")
+        if c["rules_active"] or c["rule_alerts"] or c["rule_allowed"] or c["bad_rules"]:
+            lines.append(f"  rules                 {c['rules_active']:>12,} in force   ({c['rule_alerts']:,} alerts from "
+                         f"alert rules, {c['rule_allowed']:,} alerts suppressed by allow rules, {c['bad_rules']:,} "
+                         "bad rules dead-lettered)")
         if c["late_transactions"] or c["late_labels"]:
             lines.append(f"  late events           {c['late_transactions']:>12,} transactions, {c['late_labels']:,} labels"
                          " behind the learning step (raise FRAUDFLOW_ALLOWED_LATENESS_S if this grows)")
@@ -212,10 +270,12 @@ class RunStats:
         ]
         return "\n".join(lines)
 
-    def print_summary(self, settings: Any = None) -> None:
+    def print_summary(self, outputs: Any = None) -> None:
+        """Print the summary, with where alerts and dead letters went when ``outputs`` (the
+        settings' output section: files, not topics) is given."""
         text = self.summary()
-        if settings is not None and getattr(settings, "source", "kafka") != "kafka":
-            text += f"\n  alerts written to     {settings.alerts}\n  dead letters in       {settings.dlq}"
+        if outputs is not None:
+            text += f"\n  alerts written to     {outputs.alerts}\n  dead letters in       {outputs.dlq}"
         print(text, file=sys.stderr, flush=True)
 
 

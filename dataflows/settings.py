@@ -1,18 +1,47 @@
-"""Settings of the fraud flow: one frozen dataclass read from ``FRAUDFLOW_*`` variables.
+"""Settings of the fraud flow: one frozen :class:`Settings` made of frozen sections.
 
-Every setting has an environment variable named after it (``model_kind`` ->
-``FRAUDFLOW_MODEL_KIND``). ``FRAUDFLOW_CONFIG`` may name a TOML file with the same keys in
-lower case (``model_kind = "logreg"``); environment variables win over the file. A bad
-value stops start-up with a :class:`SettingsError` naming the variable.
+========================  =====================================================================
+``settings.input``        where events come from (``FRAUDFLOW_SOURCE``, ``FRAUDFLOW_*_FILE``, the
+                          event-time guard)
+``settings.sim``          the embedded simulator (``FRAUDFLOW_SIM_*``)
+``settings.kafka``        brokers, topics, client tuning (``FRAUDFLOW_KAFKA_*``)
+``settings.outputs``      alert, dead-letter and score files, progress reports
+``settings.model``        how the model shards learn (``FRAUDFLOW_MODEL_KIND``, ...)
+``settings.policy``       when a score becomes an alert (``FRAUDFLOW_THRESHOLD``, ...)
+``settings.ops``          logging, metrics and health (``FRAUDFLOW_LOG_LEVEL``, ...)
+``settings.snapshots``    signed model snapshots and warm start (``FRAUDFLOW_SNAPSHOT_*``)
+========================  =====================================================================
 
-Kafka client options pass through unchanged: ``FRAUDFLOW_KAFKA_OPT_SECURITY_PROTOCOL=SASL_SSL``
-becomes ``security.protocol=SASL_SSL`` (underscores become dots, lower case), and any option
-may be read from a file with the ``_FILE`` suffix (``FRAUDFLOW_KAFKA_OPT_SASL_PASSWORD_FILE``)
-so secrets come from mounted files, never from code or logs.
+Every field has one environment variable, its *flat name* in upper case after ``FRAUDFLOW_``.
+The flat name is the section's ``PREFIX`` plus the field's name (``kafka.topic_alerts`` ->
+``kafka_topic_alerts`` -> ``FRAUDFLOW_KAFKA_TOPIC_ALERTS``) unless the field names it
+(``setting(..., name="model_kind")``). These names are the users' contract and never change.
+
+``FRAUDFLOW_CONFIG`` may name a TOML file holding flat names (``sim_days = 30``) or section
+tables (``[kafka]`` ``brokers = "k:9092"``); environment variables win over the file. A bad
+value stops start-up with a :class:`SettingsError` naming the variable. Kafka client options
+pass through unchanged: ``FRAUDFLOW_KAFKA_OPT_SECURITY_PROTOCOL=SASL_SSL`` becomes
+``security.protocol=SASL_SSL`` in ``settings.kafka.options`` (underscores become dots, lower
+case), and any option may be read from a file with the ``_FILE`` suffix
+(``FRAUDFLOW_KAFKA_OPT_SASL_PASSWORD_FILE``) so secrets come from mounted files, never from
+code or logs.
+
+Adding a setting is one line in its section's class, e.g. in :class:`KafkaSettings`::
+
+    topic_feedback: str = setting("feedback", "input topic: analysts' verdicts")
+
+gives ``settings.kafka.topic_feedback``, ``FRAUDFLOW_KAFKA_TOPIC_FEEDBACK``, the TOML keys
+``kafka_topic_feedback`` and ``[kafka] topic_feedback``, and a line in ``fraudflow settings``.
+A setting with no section prefix goes where it belongs (``feedback_file`` in
+:class:`InputSettings` is ``FRAUDFLOW_FEEDBACK_FILE``). A setting the learners read is declared
+with ``model_setting("<ModelConfig field>", help, check)``: its default comes from
+:class:`learners.config.ModelConfig` and :meth:`Settings.model_config` passes it there.
 
 >>> s = Settings.from_env({"FRAUDFLOW_SIM_DAYS": "30", "FRAUDFLOW_MODEL_KIND": "logreg"})
->>> s.sim_days, s.source
-(30, 'simulator')
+>>> s.sim.days, s.model.kind, s.input.source
+(30, 'logreg', 'simulator')
+>>> s.replace(kafka_brokers="k1:9092", kafka={"topic_alerts": "alerts-eu"}).kafka.brokers
+'k1:9092'
 >>> Settings.from_env({"FRAUDFLOW_SIM_DAYS": "many"})
 Traceback (most recent call last):
 ...
@@ -26,14 +55,16 @@ import hashlib
 import json
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import date
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, ClassVar, Iterator, Mapping, NamedTuple, Optional
 
 from learners.config import MODEL_KIND_NAMES, ModelConfig
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["InputSettings", "KafkaSettings", "ModelSettings", "OpsSettings", "OutputSettings", "PolicySettings",
+           "Settings", "SettingsError", "SimSettings", "SnapshotSettings", "Variable", "load_settings",
+           "model_setting", "setting", "variables"]
 
 PREFIX = "FRAUDFLOW_"
 KAFKA_OPT_PREFIX = PREFIX + "KAFKA_OPT_"
@@ -68,154 +99,260 @@ def _between(lo: float, hi: float):
     return check
 
 
-def _meta(help: str, check=None, secret: bool = False) -> dict:
-    return {"help": help, "check": check, "secret": secret}
-
-
-def _model(name: str, help: str, check=None) -> dict:
-    """A setting of the model section: its default is ``ModelConfig.<name>`` and
-    :meth:`Settings.model_config` passes it there (one definition of each model setting)."""
-    return {**_meta(help, check), "model": name}
+def setting(default: Any, help: str, check=None, *, name: str = "", secret: bool = False,
+            model: str = "") -> Any:
+    """A field of a settings section: its default, its help line (``fraudflow settings``), an
+    optional check ``(variable, value)`` raising :class:`SettingsError`, and ``name``, its flat
+    name when it is not the section's prefix plus the field's name."""
+    meta = {"help": help, "check": check, "secret": secret, "name": name, "model": model}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 _MODEL = ModelConfig()
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the flow needs; see ``fraudflow settings`` for the full list with help."""
+def model_setting(model_field: str, help: str, check=None, *, name: str = "") -> Any:
+    """A setting the learners take: its default is ``ModelConfig.<model_field>`` and
+    :meth:`Settings.model_config` passes it there (one definition of each model setting)."""
+    return setting(getattr(_MODEL, model_field), help, check, name=name, model=model_field)
 
-    # -- where events come from ------------------------------------------------------
-    source: str = field(default="simulator", metadata=_meta(
-        "simulator (built in, no broker) | files | kafka", _choice("simulator", "files", "kafka")))
-    transactions_file: str = field(default="", metadata=_meta("files source: transactions JSONL"))
-    labels_file: str = field(default="", metadata=_meta("files source: labels JSONL"))
-    # -- embedded simulator (Le Borgne et al. recipe) ---------------------------------
-    sim_customers: int = field(default=3_000, metadata=_meta("simulated customers (cards)", _at_least(1)))
-    sim_terminals: int = field(default=6_000, metadata=_meta("simulated terminals (merchants)", _at_least(1)))
-    sim_days: int = field(default=120, metadata=_meta("simulated days", _at_least(1)))
-    sim_start: date = field(default=date(2018, 4, 1), metadata=_meta("first simulated day (YYYY-MM-DD)"))
-    sim_seed: int = field(default=0, metadata=_meta("simulator seed"))
-    sim_radius: float = field(default=5.0, metadata=_meta("terminals within this distance are usable", _at_least(0.01)))
-    sim_label_delay_days: float = field(default=7.0, metadata=_meta("label delay after each transaction", _at_least(0)))
-    sim_labels: str = field(default="all", metadata=_meta(
-        "all: a label for every transaction | frauds: fraud labels only", _choice("all", "frauds")))
-    sim_partitions: int = field(default=1, metadata=_meta("simulator partitions (split by account)", _at_least(1)))
-    # -- Kafka -------------------------------------------------------------------------
-    kafka_brokers: str = field(default="localhost:9092", metadata=_meta("comma-separated bootstrap servers"))
-    kafka_topic_transactions: str = field(default="transactions", metadata=_meta("input topic"))
-    kafka_topic_labels: str = field(default="labels", metadata=_meta("input topic"))
-    kafka_topic_alerts: str = field(default="alerts", metadata=_meta("output topic"))
-    kafka_topic_dlq: str = field(default="dlq", metadata=_meta("output topic for rejected input"))
-    kafka_topic_scores: str = field(default="scores", metadata=_meta("output topic (with emit_scores)"))
-    kafka_stop_at_end: bool = field(default=False, metadata=_meta(
-        "stop once the topics are read to the end (backfills, tests) instead of following them"))
-    kafka_batch_size: int = field(default=2000, metadata=_meta("max messages per poll", _at_least(1)))
-    kafka_fetch_wait_ms: int = field(default=20, metadata=_meta(
-        "consumers: how long the broker may hold a fetch that finds no new data (fetch.wait.max.ms); "
-        "the test broker answers about half of it after data lands", _between(0, 300_000)))
-    kafka_linger_ms: float = field(default=5.0, metadata=_meta(
-        "alerts and dead-letter producers: how long librdkafka gathers messages into one batch (linger.ms)",
-        _between(0, 900_000)))
-    kafka_scores_linger_ms: float = field(default=20.0, metadata=_meta(
-        "scores producer (one record per transaction): linger.ms; larger batches cost the broker less",
-        _between(0, 900_000)))
-    kafka_confirm: str = field(default="epoch", metadata=_meta(
-        "epoch: outputs are sent in the background and every delivery is confirmed before the epoch closes "
-        "(bytewax -s) | batch: each output batch is confirmed before the flow goes on (a broker round trip per "
-        "batch)", _choice("epoch", "batch")))
-    kafka_options: Mapping[str, str] = field(default_factory=dict, metadata=_meta(
-        "librdkafka options from FRAUDFLOW_KAFKA_OPT_* (security.protocol, sasl.*, ssl.*)"))
-    kafka_startup_timeout_s: float = field(default=30.0, metadata=_meta(
-        "at start-up, wait at most this long for a broker to answer and for the flow's topics to exist, "
-        "then stop with an error", _at_least(1)))
-    # -- outputs -----------------------------------------------------------------------
-    alerts: str = field(default="fraudflow-output/alerts.jsonl", metadata=_meta(
-        "alerts JSONL file, or - for stdout (simulator/files sources)"))
-    dlq: str = field(default="fraudflow-output/dlq.jsonl", metadata=_meta("dead letters JSONL file, or -"))
-    scores: str = field(default="", metadata=_meta("one score per transaction to this JSONL file (empty: off)"))
-    emit_scores: bool = field(default=False, metadata=_meta("kafka: also write every score to the scores topic"))
-    progress: bool = field(default=True, metadata=_meta("log progress every few seconds and a summary at the end"))
-    # -- model -------------------------------------------------------------------------
-    model_kind: str = field(default=_MODEL.kind, metadata=_model("kind", 
-        " | ".join(MODEL_KIND_NAMES), _choice(*MODEL_KIND_NAMES)))
-    model_seed: int = field(default=_MODEL.seed, metadata=_model("seed", "model seed"))
-    model_shards: int = field(default=0, metadata=_meta(
-        "model partitions (0: one per worker); fix it in production so rescaling keeps models", _at_least(0)))
-    shard_examples: str = field(default="all", metadata=_meta(
-        "all | own: which labelled examples each model shard learns. all: every one, so the shards score "
-        "their accounts with the same model and splitting it does not change what it learns; own: its "
-        "accounts' only (each shard learns from 1/N of them, less work per shard)", _choice("all", "own")))
-    label_mode: str = field(default="", metadata=_meta(
-        "all | frauds (default: sim_labels for the simulator, else all)", _choice("", "all", "frauds")))
-    label_timeout_days: float = field(default=_MODEL.label_timeout_days, metadata=_model("label_timeout_days", 
-        "a transaction with no label this long after it is learned as legitimate (frauds mode: frauds are "
-        "learned at this age too) or given up",
-        _at_least(0)))
-    risk_delay_days: int = field(default=7, metadata=_meta(
-        "terminal risk windows end this many days back (typical label delay)", _at_least(0)))
-    allowed_lateness_s: float = field(default=_MODEL.allowed_lateness_s, metadata=_model("allowed_lateness_s", 
-        "event-time disorder the flow absorbs (s); the model learns labels in steps of this size, so a "
-        "label is used 1 to 2 steps after it is known", _at_least(1)))
-    max_event_lead_hours: float = field(default=24.0, metadata=_meta(
+
+class _Section:
+    """Base of the sections: the flat-name prefix, and a repr that never shows a secret."""
+
+    PREFIX: ClassVar[str] = ""
+
+    def shown(self) -> dict[str, Any]:
+        """The section's values ready for JSON, secrets masked."""
+        return {f.name: _shown(f, getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.shown().items())})"
+
+
+def _shown(f: Field, value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: ("***" if any(h in k for h in SECRET_HINTS) else v) for k, v in value.items()}
+    if f.metadata.get("secret") and value:
+        return "***"
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+_section = dataclass(frozen=True, repr=False)
+
+
+@_section
+class InputSettings(_Section):
+    """Where events come from, and which event times the flow accepts."""
+
+    source: str = setting("simulator", "simulator (built in, no broker) | files | kafka",
+                          _choice("simulator", "files", "kafka"))
+    transactions_file: str = setting("", "files source: transactions JSONL")
+    labels_file: str = setting("", "files source: labels JSONL")
+    max_event_lead_hours: float = setting(24.0,
         "an event this far ahead of its input partition's event time (plus the wall time since that advanced) "
         "is held until the partition's next event confirms the jump; alone, it is a dead letter (a bad clock)",
-        _at_least(0.01)))
-    negative_sampling: float = field(default=_MODEL.negative_sampling, metadata=_model("negative_sampling", 
+        _at_least(0.01))
+    feedback_file: str = setting("",
+        "files source: analysts' verdicts JSONL (contract feedback), learned as labels at their ts (empty: none)")
+    rules_file: str = setting("",
+        "YAML or JSON file of rules every model shard's rule book starts with (replays, tests; a recovered rule "
+        "book wins over it)")
+
+
+@_section
+class SimSettings(_Section):
+    """The embedded simulator (Le Borgne et al. recipe)."""
+
+    PREFIX = "sim_"
+    customers: int = setting(3_000, "simulated customers (cards)", _at_least(1))
+    terminals: int = setting(6_000, "simulated terminals (merchants)", _at_least(1))
+    days: int = setting(120, "simulated days", _at_least(1))
+    start: date = setting(date(2018, 4, 1), "first simulated day (YYYY-MM-DD)")
+    seed: int = setting(0, "simulator seed")
+    radius: float = setting(5.0, "terminals within this distance are usable", _at_least(0.01))
+    label_delay_days: float = setting(7.0, "label delay after each transaction", _at_least(0))
+    labels: str = setting("all", "all: a label for every transaction | frauds: fraud labels only",
+                          _choice("all", "frauds"))
+    partitions: int = setting(1, "simulator partitions (split by account)", _at_least(1))
+
+
+@_section
+class KafkaSettings(_Section):
+    """Brokers, topics and client tuning."""
+
+    PREFIX = "kafka_"
+    brokers: str = setting("localhost:9092", "comma-separated bootstrap servers")
+    topic_transactions: str = setting("transactions", "input topic")
+    topic_labels: str = setting("labels", "input topic")
+    topic_alerts: str = setting("alerts", "output topic")
+    topic_dlq: str = setting("dlq", "output topic for rejected input")
+    topic_scores: str = setting("scores", "output topic (with emit_scores)")
+    topic_feedback: str = setting("feedback",
+        "input topic of analysts' verdicts, read with transactions and labels (empty: none)")
+    topic_rules: str = setting("rules",
+        "the analysts' rules, read from its start and followed (compacted, keyed by rule id, the rule's JSON as "
+        "value, no value deletes it); empty: no rules topic")
+    stop_at_end: bool = setting(False,
+        "stop once the topics are read to the end (backfills, tests) instead of following them")
+    batch_size: int = setting(2000, "max messages per poll", _at_least(1))
+    fetch_wait_ms: int = setting(20,
+        "consumers: how long the broker may hold a fetch that finds no new data (fetch.wait.max.ms); "
+        "the test broker answers about half of it after data lands", _between(0, 300_000))
+    linger_ms: float = setting(5.0,
+        "alerts and dead-letter producers: how long librdkafka gathers messages into one batch (linger.ms)",
+        _between(0, 900_000))
+    scores_linger_ms: float = setting(20.0,
+        "scores producer (one record per transaction): linger.ms; larger batches cost the broker less",
+        _between(0, 900_000))
+    confirm: str = setting("epoch",
+        "epoch: outputs are sent in the background and every delivery is confirmed before the epoch closes "
+        "(bytewax -s) | batch: each output batch is confirmed before the flow goes on (a broker round trip per "
+        "batch)", _choice("epoch", "batch"))
+    options: Mapping[str, str] = setting({},
+        "librdkafka options from FRAUDFLOW_KAFKA_OPT_* (security.protocol, sasl.*, ssl.*)")
+    startup_timeout_s: float = setting(30.0,
+        "at start-up, wait at most this long for a broker to answer and for the flow's topics to exist, "
+        "then stop with an error", _at_least(1))
+
+    def broker_list(self) -> list[str]:
+        """``brokers`` as a list, blanks dropped.
+
+        >>> KafkaSettings(brokers=" a:9092, ,b:9092").broker_list()
+        ['a:9092', 'b:9092']
+        """
+        return [b.strip() for b in self.brokers.split(",") if b.strip()]
+
+
+@_section
+class OutputSettings(_Section):
+    """Where the simulator and files sources write, and what the run reports."""
+
+    alerts: str = setting("fraudflow-output/alerts.jsonl",
+                          "alerts JSONL file, or - for stdout (simulator/files sources)")
+    dlq: str = setting("fraudflow-output/dlq.jsonl", "dead letters JSONL file, or -")
+    scores: str = setting("", "one score per transaction to this JSONL file (empty: off)")
+    emit_scores: bool = setting(False, "kafka: also write every score to the scores topic")
+    progress: bool = setting(True, "log progress every few seconds and a summary at the end")
+
+
+@_section
+class ModelSettings(_Section):
+    """How the model shards learn.
+
+    With :class:`PolicySettings` it builds the learners' :class:`~learners.config.ModelConfig`
+    (:meth:`Settings.model_config`), where the defaults of ``model_setting`` fields come from."""
+
+    kind: str = model_setting("kind", " | ".join(MODEL_KIND_NAMES), _choice(*MODEL_KIND_NAMES), name="model_kind")
+    seed: int = model_setting("seed", "model seed", name="model_seed")
+    shards: int = setting(0,
+        "model partitions (0: one per worker); fix it in production so rescaling keeps models", _at_least(0),
+        name="model_shards")
+    shard_examples: str = setting("all",
+        "all | own: which labelled examples each model shard learns. all: every one, so the shards score "
+        "their accounts with the same model and splitting it does not change what it learns; own: its "
+        "accounts' only (each shard learns from 1/N of them, less work per shard)", _choice("all", "own"))
+    label_mode: str = setting("",
+        "all | frauds (default: sim_labels for the simulator, else all)", _choice("", "all", "frauds"))
+    label_timeout_days: float = model_setting("label_timeout_days",
+        "a transaction with no label this long after it is learned as legitimate (frauds mode: frauds are "
+        "learned at this age too) or given up",
+        _at_least(0))
+    risk_delay_days: int = setting(7,
+        "terminal risk windows end this many days back (typical label delay)", _at_least(0))
+    allowed_lateness_s: float = model_setting("allowed_lateness_s",
+        "event-time disorder the flow absorbs (s); the model learns labels in steps of this size, so a "
+        "label is used 1 to 2 steps after it is known", _at_least(1))
+    negative_sampling: float = model_setting("negative_sampling",
         "share of legitimate labels the model learns from (all frauds are learned, and every legitimate one at a "
-        "terminal with known frauds); 0.1 balances the classes and measured better than 1.0", _between(0.001, 1.0)))
-    warmup_frauds: int = field(default=_MODEL.warmup_frauds, metadata=_model("warmup_frauds", 
-        "frauds learned before the supervised score replaces the anomaly score", _at_least(0)))
-    # -- alert policy --------------------------------------------------------------------
-    threshold: float = field(default=_MODEL.threshold, metadata=_model("threshold", "alert when the fraud probability reaches this",
-                                                          _between(0.0, 1.0)))
-    coldstart_alert_rate: float = field(default=_MODEL.coldstart_alert_rate, metadata=_model("coldstart_alert_rate", 
+        "terminal with known frauds); 0.1 balances the classes and measured better than 1.0", _between(0.001, 1.0))
+    warmup_frauds: int = model_setting("warmup_frauds",
+        "frauds learned before the supervised score replaces the anomaly score", _at_least(0))
+
+
+@_section
+class PolicySettings(_Section):
+    """When a score becomes an alert."""
+
+    threshold: float = model_setting("threshold", "alert when the fraud probability reaches this",
+                                     _between(0.0, 1.0))
+    coldstart_alert_rate: float = model_setting("coldstart_alert_rate",
         "cold start (before warmup_frauds): alert on this share of transactions, the most anomalous",
-        _between(0.0001, 0.5)))
-    alert_budget_per_day: float = field(default=_MODEL.alert_budget_per_day, metadata=_model("alert_budget_per_day", 
+        _between(0.0001, 0.5))
+    alert_budget_per_day: float = model_setting("alert_budget_per_day",
         "analysts' capacity: alert on about this many transactions a day, the riskiest (0: use threshold)",
-        _at_least(0)))
-    alert_rate: float = field(default=_MODEL.alert_rate, metadata=_model("alert_rate", 
-        "or alert on about this share of transactions, the riskiest (0: use threshold)", _between(0, 0.5)))
-    cooldown_hours: float = field(default=24.0, metadata=_meta(
-        "at most one alert per card within this many hours (event time)", _at_least(0)))
-    reasons: int = field(default=_MODEL.reasons, metadata=_model("reasons", "reasons attached to each alert", _at_least(0)))
-    # -- operations ----------------------------------------------------------------------
-    log_level: str = field(default="INFO", metadata=_meta(
-        "DEBUG | INFO | WARNING | ERROR", _choice("DEBUG", "INFO", "WARNING", "ERROR")))
-    metrics_port: int = field(default=0, metadata=_meta(
-        "serve /metrics, /healthz, /readyz on this port (0: off; 9464 in Kubernetes)", _between(0, 65535)))
-    idle_report_s: float = field(default=30.0, metadata=_meta(
+        _at_least(0))
+    alert_rate: float = model_setting("alert_rate",
+        "or alert on about this share of transactions, the riskiest (0: use threshold)", _between(0, 0.5))
+    cooldown_hours: float = setting(24.0,
+        "at most one alert per card within this many hours (event time)", _at_least(0))
+    reasons: int = model_setting("reasons", "reasons attached to each alert", _at_least(0))
+
+
+@_section
+class OpsSettings(_Section):
+    """Logging, metrics and health."""
+
+    log_level: str = setting("INFO", "DEBUG | INFO | WARNING | ERROR",
+                             _choice("DEBUG", "INFO", "WARNING", "ERROR"))
+    metrics_port: int = setting(0,
+        "serve /metrics, /healthz, /readyz on this port (0: off; 9464 in Kubernetes)", _between(0, 65535))
+    idle_report_s: float = setting(30.0,
         "while no transaction is scored, log every this many seconds whether the flow is caught up (waiting "
-        "for input) or blocked (e.g. on a broker that does not answer)", _at_least(1)))
-    liveness_timeout_s: float = field(default=300.0, metadata=_meta(
-        "/healthz fails once the input has not been polled for this long", _at_least(1)))
-    snapshot_dir: str = field(default="", metadata=_meta(
+        "for input) or blocked (e.g. on a broker that does not answer)", _at_least(1))
+    liveness_timeout_s: float = setting(300.0,
+        "/healthz fails once the input has not been polled for this long", _at_least(1))
+
+
+@_section
+class SnapshotSettings(_Section):
+    """Signed model snapshots, and warm start from one."""
+
+    PREFIX = "snapshot_"
+    dir: str = setting("",
         "write signed model snapshots here ('off': none; empty: fraudflow-output/snapshots for simulator/files, "
-        "none for kafka)"))
-    snapshot_interval_hours: float = field(default=24.0, metadata=_meta(
-        "event time between model snapshots (also one at shutdown and on POST /snapshots)", _at_least(0)))
-    snapshot_key: str = field(default="", metadata=_meta(
-        "HMAC key signing snapshots (prefer snapshot_key_file); never logged", secret=True))
-    snapshot_key_file: str = field(default="", metadata=_meta("file holding the snapshot signing key"))
-    warm_start: str = field(default="", metadata=_meta(
+        "none for kafka)")
+    interval_hours: float = setting(24.0,
+        "event time between model snapshots (also one at shutdown and on POST /snapshots)", _at_least(0))
+    key: str = setting("", "HMAC key signing snapshots (prefer snapshot_key_file); never logged", secret=True)
+    key_file: str = setting("", "file holding the snapshot signing key")
+    warm_start: str = setting("",
         "start every model shard from this verified snapshot (.json); refused if unsigned, tampered or "
-        "incompatible"))
+        "incompatible", name="warm_start")
+
+
+@dataclass(frozen=True, repr=False)
+class Settings:
+    """Everything the flow needs, in sections; ``fraudflow settings`` lists them with help."""
+
+    input: InputSettings = field(default_factory=InputSettings)
+    sim: SimSettings = field(default_factory=SimSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    outputs: OutputSettings = field(default_factory=OutputSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    ops: OpsSettings = field(default_factory=OpsSettings)
+    snapshots: SnapshotSettings = field(default_factory=SnapshotSettings)
 
     # ------------------------------------------------------------------------------------
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
+        """The settings of ``FRAUDFLOW_*`` variables (``os.environ`` by default) over the TOML
+        file ``FRAUDFLOW_CONFIG`` names; an unknown ``FRAUDFLOW_*`` variable is an error."""
         env = dict(os.environ if environ is None else environ)
         values: dict[str, Any] = {}
         config_file = env.get(PREFIX + "CONFIG")
         if config_file:
             values.update(_read_toml(config_file))
-        known = {f.name for f in fields(cls)}
         for key, raw in env.items():
             if not key.startswith(PREFIX) or key.startswith(KAFKA_OPT_PREFIX) or key == PREFIX + "CONFIG":
                 continue
             name = key[len(PREFIX):].lower()
-            if name not in known or name == "kafka_options":
+            if name not in _INDEX or name == "kafka_options":
                 raise SettingsError(f"{key}: unknown setting (see `fraudflow settings` for the list)")
             values[name] = raw
         values["kafka_options"] = {**values.get("kafka_options", {}), **_kafka_options(env)}
@@ -223,84 +360,165 @@ class Settings:
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> "Settings":
-        kwargs: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in values:
+        """Validated settings from flat names (``{"sim_days": 30}``) and/or section tables
+        (``{"sim": {"days": 30}}``), raw strings or typed values."""
+        flat = _flatten(values, "")
+        changes: dict[str, dict[str, Any]] = {}
+        for var in variables():
+            if var.flat not in flat:
                 continue
-            var = PREFIX + f.name.upper()
-            value = _coerce(var, f.type, values[f.name])
-            check = f.metadata.get("check")
+            value = _coerce(var.variable, var.field.type, flat[var.flat])
+            check = var.field.metadata.get("check")
             if check is not None:
-                check(var, value)
-            kwargs[f.name] = value
-        unknown = set(values) - {f.name for f in fields(cls)}
+                check(var.variable, value)
+            changes.setdefault(var.section, {})[var.field.name] = value
+        unknown = set(flat) - set(_INDEX)
         if unknown:
             raise SettingsError(f"{PREFIX}{sorted(unknown)[0].upper()}: unknown setting")
-        settings = cls(**kwargs)
+        settings = cls(**{name: _SECTIONS[name](**kw) for name, kw in changes.items()})
         settings._check_consistency()
         return settings
 
     def _check_consistency(self) -> None:
-        if self.source == "files":
+        inp = self.input
+        if inp.source == "files":
             for name in ("transactions_file", "labels_file"):
-                path = getattr(self, name)
+                path = getattr(inp, name)
                 var = PREFIX + name.upper()
                 if not path:
                     raise SettingsError(f"{var}: required when FRAUDFLOW_SOURCE=files")
                 if not Path(path).is_file():
                     raise SettingsError(f"{var}: no such file: {path}")
-        if self.source == "kafka" and not self.kafka_brokers.strip():
+            if inp.feedback_file and not Path(inp.feedback_file).is_file():
+                raise SettingsError(f"FRAUDFLOW_FEEDBACK_FILE: no such file: {inp.feedback_file}")
+        if inp.source == "kafka" and not self.kafka.brokers.strip():
             raise SettingsError("FRAUDFLOW_KAFKA_BROKERS: required when FRAUDFLOW_SOURCE=kafka")
-        if self.alert_budget_per_day and self.alert_rate:
+        if self.policy.alert_budget_per_day and self.policy.alert_rate:
             raise SettingsError("FRAUDFLOW_ALERT_RATE: set either it or FRAUDFLOW_ALERT_BUDGET_PER_DAY, not both")
-        if self.warm_start and not Path(self.warm_start).is_file():
-            raise SettingsError(f"FRAUDFLOW_WARM_START: no such file: {self.warm_start}")
-        if self.snapshot_key_file and not Path(self.snapshot_key_file).is_file():
-            raise SettingsError(f"FRAUDFLOW_SNAPSHOT_KEY_FILE: no such file: {self.snapshot_key_file}")
+        snap = self.snapshots
+        if snap.warm_start and not Path(snap.warm_start).is_file():
+            raise SettingsError(f"FRAUDFLOW_WARM_START: no such file: {snap.warm_start}")
+        if self.input.rules_file and not Path(self.input.rules_file).is_file():
+            raise SettingsError(f"FRAUDFLOW_RULES_FILE: no such file: {self.input.rules_file}")
+        if snap.key_file and not Path(snap.key_file).is_file():
+            raise SettingsError(f"FRAUDFLOW_SNAPSHOT_KEY_FILE: no such file: {snap.key_file}")
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some values changed, named by flat name (``model_kind="logreg"``) or by
+        section, as a section or a mapping of its fields (``kafka={"brokers": "k:9092"}``).
+        Values are taken as they are (typed, not checked).
+
+        >>> Settings().replace(threshold=0.7, sim={"days": 9}).policy.threshold
+        0.7
+        """
+        sections: dict[str, dict[str, Any]] = {}
+        for name, value in changes.items():
+            if name in _SECTIONS:
+                if isinstance(value, _SECTIONS[name]):
+                    sections[name] = {f.name: getattr(value, f.name) for f in fields(value)}
+                elif isinstance(value, Mapping):
+                    sections.setdefault(name, {}).update(value)
+                else:
+                    raise TypeError(f"replace: {name}= takes a {_SECTIONS[name].__name__} or a mapping")
+            elif name in _INDEX:
+                var = _INDEX[name]
+                sections.setdefault(var.section, {})[var.field.name] = value
+            else:
+                raise TypeError(f"replace: unknown setting {name!r}")
+        return dataclasses.replace(self, **{
+            name: dataclasses.replace(getattr(self, name), **kw) for name, kw in sections.items()})
 
     @property
     def effective_snapshot_dir(self) -> str:
-        if self.snapshot_dir:
-            return "" if self.snapshot_dir == "off" else self.snapshot_dir
-        return "" if self.source == "kafka" else "fraudflow-output/snapshots"
-
-    def replace(self, **changes: Any) -> "Settings":
-        return dataclasses.replace(self, **changes)
-
-    def model_config(self, shards: int = 1) -> ModelConfig:
-        """The model section as the learners take it (``shards``: how many share the alert budget)."""
-        values = {f.metadata["model"]: getattr(self, f.name) for f in fields(self) if "model" in f.metadata}
-        return ModelConfig(**values, label_mode=self.effective_label_mode, shards=shards,
-                           export_interval_s=self.snapshot_interval_hours * 3600.0)
+        snap_dir = self.snapshots.dir
+        if snap_dir:
+            return "" if snap_dir == "off" else snap_dir
+        return "" if self.input.source == "kafka" else "fraudflow-output/snapshots"
 
     @property
     def effective_label_mode(self) -> str:
-        if self.label_mode:
-            return self.label_mode
-        return self.sim_labels if self.source == "simulator" else "all"
+        if self.model.label_mode:
+            return self.model.label_mode
+        return self.sim.labels if self.input.source == "simulator" else "all"
 
-    def redacted(self) -> dict[str, Any]:
-        """Settings as JSON-ready values with secret-looking Kafka options masked."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "kafka_options":
-                value = {k: ("***" if any(h in k for h in SECRET_HINTS) else v) for k, v in value.items()}
-            elif f.metadata.get("secret") and value:
-                value = "***"
-            elif isinstance(value, date):
-                value = value.isoformat()
-            out[f.name] = value
-        return out
+    def model_config(self, shards: int = 1) -> ModelConfig:
+        """The model section as the learners take it (``shards``: how many share the alert budget)."""
+        values = {var.field.metadata["model"]: getattr(getattr(self, var.section), var.field.name)
+                  for var in variables() if var.field.metadata.get("model")}
+        return ModelConfig(**values, label_mode=self.effective_label_mode, shards=shards,
+                           export_interval_s=self.snapshots.interval_hours * 3600.0)
+
+    def redacted(self) -> dict[str, dict[str, Any]]:
+        """Settings as JSON-ready values by section, secrets (and secret-looking Kafka options)
+        masked."""
+        return {f.name: getattr(self, f.name).shown() for f in fields(self)}
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
-        return f"Settings({shown})"
+        return f"Settings({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in fields(self))})"
 
     def fingerprint(self) -> str:
-        """Short hash of the settings (secrets excluded), recorded in model snapshots."""
-        blob = json.dumps(self.redacted(), sort_keys=True, default=str).encode()
+        """Short hash of the settings (secrets excluded), recorded in model snapshots; taken
+        over the flat names, so it did not change when the settings became sections."""
+        shown = self.redacted()
+        flat = {var.flat: shown[var.section][var.field.name] for var in variables()}
+        blob = json.dumps(flat, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Settings)}  # type: ignore[misc]
+
+
+class Variable(NamedTuple):
+    """One setting: its section, its field there, its flat name and its variable."""
+
+    section: str
+    field: Field
+    flat: str
+    variable: str
+
+    @property
+    def default(self) -> Any:
+        f = self.field
+        return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+
+
+def _variables() -> tuple[Variable, ...]:
+    out = []
+    for name, cls in _SECTIONS.items():
+        for f in fields(cls):
+            flat = f.metadata.get("name") or cls.PREFIX + f.name
+            out.append(Variable(name, f, flat, PREFIX + flat.upper()))
+    return tuple(out)
+
+
+_VARIABLES = _variables()
+_INDEX: dict[str, Variable] = {v.flat: v for v in _VARIABLES}
+assert len(_INDEX) == len(_VARIABLES), "two settings share a flat name"
+assert not set(_INDEX) & set(_SECTIONS), "a flat name equals a section name"
+
+
+def variables() -> tuple[Variable, ...]:
+    """Every setting, section by section, in declaration order.
+
+    >>> [v.variable for v in variables() if v.section == "snapshots"][:2]
+    ['FRAUDFLOW_SNAPSHOT_DIR', 'FRAUDFLOW_SNAPSHOT_INTERVAL_HOURS']
+    """
+    return _VARIABLES
+
+
+def _flatten(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Flat names for section tables (``{"kafka": {"brokers": ...}}`` -> ``kafka_brokers``)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in _SECTIONS and isinstance(value, Mapping):
+            by_field = {v.field.name: v.flat for v in _VARIABLES if v.section == key}
+            for sub, sub_value in value.items():
+                if sub not in by_field:
+                    raise SettingsError(f"{where}unknown setting [{key}] {sub} (see `fraudflow settings` for the list)")
+                flat[by_field[sub]] = sub_value
+        else:
+            flat[key] = value
+    return flat
 
 
 def _coerce(var: str, type_name: Any, raw: Any) -> Any:
@@ -351,7 +569,7 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise SettingsError(f"FRAUDFLOW_CONFIG: no such file: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"FRAUDFLOW_CONFIG: {path} is not valid TOML: {exc}") from None
-    doc = dict(doc)
+    doc = _flatten(doc, f"FRAUDFLOW_CONFIG: {path}: ")
     if "kafka_options" in doc and not isinstance(doc["kafka_options"], dict):
         raise SettingsError("FRAUDFLOW_CONFIG: kafka_options must be a table")
     return doc

@@ -46,6 +46,7 @@ def alert_of(scored: Scored) -> Alert:
         reasons=[(name, value) for name, value in (scored.reasons or [])],
         currency=tx.currency,
         extra=tx.extra,
+        tags=scored.tags,
     )
 
 

@@ -140,11 +140,15 @@ class AccountProfile:
     """
 
     __slots__ = ("day", "counts", "sums", "unusual", "amounts", "n_seen", "first_ts", "last_ts", "terms", "pending",
-                 "orphans")
+                 "orphans", "verdicts")
 
     RECENT_AMOUNTS = 16
     RECENT_TERMINALS = 24
     MAX_PENDING = 256
+    # Analysts' verdicts remembered (4 bytes each: the tx_id's hash, its low bit the verdict), so
+    # a later chargeback for the same transaction is not learned twice (decision 0050). A card
+    # has at most one alert a day under the default cool-down: 32 cover a month of them.
+    MAX_VERDICTS = 32
 
     def __init__(self, state: Optional[tuple] = None) -> None:
         if state is None:
@@ -158,12 +162,16 @@ class AccountProfile:
             self.last_ts = 0.0
             self.terms = array("I")
             self.pending: list[PendingTx] = []
-            self.orphans: list[tuple] = []  # labels before their transaction: (tx_id, ts, is_fraud, account_id, origin)
+            # labels before their transaction: (tx_id, ts, is_fraud, account_id, origin[, verdict])
+            self.orphans: list[tuple] = []
+            self.verdicts = array("I")
         else:
             (self.day, counts, sums, amounts, self.n_seen, self.first_ts, self.last_ts, terms, pending,
-             orphans, *unusual) = state
-            # saved before the unusual-amount counts: none counted
-            self.unusual = array("H", unusual[0] if unusual else bytes(2 * _HORIZON))
+             orphans, *newer) = state
+            # saved before the unusual-amount counts (10 values): none counted; before the
+            # analysts' verdicts (11 values): none remembered
+            self.unusual = array("H", newer[0] if newer else bytes(2 * _HORIZON))
+            self.verdicts = array("I", newer[1] if len(newer) > 1 else b"")
             self.amounts = array("f", amounts)
             self.counts = array("H", counts)
             self.sums = array("f", sums)
@@ -175,17 +183,19 @@ class AccountProfile:
     def snapshot(self) -> tuple:
         return (self.day, self.counts.tobytes(), self.sums.tobytes(), self.amounts.tobytes(), self.n_seen,
                 self.first_ts, self.last_ts, self.terms.tobytes(), tuple(self.pending), tuple(self.orphans),
-                self.unusual.tobytes())
+                self.unusual.tobytes(), self.verdicts.tobytes())
 
     @staticmethod
     def is_snapshot(value: Any) -> bool:
         """Has ``value`` (plain data read back from a store) the layout of :meth:`snapshot`, this
-        version's or the one before the per-day unusual-amount counts (10 values)?"""
-        if not isinstance(value, tuple) or len(value) not in (10, 11):
+        version's (12 values), the one before the analysts' verdicts (11) or the one before the
+        per-day unusual-amount counts (10)?"""
+        if not isinstance(value, tuple) or len(value) not in (10, 11, 12):
             return False
-        day, counts, sums, amounts, n_seen, first_ts, last_ts, terms, pending, orphans, *unusual = value
-        return (isinstance(day, int) and all(isinstance(b, bytes) for b in (counts, sums, amounts, terms, *unusual))
-                and all(len(b) == 2 * _HORIZON for b in unusual)
+        day, counts, sums, amounts, n_seen, first_ts, last_ts, terms, pending, orphans, *newer = value
+        unusual, verdicts = newer[:1], newer[1:]
+        return (isinstance(day, int) and all(isinstance(b, bytes) for b in (counts, sums, amounts, terms, *newer))
+                and all(len(b) == 2 * _HORIZON for b in unusual) and all(len(b) % 4 == 0 for b in verdicts)
                 and isinstance(n_seen, int) and isinstance(first_ts, (int, float))
                 and isinstance(last_ts, (int, float)) and isinstance(pending, (tuple, list))
                 and isinstance(orphans, (tuple, list)) and len(counts) == 2 * _HORIZON and len(sums) == 4 * _HORIZON)
@@ -231,6 +241,7 @@ class AccountProfile:
             "recent_terminals": len(self.terms),
             "pending": list(self.pending),
             "orphans": list(self.orphans),
+            "verdicts_remembered": len(self.verdicts),
         }
 
     def _advance(self, day: int) -> None:
@@ -339,15 +350,81 @@ class AccountProfile:
         """Nothing learned and nothing held: the state of an account only a label named."""
         return self.n_seen == 0 and not self.pending and not self.orphans
 
-    def join_label(self, tx_id: str, label_ts: float, is_fraud: bool, account_id: str = "?",
-                   origin: Optional[tuple] = None) -> Optional["JoinedLabel"]:
-        """Join a label to its pending transaction; hold it if the transaction is not here yet
-        (``account_id`` and ``origin`` kept to name it if it never joins)."""
+    # -- analysts' verdicts (decision 0050) ----------------------------------------------
+    def verdict_for(self, tx_id: str) -> Optional[bool]:
+        """The analyst's verdict remembered for ``tx_id`` (True: fraud), or None."""
+        mark = _term_hash(tx_id) & 0xFFFFFFFE
+        for v in self.verdicts:
+            if v & 0xFFFFFFFE == mark:
+                return bool(v & 1)
+        return None
+
+    def _remember_verdict(self, tx_id: str, is_fraud: bool) -> None:
+        mark = _term_hash(tx_id) & 0xFFFFFFFE
+        verdicts = self.verdicts
+        for i, v in enumerate(verdicts):
+            if v & 0xFFFFFFFE == mark:
+                del verdicts[i]
+                break
+        verdicts.append(mark | int(is_fraud))
+        if len(verdicts) > self.MAX_VERDICTS:
+            del verdicts[0]
+
+    def _find_pending(self, tx_id: str) -> Optional[PendingTx]:
+        for rec in self.pending:
+            if rec[0] == tx_id:
+                return rec
+        return None
+
+    def settle(self, tx_id: str, label_ts: float, is_fraud: bool, account_id: str = "?",
+               verdict: bool = False) -> tuple[str, Optional["JoinedLabel"]]:
+        """A label (or a second verdict) for a transaction an analyst already answered:
+        ``("duplicate", release or None)`` when there is nothing new to learn (the same answer,
+        or the analyst's fraud, which a feed's legitimate label does not overturn), or
+        ``("overturned", joined)`` when a fraud label corrects the analyst's legitimate
+        verdict (learned as a fraud). A release tells ``await_labels`` to drop the features it
+        kept for the correction that did not come.
+
+        >>> from connectors.events import Transaction
+        >>> acct = AccountProfile()
+        >>> _ = acct.observe(Transaction("t-1", "c-1", 1522540800.0, 20.0, "m-1"))
+        >>> acct.join_label("t-1", 1522555200.0, False, "c-1", verdict=True).keep  # the analyst: legitimate
+        True
+        >>> kind, joined = acct.settle("t-1", 1523145600.0, True, "c-1")  # a chargeback a week later
+        >>> kind, joined.is_fraud, acct.pending
+        ('overturned', True, [])
+        >>> acct.settle("t-1", 1523145700.0, True, "c-1")  # the same chargeback again
+        ('duplicate', None)
+        """
+        prior = self.verdict_for(tx_id)
+        if prior or not is_fraud:
+            rec = None if prior else self.take_pending(tx_id)
+            release = None if rec is None else JoinedLabel(tx_id, rec[1], rec[2], label_ts, False, rec[3], account_id,
+                                                           release=True)
+            return "duplicate", release
+        self._remember_verdict(tx_id, True)
         rec = self.take_pending(tx_id)
+        if rec is None:  # its features are gone (retention): nothing to correct any more
+            return "duplicate", None
+        return "overturned", JoinedLabel(tx_id, rec[1], rec[2], label_ts, True, rec[3], account_id, verdict=verdict)
+
+    def join_label(self, tx_id: str, label_ts: float, is_fraud: bool, account_id: str = "?",
+                   origin: Optional[tuple] = None, verdict: bool = False) -> Optional["JoinedLabel"]:
+        """Join a label to its pending transaction; hold it if the transaction is not here yet
+        (``account_id`` and ``origin`` kept to name it if it never joins). ``verdict``: an
+        analyst's, remembered (:meth:`settle` takes the labels that follow); a legitimate
+        verdict keeps the pending transaction, so a chargeback can still correct it."""
+        if verdict:
+            self._remember_verdict(tx_id, is_fraud)
+            rec = self._find_pending(tx_id) if not is_fraud else self.take_pending(tx_id)
+        else:
+            rec = self.take_pending(tx_id)
         if rec is None:
-            self.orphans.append((tx_id, label_ts, is_fraud, account_id, origin))
+            self.orphans.append((tx_id, label_ts, is_fraud, account_id, origin, True) if verdict
+                                else (tx_id, label_ts, is_fraud, account_id, origin))
             return None
-        return JoinedLabel(tx_id, rec[1], rec[2], label_ts, is_fraud, rec[3], account_id)
+        return JoinedLabel(tx_id, rec[1], rec[2], label_ts, is_fraud, rec[3], account_id, verdict=verdict,
+                           keep=verdict and not is_fraud)
 
     def on_transaction(self, tx, retention_s: float, infer_negatives: bool = False, orphan_wait_s: float = math.inf
                        ) -> tuple[tuple[float, ...], list["JoinedLabel"], list]:
@@ -368,9 +445,12 @@ class AccountProfile:
                 if orphan[0] == tx.tx_id and orphan[1] < tx.event_ts:  # stamped before its transaction
                     expired.append(orphan)
                 elif orphan[0] == tx.tx_id:
-                    self.pending.pop()
+                    verdict = len(orphan) > 5 and orphan[5]
+                    keep = verdict and not orphan[2]
+                    if not keep:
+                        self.pending.pop()
                     joined.append(JoinedLabel(tx.tx_id, tx.event_ts, tx.terminal_id, orphan[1], orphan[2],
-                                              unexplained, tx.account_id))
+                                              unexplained, tx.account_id, verdict=verdict, keep=keep))
                 elif orphan[1] < tx.event_ts - min(orphan_wait_s, retention_s):
                     expired.append(orphan)
                 else:
@@ -380,9 +460,17 @@ class AccountProfile:
         if pending and pending[0][1] < tx.event_ts - retention_s:
             horizon = tx.event_ts - retention_s
             self.pending = [p for p in pending if p[1] >= horizon]
-            if infer_negatives:
-                joined.extend(JoinedLabel(p[0], p[1], p[2], tx.event_ts, None, p[3], tx.account_id) for p in pending
-                              if p[1] < horizon)
+            answered = self.verdict_for if self.verdicts else None
+            for p in pending:
+                if p[1] >= horizon:
+                    continue
+                if answered is not None and answered(p[0]) is not None:
+                    # an analyst answered it (legitimate: it was kept for a correction that did
+                    # not come): learned then, not again now; its kept features are released
+                    joined.append(JoinedLabel(p[0], p[1], p[2], tx.event_ts, False, p[3], tx.account_id,
+                                              release=True))
+                elif infer_negatives:
+                    joined.append(JoinedLabel(p[0], p[1], p[2], tx.event_ts, None, p[3], tx.account_id))
         return f, joined, expired
 
 

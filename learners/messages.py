@@ -8,6 +8,8 @@ letters are :class:`connectors.events.DeadLetter` wherever they come from::
     terminal_risk     -> FeaturedTransaction (the full vector)  | JoinedLabel (frauds) | DeadLetter
     await_labels      -> LabelledExample | UnsampledCount | DeadLetter
     score_then_learn  -> Scored | DeadLetter
+    read_rules        -> RuleUpdate (to every model shard) | DeadLetter (a bad rule)
+    apply_rules       -> Scored (rules applied: candidate, reasons, tags) | DeadLetter
     alert_policy      -> Alert | DeadLetter
 
 msgspec structs, frozen and without garbage-collector tracking (like the events): the
@@ -25,7 +27,7 @@ from typing import Any, Optional
 
 import msgspec
 
-__all__ = ["FeaturedTransaction", "JoinedLabel", "LabelledExample", "Scored", "UnsampledCount"]
+__all__ = ["FeaturedTransaction", "JoinedLabel", "LabelledExample", "RuleUpdate", "Scored", "UnsampledCount"]
 
 
 class FeaturedTransaction(msgspec.Struct, frozen=True, gc=False):
@@ -49,6 +51,9 @@ class JoinedLabel(msgspec.Struct, frozen=True, gc=False):
     is_fraud: Optional[bool]
     unexplained: bool = True  # a fraud here is unexplained by its card (unexplained_by_card)
     account_id: str = "?"
+    verdict: bool = False  # an analyst's verdict (learned at label_ts in every label mode)
+    keep: bool = False  # await_labels keeps the features after this example (a legitimate verdict a chargeback may correct)
+    release: bool = False  # nothing to learn: await_labels drops the features it kept (see ``keep``)
 
 
 class LabelledExample(msgspec.Struct, frozen=True, gc=False):
@@ -73,7 +78,9 @@ class UnsampledCount(msgspec.Struct, frozen=True, gc=False):
 
 class Scored(msgspec.Struct, frozen=True, gc=False):
     """A transaction with its score; ``candidate``: at or over the threshold, an alert
-    candidate for ``alert_policy`` (``reasons`` is set for candidates only)."""
+    candidate for ``alert_policy`` (``reasons`` is set for candidates only). ``features``: the
+    vector the model scored (:data:`learners.features.FEATURE_NAMES`), for the rules;
+    ``tags``: what the tag rules wrote (``apply_rules``)."""
 
     tx: Any  # connectors.events.Transaction
     score: float
@@ -81,3 +88,16 @@ class Scored(msgspec.Struct, frozen=True, gc=False):
     model: str
     reasons: Optional[list]
     candidate: bool
+    features: tuple = ()
+    tags: tuple = ()
+
+
+class RuleUpdate(msgspec.Struct, frozen=True, gc=False):
+    """A rule read from the rules topic, already validated once (``read_rules``), on its way
+    to every model shard's rule book: ``spec`` is :meth:`learners.rules.Rule.spec` (the
+    compiled rule itself holds closures, which do not cross processes), None deletes the rule
+    (a tombstone). ``offset``: where it was read (the log names it)."""
+
+    rule_id: str
+    spec: Optional[dict]
+    offset: int = -1

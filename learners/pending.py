@@ -56,7 +56,8 @@ class PendingBucket:
     def __init__(self, state: Optional[tuple] = None) -> None:
         if state is None:
             self.features: dict[str, bytes] = {}
-            self.orphans: dict[str, tuple[float, bool]] = {}  # labels that overtook their transaction
+            # labels that overtook their transaction: (label_ts, is_fraud[, keep])
+            self.orphans: dict[str, tuple] = {}
         else:
             features, orphans = state
             self.features = dict(features)
@@ -74,14 +75,33 @@ class PendingBucket:
         packed = pack(features)
         orphan = self.orphans.pop(tx_id, None)
         if orphan is not None:
+            if len(orphan) > 2 and orphan[2]:
+                self.features[tx_id] = packed
             return [LabelledExample(tx_id, orphan[0], orphan[1], packed)]
         self.features[tx_id] = packed
         return []
 
-    def label(self, tx_id: str, label_ts: float, is_fraud: bool) -> list[LabelledExample]:
-        """Join a label to its transaction's features (or hold it until they arrive)."""
-        packed = self.features.pop(tx_id, None)
+    def label(self, tx_id: str, label_ts: float, is_fraud: bool, keep: bool = False) -> list[LabelledExample]:
+        """Join a label to its transaction's features (or hold it until they arrive); ``keep``:
+        the features stay for a later correction (an analyst's legitimate verdict, which a
+        chargeback may overturn) until :meth:`release`.
+
+        >>> bucket = PendingBucket()
+        >>> _ = bucket.add("t-1", tuple(0.0 for _ in FEATURE_NAMES))
+        >>> [e.is_fraud for e in bucket.label("t-1", 1.0, False, keep=True)], bucket.empty
+        ([False], False)
+        >>> [e.is_fraud for e in bucket.label("t-1", 2.0, True)], bucket.empty  # the chargeback corrects it
+        ([True], True)
+        """
+        packed = self.features.get(tx_id) if keep else self.features.pop(tx_id, None)
         if packed is None:
-            self.orphans[tx_id] = (label_ts, is_fraud)
+            self.orphans[tx_id] = (label_ts, is_fraud, True) if keep else (label_ts, is_fraud)
             return []
         return [LabelledExample(tx_id, label_ts, is_fraud, packed)]
+
+    def release(self, tx_id: str) -> None:
+        """Drop the features kept for a transaction (its verdict stood: nothing more to learn)."""
+        self.features.pop(tx_id, None)
+        orphan = self.orphans.get(tx_id)
+        if orphan is not None and len(orphan) > 2:
+            del self.orphans[tx_id]

@@ -4,46 +4,82 @@
 (:mod:`learners.stages`), keyed by the same :class:`~learners.stages.Routes`, in one Python
 loop: each event goes to its account, and each message a stage sends goes on, depth first,
 to the stage it is routed to before the next one (the flow's order with one event per
-batch). Benchmarks compare the two, and tests use the loop as the reference the dataflow
-must agree with, score for score.
+batch). An alert candidate goes on to its account's :class:`~learners.stages.PolicyStage`, as
+in the flow's ``alert_policy`` step, so the loop's alerts are the flow's. Benchmarks compare
+the two, and tests use the loop as the reference the dataflow must agree with, score for
+score and alert for alert.
+
+>>> from connectors.simulator import SimulatorConfig, simulate
+>>> from learners.decision import PolicyConfig
+>>> events = list(simulate(SimulatorConfig(customers=100, terminals=200, days=10, seed=1)))
+>>> pipe = SequentialPipeline(PipelineConfig(policy=PolicyConfig(cooldown_s=86_400.0)))
+>>> scored = list(pipe.run(events))
+>>> len(scored) == sum(type(e) is Transaction for e in events)
+True
+>>> sum(s.candidate for s in scored), len(pipe.alerts)  # a card's second candidate within a day: no alert
+(5, 4)
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Sequence
 
-from connectors.events import DeadLetter, Label, Transaction
-from learners.messages import FeaturedTransaction, Scored
+from connectors.events import Alert, DeadLetter, Label, Transaction
+from learners.messages import FeaturedTransaction, RuleUpdate, Scored
+from learners.rules import Rule
 from learners.scoring import ModelShard
-from learners.stages import AccountStage, PendingStage, PipelineConfig, Routes, ShardStage, TerminalStage, shard_for
+from learners.stages import (AccountStage, PendingStage, PipelineConfig, PolicyStage, Routes, RulesStage, ShardStage,
+                             TerminalStage, shard_for)
 
-__all__ = ["PipelineConfig", "SequentialPipeline", "scores_of", "shard_for"]
+__all__ = ["PipelineConfig", "SequentialPipeline", "alerts_of", "scores_of", "shard_for"]
 
 
 class SequentialPipeline:
-    """Runs the pipeline's stages in one loop, in arrival order (alert policy aside)."""
+    """Runs the pipeline's stages in one loop, in arrival order; alerts collect in ``alerts``,
+    dead letters in ``dead_letters``."""
 
-    def __init__(self, config: PipelineConfig = PipelineConfig()) -> None:
+    def __init__(self, config: PipelineConfig = PipelineConfig(), rules: Sequence[Rule] = ()) -> None:
         self.config = config
         self.routes = Routes(config, [f"shard-{i}" for i in range(config.shards)])
+        # each shard's rule book (apply_rules), ``rules`` to start with (FRAUDFLOW_RULES_FILE)
+        self.rule_stages = {key: RulesStage(rules, name_of=self.routes.shard) for key in self.routes.keys}
         self.accounts: dict[str, AccountStage] = {}
         self.terminals: dict[str, TerminalStage] = {}
         self.buckets: dict[str, PendingStage] = {}
         self.shard_stages = {key: ShardStage(config.model, name_of=self.routes.shard) for key in self.routes.keys}
+        self.policies: dict[str, PolicyStage] = {}  # by account, as the flow's alert_policy step
+        self.alerts: list[Alert] = []
         self.dead_letters: list[DeadLetter] = []  # labels for unseen transactions, labels stamped before theirs
 
     @property
     def shards(self) -> list[ModelShard]:
         return [stage.shard for stage in self.shard_stages.values()]
 
+    def update_rule(self, update: RuleUpdate) -> None:
+        """A validated rule update (:func:`learners.stages.rule_update`) to every shard's book."""
+        for stage in self.rule_stages.values():
+            stage.on_batch([update])
+
     def _to_shard(self, key: str, m) -> Optional[Scored]:
         scored = None
-        for s in self.shard_stages[key].on_batch([m]):
+        out = self.shard_stages[key].on_batch([m])
+        for s in self.rule_stages[key].on_batch(out) if out else out:
             if type(s) is DeadLetter:
                 self.dead_letters.append(s)
             else:
                 scored = s
         return scored
+
+    def _to_policy(self, scored: Scored) -> None:
+        account_id = scored.tx.account_id
+        stage = self.policies.get(account_id)
+        if stage is None:
+            stage = self.policies[account_id] = PolicyStage(self.config.policy)
+        for a in stage.on_batch([scored]):
+            if type(a) is DeadLetter:
+                self.dead_letters.append(a)
+            else:
+                self.alerts.append(a)
 
     def _to_bucket(self, m) -> None:
         key = self.routes.bucket(m)
@@ -70,6 +106,8 @@ class SequentialPipeline:
             kind = type(t)
             if kind is FeaturedTransaction:  # scored straight away; its features wait for the label
                 scored = self._to_shard(self.routes.shard(t.tx.account_id), t)
+                if scored is not None and scored.candidate:
+                    self._to_policy(scored)
                 self._to_bucket(t)
             elif kind is DeadLetter:
                 self.dead_letters.append(t)
@@ -108,3 +146,11 @@ class SequentialPipeline:
 def scores_of(events: Iterable[Transaction | Label], config: PipelineConfig = PipelineConfig()) -> dict[str, float]:
     """tx_id -> score for a whole stream (tests and experiments)."""
     return {s.tx.tx_id: s.score for s in SequentialPipeline(config).run(events)}
+
+
+def alerts_of(events: Iterable[Transaction | Label], config: PipelineConfig = PipelineConfig()) -> list[Alert]:
+    """The alerts of a whole stream, in the order the loop raises them."""
+    pipe = SequentialPipeline(config)
+    for _ in pipe.run(events):
+        pass
+    return pipe.alerts

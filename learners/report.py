@@ -22,7 +22,7 @@ import logging
 import math
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Container, Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -417,3 +417,38 @@ def _notes(runs: Runs, masks: Mapping[str, np.ndarray]) -> list[str]:
             notes.append(f"{name}: no fraud in the test window; it is missing from the PR and ROC curves.")
     return notes
 
+
+
+# -- analysts' view: alert precision per day (issue 22) --------------------------------------
+def alert_precision_by_day(alerts: Sequence[tuple[str, str, float]], frauds: Container[str]
+                           ) -> list[tuple[str, int, int]]:
+    """``(date, alerted cards, of them alerted on a fraud)`` per event-time day, from alerts
+    ``(tx_id, account_id, ts)``: the share of the analysts' cards that were worth their time.
+
+    >>> alert_precision_by_day([("t-1", "c-1", 0.0), ("t-2", "c-1", 60.0), ("t-3", "c-2", 90.0)], {"t-2"})
+    [('1970-01-01', 2, 1)]
+    """
+    cards: dict[int, dict[str, bool]] = {}
+    for tx_id, account_id, ts in alerts:
+        day = cards.setdefault(int(ts // 86_400), {})
+        day[account_id] = day.get(account_id, False) or tx_id in frauds
+    return [(_date_of(d).isoformat(), len(c), sum(c.values())) for d, c in sorted(cards.items())]
+
+
+def plot_alert_precision(path: Path, series: Mapping[str, Sequence[tuple[str, int, int]]]) -> Path:
+    """Alert precision per day (share of alerted cards that are fraud), one line per run."""
+    fig, axes = _new_figure(10.0, 4.0)
+    ax = axes[0, 0]
+    for i, (name, rows) in enumerate(series.items()):
+        dates = [date.fromisoformat(d) for d, _, _ in rows]
+        share = [hits / n if n else float("nan") for _, n, hits in rows]
+        total, hits = sum(n for _, n, _ in rows), sum(h for _, _, h in rows)
+        ax.plot(dates, share, color=_colour(i), marker=".", markersize=3, linewidth=1,
+                label=f"{name}: {hits / total if total else float('nan'):.1%} of {total:,} alerted cards")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("share of alerted cards that are fraud")
+    ax.set_title("Alert precision per day")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    return _save(fig, path)

@@ -329,7 +329,7 @@ class ModelShard:
         self.counts["scored"] += 1
         self.first_ts = min(self.first_ts, event_ts)
         self.last_ts = max(self.last_ts, event_ts)
-        return Scored(tx, score, threshold, name, reasons, candidate)
+        return Scored(tx, score, threshold, name, reasons, candidate, features)
 
     def on_batch(self, messages: list, on_error: Optional[Callable[[Any, Exception], Any]] = None) -> list:
         """Score the :class:`~learners.messages.FeaturedTransaction` and learn the

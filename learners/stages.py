@@ -39,17 +39,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional, Protocol, Sequence
 
-from connectors.events import (DeadLetter, Label, Origin, Transaction, encode, format_ts, label_to_json,
-                               transaction_to_json)
+import msgspec
+
+from connectors.events import (DeadLetter, Label, Origin, Transaction, Verdict, encode, format_ts, label_to_json,
+                               transaction_to_json, verdict_to_json)
 from learners.decision import AlertPolicy, PolicyConfig
 from learners.features import AccountProfile, TerminalProfile, transaction_features
-from learners.messages import FeaturedTransaction, JoinedLabel, LabelledExample, Scored, UnsampledCount
+from learners.messages import FeaturedTransaction, JoinedLabel, LabelledExample, RuleUpdate, Scored, UnsampledCount
 from learners.pending import PendingBucket, bucket_of
+from learners.rules import Outcome, Rule, RuleBook, RuleError, parse_rule
 from learners.scoring import ModelConfig, ModelShard, in_sample
 
-__all__ = ["AccountStage", "PendingStage", "PipelineConfig", "PolicyStage", "Routes", "ShardStage", "Stage",
-           "StageStats", "TerminalStage", "learn_at", "pending_key", "shard_for", "stamped_before_transaction",
-           "step_failure"]
+__all__ = ["AccountStage", "PendingStage", "PipelineConfig", "PolicyStage", "Routes", "RulesStage", "ShardStage",
+           "Stage", "StageStats", "TerminalStage", "learn_at", "pending_key", "rule_update", "shard_for",
+           "stamped_before_transaction", "step_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ class PipelineConfig:
     risk_delay_days: int = 7  # terminal risk windows end this many days back (label delay)
     shards: int = 1
     shard_examples: str = "all"  # every shard learns every example ("all") or its accounts' ("own")
+    policy: PolicyConfig = field(default_factory=PolicyConfig)  # alert_policy: the per-card cool-down
 
     @property
     def retention_s(self) -> float:
@@ -92,8 +96,10 @@ def learn_at(joined: JoinedLabel, config: PipelineConfig) -> float:
     legitimate examples inferred there. Learning frauds at 7 days and inferred legitimate at 8+
     taught the model that whatever grows with calendar time (account history, terminals with
     known frauds) means fraud: 99 % of transactions scored ≥ 0.5 on days 14–16 (decision 0015).
-    Terminal risk still counts the fraud from ``label_ts``."""
-    if joined.is_fraud and config.model.label_mode == "frauds":
+    Terminal risk still counts the fraud from ``label_ts``. An analyst's verdict is learned at
+    its ``label_ts`` in every mode: verdicts of both kinds come hours after their transaction,
+    so learning them at once teaches no calendar-time bias (decision 0050)."""
+    if joined.is_fraud and config.model.label_mode == "frauds" and not joined.verdict:
         return max(joined.label_ts, joined.tx_ts + config.retention_s)
     return joined.label_ts
 
@@ -161,6 +167,9 @@ class StageStats(Protocol):
     def unmatched(self, n: int) -> None: ...
     def scored(self, scored: list, shard: Any) -> None: ...
     def alerted(self, alerts: list, suppressed: int) -> None: ...
+    def feedback(self, kind: str) -> None: ...
+    def rule_book(self, stage: Any, active: int) -> None: ...
+    def rule_matches(self, matches: dict, allowed: int) -> None: ...
 
 
 class _NoStats:
@@ -177,6 +186,15 @@ class _NoStats:
         pass
 
     def alerted(self, alerts: list, suppressed: int) -> None:
+        pass
+
+    def feedback(self, kind: str) -> None:
+        pass
+
+    def rule_book(self, stage: Any, active: int) -> None:
+        pass
+
+    def rule_matches(self, matches: dict, allowed: int) -> None:
         pass
 
 
@@ -215,6 +233,8 @@ def failure_of(step: str, exc: BaseException, m: Any) -> DeadLetter:
         return step_failure(step, exc, transaction_to_json(m), m.origin)
     if kind is Label:
         return step_failure(step, exc, label_to_json(m), m.origin)
+    if kind is Verdict:
+        return step_failure(step, exc, verdict_to_json(m), m.origin)
     if kind is JoinedLabel:
         return step_failure(step, exc, _joined_doc(m), None)
     if kind is LabelledExample:
@@ -283,6 +303,9 @@ class AccountStage(Stage):
         self.event_time = event_time
 
     def _joined(self, joined: JoinedLabel, out: list, origin: Optional[Origin] = None) -> None:
+        if joined.release:
+            out.append(joined)
+            return
         if stamped_before_transaction(joined):
             out.append(DeadLetter(encode(_joined_doc(joined)), _before_reason(joined.label_ts, joined.tx_ts),
                                   origin or _NO_ORIGIN, step="account_profile", category="bad_timestamp"))
@@ -294,7 +317,7 @@ class AccountStage(Stage):
     @staticmethod
     def _orphan_dead_letter(orphan: tuple, why: str, tx: Optional[Transaction] = None) -> DeadLetter:
         """``tx``: the orphan's own transaction, which came after the label's ts."""
-        tx_id, label_ts, is_fraud, account_id, origin = (*orphan, "?", None)[:5] if len(orphan) < 5 else orphan
+        tx_id, label_ts, is_fraud, account_id, origin = (*orphan, "?", None)[:5] if len(orphan) < 5 else orphan[:5]
         raw = encode({"tx_id": tx_id, "account_id": account_id, "ts": format_ts(label_ts), "is_fraud": is_fraud})
         where = Origin(*origin) if origin else Origin("labels", -1)
         if tx is not None:
@@ -316,8 +339,18 @@ class AccountStage(Stage):
                 out.append(self._orphan_dead_letter(orphan, "by its ts plus one learning step of event time",
                                                     event if orphan[0] == event.tx_id else None))
         else:
+            verdict = type(event) is Verdict
+            if profile.verdicts and profile.verdict_for(event.tx_id) is not None:
+                # an analyst answered this transaction already (decision 0050)
+                kind, j = profile.settle(event.tx_id, event.event_ts, event.is_fraud, event.account_id, verdict)
+                self.stats.feedback("labels_overturning_verdict" if kind == "overturned" else "labels_duplicate")
+                if j is not None:
+                    self._joined(j, out, event.origin)
+                return
+            if verdict:
+                self.stats.feedback("verdicts")
             j = profile.join_label(event.tx_id, event.event_ts, event.is_fraud, event.account_id,
-                                   _origin_tuple(event.origin))
+                                   _origin_tuple(event.origin), verdict)
             if j is not None:
                 self._joined(j, out, event.origin)
 
@@ -407,8 +440,11 @@ class PendingStage(Stage):
             try:
                 if type(m) is FeaturedTransaction:
                     examples = bucket.add(m.tx.tx_id, m.features)
+                elif m.release:
+                    bucket.release(m.tx_id)
+                    continue
                 else:
-                    examples = bucket.label(m.tx_id, learn_at(m, self.config), m.is_fraud)
+                    examples = bucket.label(m.tx_id, learn_at(m, self.config), m.is_fraud, m.keep)
             except Exception as exc:
                 out.append(failure_of("await_labels", exc, m))
                 continue
@@ -482,11 +518,17 @@ class ShardStage(Stage):
 
 
 class PolicyStage(Stage):
-    """alert_policy (keyed by ``account_id``): per-card cool-down over the alert candidates."""
+    """alert_policy (keyed by ``account_id``): per-card cool-down over the alert candidates.
 
-    def __init__(self, config: PolicyConfig, state: Optional[tuple] = None, stats: StageStats = NO_STATS) -> None:
+    ``handoff(alerts, candidates)``: called after every batch with its alerts and how many
+    candidates it took, for an in-process analyst desk (:class:`learners.analysts.AnalystDesk`,
+    ``fraudflow replay --analysts``)."""
+
+    def __init__(self, config: PolicyConfig, state: Optional[tuple] = None, stats: StageStats = NO_STATS,
+                 handoff: Optional[Callable[[list, int], None]] = None) -> None:
         self.policy = AlertPolicy(config, state)
         self.stats = stats
+        self.handoff = handoff
 
     def on_batch(self, messages: list) -> list:
         out: list = []
@@ -501,9 +543,187 @@ class PolicyStage(Stage):
                 continue
             if alert is not None:
                 out.append(alert)
-        self.stats.alerted([a for a in out if type(a) is not DeadLetter] if failed else out,
-                           len(messages) - len(out))
+        alerts = [a for a in out if type(a) is not DeadLetter] if failed else out
+        self.stats.alerted(alerts, len(messages) - len(out))
+        if self.handoff is not None:
+            self.handoff(alerts, len(messages))
         return out
 
     def snapshot(self) -> tuple:
         return self.policy.snapshot()
+
+
+# -- rules -----------------------------------------------------------------------------------
+_decode_json = msgspec.json.Decoder()
+
+
+def rule_update(key: Optional[bytes], value: Optional[bytes], origin: Origin) -> Any:
+    """One message of the rules topic (keyed by rule id, the rule's JSON, or no value: delete
+    it), validated once, before it is sent to every model shard: a :class:`RuleUpdate`, or a
+    dead letter (category ``bad_rule``) naming the rule and what is wrong (decision 0055).
+
+    >>> where = Origin("rules", 7, 0)
+    >>> rule_update(b"big", b'{"id": "big", "version": 1, "action": "alert", "when": "amount > 500"}', where).spec
+    {'id': 'big', 'version': 1, 'action': 'alert', 'when': 'amount > 500', 'enabled': True}
+    >>> rule_update(b"big", None, where)
+    RuleUpdate(rule_id='big', spec=None, offset=7)
+    >>> rule_update(b"big", b'{"id": "big", "version": 2, "action": "alert", "when": "amout > 5"}', where).reason
+    "rule 'big': unknown field 'amout' at column 1 (did you mean 'amount'?)"
+    >>> rule_update(b"other", b'{"id": "big", "version": 2, "action": "alert", "when": "amount > 5"}', where).reason
+    "rule 'big': published under the key 'other'; a rule's key is its id (compaction keeps the latest per key)"
+    """
+
+    def bad(reason: str) -> DeadLetter:
+        return DeadLetter(value or b"", reason, origin, step="read_rules", category="bad_rule")
+
+    try:
+        rule_id = key.decode("utf-8") if key else ""
+    except UnicodeDecodeError:
+        return bad("rule key is not UTF-8 text")
+    if value is None:
+        if not rule_id:
+            return bad("a delete (a message without value) without a key: the key names the rule to delete")
+        return RuleUpdate(rule_id, None, origin.position)
+    named = f"rule {rule_id!r}" if rule_id else "rule without a key"
+    try:
+        doc = _decode_json.decode(value)
+    except msgspec.DecodeError as exc:
+        return bad(f"{named}: invalid JSON: {exc}")
+    except Exception as exc:  # e.g. RecursionError on deeply nested input
+        return bad(f"{named}: undecodable: {type(exc).__name__}")
+    try:
+        rule = parse_rule(doc)
+    except RuleError as exc:
+        return bad(str(exc) if rule_id else f"{exc} (and the message has no key)")
+    if rule.id != rule_id:
+        return bad(f"rule {rule.id!r}: published under the key {rule_id!r}; a rule's key is its id (compaction keeps "
+                   "the latest per key)" if rule_id else
+                   f"rule {rule.id!r}: published without a key; a rule's key is its id (compaction keeps the latest "
+                   "per key, and a delete names it)")
+    return RuleUpdate(rule.id, rule.spec(), origin.position)
+
+
+_logged_updates: set = set()  # (rule id, offset, verdict): each update logged once per process, not per shard
+
+
+def _log_update(m: RuleUpdate, verdict: str) -> None:
+    mark = (m.rule_id, m.offset, verdict)
+    if mark in _logged_updates:
+        return
+    if len(_logged_updates) > 10_000:
+        _logged_updates.clear()
+    _logged_updates.add(mark)
+    log.log(logging.WARNING if verdict.startswith("ignored") else logging.INFO, "rule %r (offset %d): %s", m.rule_id,
+            m.offset, verdict)
+
+
+class RulesStage(Stage):
+    """apply_rules (keyed by model shard): the analysts' rule book over the scored
+    transactions (decision 0055). Its state is the book, snapshotted as the rules' specs.
+
+    Per :class:`Scored`: an ``allow`` rule that matches makes it no alert candidate, whatever
+    the score and whatever the alert rules say (allow wins, as in Stripe Radar); otherwise an
+    ``alert`` rule makes it a candidate with ``("rule:ID", version)`` first among its reasons;
+    ``tag`` rules write their tags (to the score record and the alert). The cool-down of
+    ``alert_policy`` applies after this, to rule alerts too. A :class:`RuleUpdate` changes the
+    book for the messages after it (a rule replaces only an older version of itself). With no
+    rule in force a batch is returned as it is.
+
+    ``initial``: the book of a key seen for the first time (``FRAUDFLOW_RULES_FILE``); a
+    restored state wins over it. ``name_of``: the shard's name from an account id (metrics).
+
+    >>> from connectors.events import Transaction
+    >>> from learners.features import FEATURE_NAMES
+    >>> stage = RulesStage([parse_rule({"id": "big", "version": 3, "action": "alert", "when": "amount > 500"})])
+    >>> tx = Transaction("t-1", "c-1", 1522541276.0, 640.0, "m-1")
+    >>> [s] = stage.on_batch([Scored(tx, 0.1, 0.5, "logreg", None, False, (640.0,) + (0.0,) * 28)])
+    >>> s.candidate, s.reasons
+    (True, [('rule:big', 3)])
+    >>> _ = stage.on_batch([RuleUpdate("big", None)])  # deleted
+    >>> stage.on_batch([Scored(tx, 0.1, 0.5, "logreg", None, False, (640.0,) + (0.0,) * 28)])[0].candidate
+    False
+    """
+
+    def __init__(self, initial: Sequence[Rule] = (), state: Optional[list] = None, stats: StageStats = NO_STATS,
+                 name_of: Optional[Callable[[str], str]] = None) -> None:
+        self.book = RuleBook.from_snapshot(state) if state is not None else RuleBook(initial)
+        self.stats = stats
+        self.name_of = name_of
+        self.name: Optional[str] = None
+        stats.rule_book(self, len(self.book))
+
+    def _learn_name(self, messages: list) -> None:
+        first = next((m for m in messages if type(m) is Scored), None)
+        if first is not None:
+            self.name = self.name_of(first.tx.account_id)
+
+    def on_batch(self, messages: list) -> list:
+        if self.name is None and self.name_of is not None:
+            self._learn_name(messages)
+        book = self.book
+        if not len(book):
+            for m in messages:
+                if type(m) is RuleUpdate:
+                    break
+            else:
+                return messages  # no rule in force: nothing to do (the common case)
+        out: list = []
+        matches: dict = {}
+        allowed = 0
+        for m in messages:
+            kind = type(m)
+            if kind is Scored:
+                try:
+                    outcome = book.evaluate(m.tx, m.features, m.score, m.threshold)
+                    if outcome is not None:
+                        if outcome.allow and (m.candidate or outcome.alert):
+                            allowed += 1  # an alert the allow rules suppressed
+                        m = self._decide(m, outcome, matches)
+                except Exception as exc:
+                    out.append(failure_of("apply_rules", exc, m))
+                    continue
+                out.append(m)
+            elif kind is RuleUpdate:
+                self._update(m)
+            else:
+                out.append(m)  # score_then_learn's dead letters go on
+        if matches or allowed:
+            self.stats.rule_matches(matches, allowed)
+        return out
+
+    def _decide(self, scored: Scored, outcome: Outcome, matches: dict) -> Scored:
+        for action, names in (("allow", outcome.allow), ("alert", outcome.alert), ("tag", outcome.tags)):
+            for name in names:
+                k = (name, action)
+                matches[k] = matches.get(k, 0) + 1
+        if outcome.allow:
+            candidate, reasons = False, None
+        elif outcome.alert:
+            get = self.book.get
+            candidate = True
+            reasons = [(f"rule:{rule_id}", get(rule_id).version) for rule_id in outcome.alert]
+            reasons.extend(scored.reasons or ())
+        else:
+            candidate, reasons = scored.candidate, scored.reasons
+        return Scored(scored.tx, scored.score, scored.threshold, scored.model, reasons, candidate, scored.features,
+                      outcome.tags)
+
+    def _update(self, m: RuleUpdate) -> None:
+        book = self.book
+        if m.spec is None:
+            _log_update(m, "deleted" if book.delete(m.rule_id) else "delete of a rule not held (nothing to do)")
+        else:
+            try:
+                rule = parse_rule(m.spec)  # validated at read_rules; compiled here (closures stay in-process)
+            except RuleError as exc:  # pragma: no cover - read_rules let through what it should not have
+                log.error("rule update %r refused at apply_rules: %s", m.rule_id, exc)
+                return
+            held = book.get(rule.id)
+            if book.put(rule):
+                _log_update(m, f"version {rule.version} in force ({'enabled' if rule.enabled else 'disabled'})")
+            else:
+                _log_update(m, f"ignored: version {rule.version} is not newer than version {held.version} in force")
+        self.stats.rule_book(self, len(book))
+
+    def snapshot(self) -> list:
+        return self.book.snapshot()

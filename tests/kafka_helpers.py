@@ -51,6 +51,7 @@ class KafkaStream:
             "FRAUDFLOW_KAFKA_TOPIC_ALERTS": self.topics["alerts"],
             "FRAUDFLOW_KAFKA_TOPIC_DLQ": self.topics["dlq"],
             "FRAUDFLOW_KAFKA_TOPIC_SCORES": self.topics["scores"],
+            "FRAUDFLOW_KAFKA_TOPIC_RULES": self.topics["rules"],
             "FRAUDFLOW_EMIT_SCORES": "1",
             "FRAUDFLOW_PROGRESS": "1",
         }
@@ -63,8 +64,11 @@ def make_topics(bootstrap: str, partitions: int) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
     topics = {name: f"{name}-{suffix}" for name in ("transactions", "labels", "alerts", "dlq", "scores")}
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(t, partitions, 1) for t in topics.values()])
+    admin.create_topics([NewTopic(t, partitions, 1) for t in topics.values()]
+                        # the analysts' rules: one partition, compacted (as `fraudflow topics create` makes it)
+                        + [NewTopic(f"rules-{suffix}", 1, 1, topic_configs={"cleanup.policy": "compact"})])
     admin.close()
+    topics["rules"] = f"rules-{suffix}"
     return topics
 
 
@@ -135,8 +139,10 @@ class FlowCluster:
     """`python -m bytewax.run dataflows.fraud:flow` as N processes (1 worker each by default)."""
 
     def __init__(self, env: dict[str, str], processes: int = 1, workers: int = 1,
-                 recovery_dir: Optional[Path] = None, snapshot_s: int = 1, log_dir: Optional[Path] = None) -> None:
+                 recovery_dir: Optional[Path] = None, snapshot_s: int = 1, log_dir: Optional[Path] = None,
+                 process_env: Optional[list[dict[str, str]]] = None) -> None:
         self.env = env
+        self.process_env = process_env or [{} for _ in range(processes)]  # more variables for each process
         self.processes = processes
         self.workers = workers
         self.recovery_dir = recovery_dir
@@ -156,7 +162,7 @@ class FlowCluster:
             if self.recovery_dir is not None:
                 cmd += ["-r", str(self.recovery_dir), "-s", str(self.snapshot_s), "-b", "0"]
             out = open(self.log_dir / f"flow-{i}-{int(time.time() * 1000)}.log", "ab") if self.log_dir else subprocess.DEVNULL
-            self.procs.append(subprocess.Popen(cmd, env=full, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            self.procs.append(subprocess.Popen(cmd, env={**full, **self.process_env[i]}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                                start_new_session=True))
         return self
 

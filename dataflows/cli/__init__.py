@@ -3,8 +3,10 @@
     fraudflow simulate --out PREFIX        write a simulated stream as contract JSONL files
     fraudflow replay TX.jsonl LABELS.jsonl run the dataflow on recorded files (backtest)
     fraudflow evaluate SCORES LABELS TX    detection metrics (JSON) and an optional report
+    fraudflow investigate ALERTS --labels L simulated analysts answer alerts (:mod:`dataflows.cli.investigate`)
     fraudflow settings                     every FRAUDFLOW_* setting with its default
     fraudflow topics | produce | tail      Kafka housekeeping (:mod:`dataflows.cli.kafka`)
+    fraudflow rules check|publish|delete|list  analysts' rules (:mod:`dataflows.cli.rules`)
     fraudflow snapshots ...                the model shards' signed exports (:mod:`dataflows.cli.snapshots`)
     fraudflow state show ACCOUNT           one card's state in the recovery store (:mod:`dataflows.cli.state`)
 
@@ -20,14 +22,14 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from dataflows.cli import evaluate, kafka, replay, settings, simulate, snapshots, state
+from dataflows.cli import evaluate, investigate, kafka, replay, rules, settings, simulate, snapshots, state
 from dataflows.errors import FraudflowError
 
 __all__ = ["build_parser", "main"]
 
 UserError = FraudflowError  # the name older code and tests use
 
-_COMMAND_GROUPS = (simulate, replay, evaluate, settings, kafka, snapshots, state)
+_COMMAND_GROUPS = (simulate, replay, evaluate, investigate, settings, kafka, rules, snapshots, state)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import argparse
 from datetime import date
 from pathlib import Path
 
-__all__ = ["existing_file", "iso_date", "positive_int"]
+__all__ = ["existing_file", "iso_date", "positive_hours", "positive_int"]
 
 
 def existing_file(path: str) -> str:
@@ -31,3 +31,14 @@ def iso_date(text: str) -> date:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
 
+
+
+def positive_hours(text: str) -> float:
+    """A positive number of hours (``--delay-hours``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of hours, got {text!r}") from None
+    if not 0 < value < 24 * 366:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and under a year, got {text}")
+    return value

@@ -62,17 +62,56 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         other_data = load_evaluation(other, args.labels, args.transactions)
         runs[Path(other).stem] = (other_data, evaluate(other_data, test_start, args.test_days, args.delay_days,
                                                        args.known_lookback_days, args.k))
+    precision = _alert_precision(args, list(runs)) if args.alerts else None
+    if precision:
+        result["alert_precision"] = {name: {"alerted_cards": sum(n for _, n, _ in rows),
+                                            "fraud_cards": sum(h for _, _, h in rows),
+                                            "per_day": [{"date": d, "cards": n, "fraud": h} for d, n, h in rows]}
+                                     for name, rows in precision.items()}
     if args.report:
         from learners.report import write_report
 
         path = write_report(args.report, runs, test_start, args.test_days, args.delay_days,
                             args.known_lookback_days, args.k)
+        if precision:
+            _report_alert_precision(path, precision)
         result["report"] = str(path)
     if len(runs) > 1:
         result["compare"] = {name: {k: v for k, v in r.items() if not k.endswith("per_day")}
                              for name, (_, r) in runs.items()}
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _alert_precision(args: argparse.Namespace, names: list[str]) -> dict[str, list]:
+    """Alert precision per day of each run's alerts file (``--alerts``, in the runs' order)."""
+    from datetime import datetime
+
+    from learners.report import alert_precision_by_day
+
+    if len(args.alerts) != len(names):
+        raise FraudflowError(f"--alerts: give one alerts file per run ({len(names)}: the scores file and each "
+                             f"--compare file, in that order), got {len(args.alerts)}")
+    frauds = {r[0] for r in _read_jsonl(args.labels, lambda d: (d["tx_id"],) if d["is_fraud"] else None)}
+
+    def row(d: dict) -> tuple:
+        return d["tx_id"], d["account_id"], datetime.fromisoformat(d["ts"].replace("Z", "+00:00")).timestamp()
+
+    return {name: alert_precision_by_day(_read_jsonl(path, row), frauds) for name, path in zip(names, args.alerts)}
+
+
+def _report_alert_precision(report: Path, precision: dict[str, list]) -> None:
+    from learners.report import plot_alert_precision
+
+    plot_alert_precision(report.parent / "alert_precision.png", precision)
+    lines = ["", "## Alert precision per day", "", "![Alert precision per day](alert_precision.png)", "",
+             "Share of the cards alerted each day (event time of the alert) that were alerted on a fraud: what "
+             "the analysts' time bought.", "", "| run | alerted cards | on a fraud | precision |", "|---|---:|---:|---:|"]
+    for name, rows in precision.items():
+        n, hits = sum(r[1] for r in rows), sum(r[2] for r in rows)
+        lines.append(f"| **{name}** | {n:,} | {hits:,} | {hits / n if n else float('nan'):.1%} |")
+    with open(report, "a", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 def _default_test_start(data) -> date:
@@ -101,4 +140,7 @@ def register(sub: Any) -> None:
     p.add_argument("--report", metavar="DIR", help="write a Markdown report with PNG plots here")
     p.add_argument("--compare", nargs="+", metavar="SCORES", type=existing_file,
                    help="other scores files to compare side by side")
+    p.add_argument("--alerts", nargs="+", metavar="ALERTS", type=existing_file,
+                   help="each run's alerts file (the scores file's first, then each --compare's): adds the alert "
+                        "precision per day (share of alerted cards that are fraud) and its plot")
     p.set_defaults(func=cmd_evaluate)

@@ -54,20 +54,22 @@ def _user_error(message: str) -> Exception:
 
 
 def _settings():
+    """The flow's Kafka section (``FRAUDFLOW_KAFKA_*``), as the flow itself reads it."""
     from dataflows.settings import Settings, SettingsError
 
     try:
-        return Settings.from_env()
+        return Settings.from_env().kafka
     except SettingsError as exc:
         raise _user_error(f"bad setting: {exc}") from None
 
 
-def client_config(settings: Any, brokers: Optional[str], client_log: ClientLog) -> dict[str, Any]:
-    """The flow's librdkafka configuration (same brokers, same security options), plus our log hooks."""
-    servers = ",".join(b.strip() for b in (brokers or settings.kafka_brokers).split(",") if b.strip())
+def client_config(kafka: Any, brokers: Optional[str], client_log: ClientLog) -> dict[str, Any]:
+    """The flow's librdkafka configuration (same brokers, same security options of the settings'
+    Kafka section ``kafka``), plus our log hooks."""
+    servers = ",".join(b.strip() for b in (brokers or kafka.brokers).split(",") if b.strip())
     if not servers:
         raise _user_error("no brokers: set FRAUDFLOW_KAFKA_BROKERS (e.g. 127.0.0.1:9092) or pass --brokers")
-    return {"bootstrap.servers": servers, **settings.kafka_options,
+    return {"bootstrap.servers": servers, **kafka.options,
             "logger": client_log, "error_cb": client_log.error}
 
 
@@ -97,14 +99,26 @@ def existing_topics(client: Any, config: dict[str, Any], timeout_s: float) -> di
     return {name: len(topic.partitions) for name, topic in metadata.topics.items() if not name.startswith("__")}
 
 
-def topics_for(settings: Any) -> list[str]:
-    return [settings.kafka_topic_transactions, settings.kafka_topic_labels, settings.kafka_topic_alerts,
-            settings.kafka_topic_dlq, settings.kafka_topic_scores]
+def topics_for(kafka: Any) -> list[str]:
+    names = [kafka.topic_transactions, kafka.topic_labels, kafka.topic_alerts, kafka.topic_dlq, kafka.topic_scores]
+    return names + [name for name in (kafka.topic_feedback, kafka.topic_rules) if name]
+
+
+# The rules topic (decision 0055): compacted (the latest version of each rule is kept, a
+# tombstone deletes it), one partition (a handful of rules; every update in one order).
+RULES_TOPIC_CONFIG = {"cleanup.policy": "compact"}
+
+
+def special_topics(kafka: Any) -> dict[str, tuple[int, dict[str, str]]]:
+    """Topics created with their own partition count and configuration: name -> (partitions, config)."""
+    return {kafka.topic_rules: (1, RULES_TOPIC_CONFIG)} if kafka.topic_rules else {}
 
 
 def create_topics(config: dict[str, Any], names: list[str], partitions: int, replication: int,
-                  timeout_s: float = CONNECT_TIMEOUT_S) -> dict[str, str]:
-    """Create the topics that do not exist yet; returns name -> 'created' | 'exists (N partitions)'."""
+                  timeout_s: float = CONNECT_TIMEOUT_S,
+                  special: Optional[dict[str, tuple[int, dict[str, str]]]] = None) -> dict[str, str]:
+    """Create the topics that do not exist yet; returns name -> 'created' | 'exists (N partitions)'.
+    ``special``: topics with their own (partitions, topic config)."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -113,7 +127,9 @@ def create_topics(config: dict[str, Any], names: list[str], partitions: int, rep
     result = {name: f"exists ({have[name]} partitions)" for name in names if name in have}
     missing = [name for name in names if name not in have]
     if missing:
-        futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=replication)
+        special = special or {}
+        futures = admin.create_topics([NewTopic(n, num_partitions=special.get(n, (partitions, {}))[0],
+                                                replication_factor=replication, config=special.get(n, (0, {}))[1])
                                        for n in missing], request_timeout=timeout_s)
         for name, future in futures.items():
             try:
@@ -127,29 +143,40 @@ def create_topics(config: dict[str, Any], names: list[str], partitions: int, rep
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    settings = _settings()
-    config = client_config(settings, args.brokers, ClientLog())
-    result = create_topics(config, topics_for(settings), args.partitions, args.replication, args.connect_timeout)
+    kafka = _settings()
+    config = client_config(kafka, args.brokers, ClientLog())
+    result = create_topics(config, topics_for(kafka), args.partitions, args.replication, args.connect_timeout,
+                           special_topics(kafka))
     for name, status in result.items():
         print(f"{name:20s} {status}")
     return 0
 
 
 # -- produce --------------------------------------------------------------------------------
+def feedback_path(prefix: str) -> str:
+    """PREFIX.feedback.jsonl if it exists (analysts' verdicts), else ""."""
+    path = f"{prefix}.feedback.jsonl"
+    return path if Path(path).is_file() else ""
+
+
 def merged_lines(prefix: str) -> Iterator[tuple[str, bytes, Optional[str]]]:
-    """(kind, raw line, account_id) from PREFIX.{transactions,labels}.jsonl in label-release order."""
-    from connectors.events import DeadLetter
+    """(kind, raw line, account_id) from PREFIX.{transactions,labels[,feedback]}.jsonl in
+    label-release order."""
+    from connectors.events import DeadLetter, Transaction, Verdict
     from connectors.files import read_events
 
-    tx_path, label_path = f"{prefix}.transactions.jsonl", f"{prefix}.labels.jsonl"
-    lines = {0: _raw_lines(tx_path), 1: _raw_lines(label_path)}
-    for event in read_events(tx_path, label_path):
+    tx_path, label_path, fb_path = f"{prefix}.transactions.jsonl", f"{prefix}.labels.jsonl", feedback_path(prefix)
+    paths = {tx_path: "transaction", label_path: "label", fb_path: "verdict"}
+    lines = {"transaction": _raw_lines(tx_path), "label": _raw_lines(label_path)}
+    if fb_path:
+        lines["verdict"] = _raw_lines(fb_path)
+    for event in read_events(tx_path, label_path, feedback_path=fb_path):
         if isinstance(event, DeadLetter):
-            stream = 0 if event.origin.source == tx_path else 1
-            yield ("transaction" if stream == 0 else "label"), next(lines[stream]), None
+            kind = paths[event.origin.source]
+            yield kind, next(lines[kind]), None
         else:
-            stream = 1 if hasattr(event, "is_fraud") else 0
-            yield ("transaction" if stream == 0 else "label"), next(lines[stream]), event.account_id
+            kind = "transaction" if type(event) is Transaction else "verdict" if type(event) is Verdict else "label"
+            yield kind, next(lines[kind]), event.account_id
 
 
 def _raw_lines(path: str) -> Iterator[bytes]:
@@ -235,9 +262,10 @@ def produce_files(config: dict[str, Any], prefix: str, topics: dict[str, str], r
         if topic not in have:
             raise _user_error(f"topic {topic!r} does not exist at {config['bootstrap.servers']}: "
                               "create the topics with `fraudflow topics create` first")
-    total = count_lines(f"{prefix}.transactions.jsonl", f"{prefix}.labels.jsonl")
+    fb_path = feedback_path(prefix)
+    total = count_lines(f"{prefix}.transactions.jsonl", f"{prefix}.labels.jsonl", *([fb_path] if fb_path else []))
     bar = ProgressBar(total, progress) if progress is not None else None
-    acked = {"transaction": 0, "label": 0}
+    acked = {kind: 0 for kind in topics}
     failed: list[str] = []
 
     def delivered(kind: str):
@@ -265,12 +293,12 @@ def produce_files(config: dict[str, Any], prefix: str, topics: dict[str, str], r
             while (ahead := sent / rate - (time.monotonic() - started)) > 0:
                 producer.poll(ahead)
         if bar is not None:
-            bar.update(acked["transaction"] + acked["label"])
+            bar.update(sum(acked.values()))
     while producer.flush(0.1 if bar is not None else 1.0):
         if bar is not None:
-            bar.update(acked["transaction"] + acked["label"])
+            bar.update(sum(acked.values()))
     if bar is not None:
-        bar.finish(acked["transaction"] + acked["label"])
+        bar.finish(sum(acked.values()))
     if failed:
         raise _user_error(f"{len(failed):,} of {sent:,} messages were not delivered (first: {failed[0]})")
     return acked
@@ -280,9 +308,13 @@ def cmd_produce(args: argparse.Namespace) -> int:
     for suffix in ("transactions", "labels"):
         if not Path(f"{args.prefix}.{suffix}.jsonl").is_file():
             raise _user_error(f"no such file: {args.prefix}.{suffix}.jsonl (write it with `fraudflow simulate`)")
-    settings = _settings()
-    topics = {"transaction": settings.kafka_topic_transactions, "label": settings.kafka_topic_labels}
-    counts = produce_files(client_config(settings, args.brokers, ClientLog()), args.prefix, topics, args.rate,
+    kafka = _settings()
+    topics = {"transaction": kafka.topic_transactions, "label": kafka.topic_labels}
+    if feedback_path(args.prefix):
+        if not kafka.topic_feedback:
+            raise _user_error(f"{feedback_path(args.prefix)} is there but FRAUDFLOW_KAFKA_TOPIC_FEEDBACK is empty")
+        topics["verdict"] = kafka.topic_feedback
+    counts = produce_files(client_config(kafka, args.brokers, ClientLog()), args.prefix, topics, args.rate,
                            progress=None if args.quiet else sys.stderr, timeout_s=args.connect_timeout)
     print(json.dumps({"produced": counts, "topics": topics}))
     return 0
@@ -312,10 +344,9 @@ def _show(value: Optional[bytes], readable_alert: bool) -> str:
 def cmd_tail(args: argparse.Namespace) -> int:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
-    settings = _settings()
-    topic = {"alerts": settings.kafka_topic_alerts, "dlq": settings.kafka_topic_dlq,
-             "scores": settings.kafka_topic_scores}[args.what]
-    config = client_config(settings, args.brokers, ClientLog())
+    kafka = _settings()
+    topic = {"alerts": kafka.topic_alerts, "dlq": kafka.topic_dlq, "scores": kafka.topic_scores}[args.what]
+    config = client_config(kafka, args.brokers, ClientLog())
     # Partitions are assigned, not subscribed: no consumer group (tansu stalls on group joins);
     # the group id is only a name librdkafka asks for, nothing is committed under it.
     consumer = _new_client(Consumer, {**config, "group.id": "fraudflow-tail", "enable.auto.commit": False,
@@ -375,8 +406,9 @@ def _client_args(p: argparse.ArgumentParser) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("topics", help="Kafka topics: create the ones the flow uses (idempotent)",
-                       description="Create the transactions, labels, alerts, dlq and scores topics (names from "
-                                   "FRAUDFLOW_KAFKA_TOPIC_*); existing topics are left as they are.")
+                       description="Create the transactions, labels, alerts, dlq, scores and feedback topics (names "
+                                   "from FRAUDFLOW_KAFKA_TOPIC_*), and the rules topic (compacted, one partition); "
+                                   "existing topics are left as they are.")
     p.add_argument("action", choices=["create"], help="what to do")
     p.add_argument("--partitions", type=positive_int, default=4, help="partitions per topic (default %(default)s)")
     p.add_argument("--replication", type=positive_int, default=1,
@@ -385,7 +417,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("produce", help="load files written by `fraudflow simulate` into the input topics",
-                       description="Produce PREFIX.transactions.jsonl and PREFIX.labels.jsonl to the input topics in "
+                       description="Produce PREFIX.transactions.jsonl and PREFIX.labels.jsonl (and PREFIX.feedback.jsonl, "
+                                   "analysts' verdicts, when present) to the input topics in "
                                    "label-release (event-time) order, keyed by account_id, with a progress bar on "
                                    "stderr. The topics must exist (`fraudflow topics create`).")
     p.add_argument("prefix", help="the --out prefix given to `fraudflow simulate`")

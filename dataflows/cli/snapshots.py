@@ -65,7 +65,7 @@ def _key() -> Optional[bytes]:
     from dataflows.settings import SettingsError
 
     try:
-        return signing_key(_settings())
+        return signing_key(_settings().snapshots)
     except SettingsError as exc:
         raise FraudflowError(str(exc)) from None
 

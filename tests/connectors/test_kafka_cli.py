@@ -28,7 +28,7 @@ UNREACHABLE = "127.0.0.1:9"  # the discard port: nothing listens, connections ar
 
 def fresh_topics() -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
-    return {name: f"{name}-{suffix}" for name in ("transactions", "labels", "alerts", "dlq", "scores")}
+    return {name: f"{name}-{suffix}" for name in ("transactions", "labels", "alerts", "dlq", "scores", "rules")}
 
 
 def cli_env(bootstrap: str, topics: dict[str, str], **more: str) -> dict[str, str]:
@@ -76,12 +76,13 @@ def test_topics_create_makes_every_topic_and_a_second_run_says_exists(broker) ->
         partitions = {t: consumer.partitions_for_topic(t) for t in topics.values()}
     finally:
         consumer.close()
-    assert partitions == {t: {0, 1, 2} for t in topics.values()}
+    # the rules topic has one partition (a handful of rules, every update in one order; decision 0055)
+    assert partitions == {t: {0} if name == "rules" else {0, 1, 2} for name, t in topics.items()}
 
     second = fraudflow("topics", "create", "--partitions", "3", env=env)
     assert second.returncode == 0, second.stderr
     assert dict(line.split(None, 1) for line in second.stdout.splitlines()) == {
-        t: "exists (3 partitions)" for t in topics.values()}
+        t: "exists (1 partitions)" if name == "rules" else "exists (3 partitions)" for name, t in topics.items()}
 
 
 def test_produce_lands_every_line_keyed_by_account_with_a_progress_bar(broker, sim: Path) -> None:

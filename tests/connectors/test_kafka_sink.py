@@ -156,7 +156,7 @@ def test_settings_reach_the_clients_they_are_for():
                                   "FRAUDFLOW_KAFKA_SCORES_LINGER_MS": "30",
                                   "FRAUDFLOW_KAFKA_OPT_SECURITY_PROTOCOL": "SASL_SSL",
                                   "FRAUDFLOW_KAFKA_OPT_ACKS": "all"})
-    source = kafka_source(settings)
+    source = kafka_source(settings.kafka)
 
     def options(config: dict) -> dict:  # every client also logs through Python logging (decision 0031)
         assert config["logger"].name == "connectors.kafka.librdkafka"
@@ -164,11 +164,11 @@ def test_settings_reach_the_clients_they_are_for():
 
     assert options(source.consumer_options) == {"fetch.wait.max.ms": "15", "security.protocol": "SASL_SSL"}
     assert options(source._add_config) == {"security.protocol": "SASL_SSL"}  # bytewax's admin client
-    alerts, dlq, scores = kafka_sinks(settings, process=1, processes=2, workers=4)
+    alerts, dlq, scores = kafka_sinks(settings.kafka, settings.outputs.emit_scores, process=1, processes=2, workers=4)
     for sink, linger in ((alerts, "2.0"), (dlq, "2.0"), (scores, "30.0")):
         assert sink.config["linger.ms"] == linger and sink.config["acks"] == "all"
         assert sink.config["security.protocol"] == "SASL_SSL" and "fetch.wait.max.ms" not in sink.config
         assert (sink.first_slot, sink.workers) == (2, 4)
     explicit = Settings.from_env({"FRAUDFLOW_KAFKA_OPT_FETCH_WAIT_MAX_MS": "7", "FRAUDFLOW_KAFKA_OPT_LINGER_MS": "9"})
-    assert kafka_source(explicit).consumer_options["fetch.wait.max.ms"] == "7"
-    assert kafka_sinks(explicit)[0].config["linger.ms"] == "9"
+    assert kafka_source(explicit.kafka).consumer_options["fetch.wait.max.ms"] == "7"
+    assert kafka_sinks(explicit.kafka)[0].config["linger.ms"] == "9"

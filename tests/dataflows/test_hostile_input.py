@@ -26,7 +26,7 @@ def _run(tmp_path: Path, tx_lines: list, label_lines: list, tag: str):
     label_path.write_bytes(b"\n".join(line if isinstance(line, bytes) else line.encode() for line in label_lines)
                            + b"\n")
     alerts, dlq, scores = [], [], []
-    parts = build_flow(Settings(progress=False, snapshot_dir="off"),
+    parts = build_flow(Settings().replace(progress=False, snapshot_dir="off"),
                        source=FileEventsSource(str(tx_path), str(label_path)),
                        alerts_sink=TestingSink(alerts), dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores))
     run_main(parts.flow)

@@ -124,8 +124,8 @@ def exported(tmp_path_factory):
     cut = cfg.start_ts + 40 * 86_400
     first = [e for e in events if e.event_ts < cut]
     later_txs = [e for e in events if e.event_ts >= cut and isinstance(e, Transaction)]
-    settings = Settings(progress=False, model_kind="logreg", snapshot_dir=str(out), snapshot_key=KEY,
-                        snapshot_interval_hours=240)
+    settings = Settings().replace(progress=False, model_kind="logreg", snapshot_dir=str(out), snapshot_key=KEY,
+                                  snapshot_interval_hours=240)
     parts, _ = _run(first, settings)
     (name, shard), = parts.stats.shard_items()
     return out, shard, later_txs, settings, parts
@@ -187,7 +187,7 @@ def test_warm_start_scores_like_the_original_model(exported):
     for s in scores:
         packed = loop.buckets[pending_key(loop.routes.keys[0], tx_ts[s.tx_id])].bucket.features[s.tx_id]
         x = dict(zip(FEATURE_NAMES, unpack(packed)))
-        rate = _sampling_rate(x["term_log_known_frauds_30d"], settings.negative_sampling)
+        rate = _sampling_rate(x["term_log_known_frauds_30d"], settings.model.negative_sampling)
         expected = _unsample(original.model.predict_proba_one(x).get(True, 0.0), rate)
         # the same model; the flow scored float64 features, the loop kept them as float32
         assert s.score == pytest.approx(expected, rel=1e-5, abs=2e-6)

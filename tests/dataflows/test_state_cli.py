@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
 
@@ -46,9 +45,8 @@ def recovered(tmp_path_factory) -> tuple[Path, list]:
     directory = tmp_path_factory.mktemp("recovery")
     init_db_dir(directory, 1)
     alerts, dlq, scores = [], [], []
-    settings = Settings(progress=False)
-    if "snapshot_dir" in {f.name for f in fields(Settings)}:
-        settings = settings.replace(snapshot_dir="off")  # no model exports: only the recovery store matters here
+    # no model exports: only the recovery store matters here
+    settings = Settings().replace(progress=False, snapshot_dir="off")
     here = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("cwd"))  # whatever the flow writes by default stays out of the repository
     try:

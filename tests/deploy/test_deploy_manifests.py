@@ -221,10 +221,10 @@ def test_container_environment_is_accepted_by_the_flow_and_the_entrypoint(render
             dummy.write_text("not-a-real-secret\n")
             env[name] = str(dummy)
     settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("FRAUDFLOW_")})
-    assert settings.source == "kafka" and settings.model_shards == int(env["FRAUDFLOW_MODEL_SHARDS"])
-    assert settings.metrics_port == 9464
-    assert settings.kafka_options["security.protocol"] == "SASL_SSL"
-    assert settings.kafka_options["sasl.password"] == "not-a-real-secret"
+    assert settings.input.source == "kafka" and settings.model.shards == int(env["FRAUDFLOW_MODEL_SHARDS"])
+    assert settings.ops.metrics_port == 9464
+    assert settings.kafka.options["security.protocol"] == "SASL_SSL"
+    assert settings.kafka.options["sasl.password"] == "not-a-real-secret"
     replicas = rendered.statefulset["spec"]["replicas"]
     (tmp_path / "recovery").mkdir()
     plan = plan_from_env({**env, "POD_NAME": f"fraudflow-{replicas - 1}", "POD_NAMESPACE": "fraudflow",

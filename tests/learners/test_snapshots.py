@@ -18,7 +18,7 @@ import pytest
 from matplotlib.image import imread
 
 from dataflows.exports import make_exporter, signing_key
-from dataflows.settings import Settings, SettingsError
+from dataflows.settings import Settings, SettingsError, SnapshotSettings
 from learners import snapshot_format as fmt
 from learners import snapshot_render as render
 from learners.features import FEATURE_NAMES
@@ -209,7 +209,8 @@ def test_missing_binary_and_unreadable_or_foreign_json(export, tmp_path):
 # -- unsigned exports ----------------------------------------------------------------------
 def test_unsigned_exports_are_written_with_one_warning_and_never_load(tmp_path, logreg, caplog):
     with caplog.at_level(logging.WARNING):
-        assert make_exporter(Settings(snapshot_dir=str(tmp_path)), lambda: None) is not None  # the flow's start-up
+        # the flow's start-up
+        assert make_exporter(Settings().replace(snapshot_dir=str(tmp_path)), lambda: None) is not None
         first = write_export(tmp_path, _document(logreg), logreg, None)
         write_export(tmp_path, _document(logreg, last_ts=T0 + 86_400), logreg, None)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -257,7 +258,7 @@ def test_bad_shard_or_reason_is_refused(tmp_path, logreg):
 # -- the key -------------------------------------------------------------------------------
 def test_signing_key_from_the_settings(tmp_path):
     def key(**env: str):
-        return signing_key(Settings.from_env({f"FRAUDFLOW_{k}": v for k, v in env.items()}))
+        return signing_key(Settings.from_env({f"FRAUDFLOW_{k}": v for k, v in env.items()}).snapshots)
 
     assert key() is None
     key_file = tmp_path / "key"
@@ -269,7 +270,7 @@ def test_signing_key_from_the_settings(tmp_path):
     with pytest.raises(SettingsError, match="FRAUDFLOW_SNAPSHOT_KEY_FILE: no such file"):
         key(SNAPSHOT_KEY_FILE=str(tmp_path / "nope"))
     with pytest.raises(SettingsError, match="FRAUDFLOW_SNAPSHOT_KEY_FILE: cannot read"):
-        signing_key(Settings(snapshot_key_file=str(tmp_path / "nope")))  # gone after the settings were read
+        signing_key(SnapshotSettings(key_file=str(tmp_path / "nope")))  # gone after the settings were read
     with pytest.raises(SettingsError, match="FRAUDFLOW_SNAPSHOT_KEY: .*at least 16") as info:
         key(SNAPSHOT_KEY="hunter2")
     assert "hunter2" not in str(info.value)

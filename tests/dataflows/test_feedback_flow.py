@@ -1,0 +1,160 @@
+"""Analysts' verdicts through the real flow: no look-ahead, no double counting, the
+``investigate`` command and the loop in ``replay --analysts``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from bytewax.testing import TestingSink, run_main
+
+from connectors.events import Label, Transaction, Verdict
+from connectors.simulator import SimulatorConfig, simulate
+from connectors.sources import EventListSource
+from dataflows.fraud import build_flow
+from dataflows.settings import Settings
+from tests.dataflows.test_cli import fraudflow
+
+DAY = 86_400.0
+TINY = SimulatorConfig(customers=200, terminals=400, days=28, seed=11)
+
+
+@pytest.fixture(scope="module")
+def tiny_stream():
+    truth: dict = {}
+    return list(simulate(TINY, truth=truth)), truth
+
+
+def _run(events):
+    alerts, dlq, scores = [], [], []
+    parts = build_flow(Settings().replace(progress=False, snapshot_dir="off"), source=EventListSource(events),
+                       alerts_sink=TestingSink(alerts), dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores),
+                       shards=1)
+    run_main(parts.flow)
+    return {s.tx_id: s.score for s in scores}, dlq, parts.stats.counts()
+
+
+def _in_order(events):
+    kind = {Verdict: 0, Label: 1, Transaction: 2}
+    return sorted(events, key=lambda e: (e.event_ts, kind[type(e)]))
+
+
+def test_verdicts_never_change_the_score_of_an_earlier_transaction(tiny_stream):
+    """Wrong verdicts (legitimate transactions called fraud) all dated at V, fed before every
+    transaction: scores before V are unchanged, scores after V move (they were learned), and
+    the later chargebacks of those transactions are neither learned again nor dead letters."""
+    events, truth = tiny_stream
+    txs = [e for e in events if type(e) is Transaction]
+    v_ts = txs[len(txs) // 2].event_ts
+    chosen = [t for t in txs if t.event_ts < v_ts - DAY and not truth[t.tx_id].is_fraud][-300:]
+    verdicts = [Verdict(f"a-{t.tx_id}", t.tx_id, t.account_id, v_ts, True) for t in chosen]
+    base, base_dlq, base_counts = _run(events)
+    fed, dlq, counts = _run(verdicts + events)
+    assert base_dlq == [] and dlq == []
+    before = [t.tx_id for t in txs if t.event_ts <= v_ts]
+    after = [t.tx_id for t in txs if t.event_ts > v_ts + 2 * 3600]
+    assert all(fed[tx_id] == base[tx_id] for tx_id in before)
+    changed = sum(fed[tx_id] != base[tx_id] for tx_id in after)
+    assert changed > len(after) // 2, f"only {changed} of {len(after)} later scores moved: verdicts not learned?"
+    assert counts["feedback"]["verdicts"] == len(verdicts)
+    # each chosen transaction's chargeback ("legitimate", 7 days later) came and was dropped
+    labelled = {e.tx_id for e in events if type(e) is Label}
+    assert counts["feedback"]["labels_duplicate"] == sum(t.tx_id in labelled for t in chosen) > 0
+
+
+def test_a_chargeback_for_an_answered_transaction_is_learned_once(tiny_stream):
+    """Verdicts that agree with the later chargebacks: every label reaches the model once and
+    every fraud is learned once, as without them; nothing is dead. (Legitimate examples are
+    sampled by their features too, and fraud verdicts change terminal risk earlier: so the
+    count of learned legitimate examples is compared with legitimate verdicts only.)"""
+    events, truth = tiny_stream
+    labels = {e.tx_id: e for e in events if type(e) is Label}
+    txs = [e for e in events if type(e) is Transaction and e.tx_id in labels]
+    chosen = [t for t in txs if truth[t.tx_id].is_fraud][:150] + [t for t in txs if not truth[t.tx_id].is_fraud][:150]
+    verdicts = [Verdict(f"a-{t.tx_id}", t.tx_id, t.account_id, t.event_ts + 4 * 3600, truth[t.tx_id].is_fraud)
+                for t in chosen]
+    _, _, base = _run(events)
+    _, dlq, fed = _run(_in_order(verdicts + events))
+    assert dlq == []
+    assert fed["feedback"] == {"verdicts": 300, "labels_duplicate": 300, "labels_overturning_verdict": 0}
+    assert fed["frauds_learned"] == base["frauds_learned"]
+    assert fed["labels_received"] == base["labels_received"]
+    _, dlq, legit_only = _run(_in_order(verdicts[150:] + events))
+    assert dlq == [] and legit_only["feedback"]["labels_duplicate"] == 150
+    assert (legit_only["labels_learned"], legit_only["frauds_learned"]) == (base["labels_learned"],
+                                                                            base["frauds_learned"])
+
+
+# -- the command line ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    out = tmp_path_factory.mktemp("feedback")
+    proc = fraudflow("simulate", "--out", str(out / "s"), "--customers", "200", "--terminals", "400", "--days", "28",
+                     "--seed", "11", cwd=out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_investigate_answers_within_capacity_after_the_delay_with_the_truth(recorded):
+    out = recorded
+    env = {"FRAUDFLOW_SNAPSHOT_DIR": "off"}
+    proc = fraudflow("replay", "s.transactions.jsonl", "s.labels.jsonl", "--alerts", "plain.alerts.jsonl",
+                     "--dlq", "plain.dlq.jsonl", "-q", cwd=out, env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = fraudflow("investigate", "plain.alerts.jsonl", "--labels", "s.labels.jsonl", "--out", "v.jsonl",
+                     "--capacity", "3", "--delay-hours", "6", "--json", cwd=out)
+    assert proc.returncode == 0, proc.stderr
+    assert "verdicts on" in proc.stderr and "cards/day" in proc.stderr
+    verdicts = _lines(out / "v.jsonl")
+    alerts = {a["alert_id"]: a for a in _lines(out / "plain.alerts.jsonl")}
+    frauds = {d["tx_id"] for d in _lines(out / "s.labels.jsonl") if d["is_fraud"]}
+    from learners.analysts import _ts
+
+    per_day: dict[str, int] = {}
+    for v in verdicts:
+        alert = alerts[v["alert_id"]]
+        assert _ts(v["ts"]) == _ts(alert["ts"]) + 6 * 3600
+        assert (v["verdict"] == "fraud") == (v["tx_id"] in frauds)
+        per_day[alert["ts"][:10]] = per_day.get(alert["ts"][:10], 0) + 1
+    assert max(per_day.values()) == 3 and len(verdicts) < len(alerts)
+    assert [v["ts"] for v in verdicts] == sorted(v["ts"] for v in verdicts)
+    assert json.loads(proc.stdout)["verdicts"] == len(verdicts)
+    # the verdicts file goes back into a replay (--feedback) and is learned
+    proc = fraudflow("replay", "s.transactions.jsonl", "s.labels.jsonl", "--feedback", "v.jsonl", "--alerts",
+                     "fb.alerts.jsonl", "--dlq", "fb.dlq.jsonl", cwd=out, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"analysts' verdicts    {len(verdicts):>12,}" in proc.stderr
+    assert (out / "fb.dlq.jsonl").read_text() == ""
+
+
+def test_replay_with_analysts_in_the_loop_is_deterministic_and_learns(recorded):
+    out = recorded
+    env = {"FRAUDFLOW_SNAPSHOT_DIR": "off"}
+    runs = []
+    for name in ("a", "b"):
+        proc = fraudflow("replay", "s.transactions.jsonl", "s.labels.jsonl", "--analysts", "--capacity", "10",
+                         "--delay-hours", "4", "--scores", f"{name}.scores.jsonl", "--alerts", f"{name}.alerts.jsonl",
+                         "--dlq", f"{name}.dlq.jsonl", "--verdicts", f"{name}.verdicts.jsonl", cwd=out, env=env)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(proc.stderr)
+    assert sorted((out / "a.scores.jsonl").read_bytes().splitlines()) == \
+        sorted((out / "b.scores.jsonl").read_bytes().splitlines())
+    assert (out / "a.verdicts.jsonl").read_bytes() == (out / "b.verdicts.jsonl").read_bytes()
+    verdicts = _lines(out / "a.verdicts.jsonl")
+    assert len(verdicts) > 20 and (out / "a.dlq.jsonl").read_text() == ""
+    plain = fraudflow("replay", "s.transactions.jsonl", "s.labels.jsonl", "--scores", "p.scores.jsonl",
+                      "--alerts", "p.alerts.jsonl", "--dlq", "p.dlq.jsonl", cwd=out, env=env)
+    assert plain.returncode == 0, plain.stderr
+
+    def learned(stderr: str) -> int:
+        line = next(x for x in stderr.splitlines() if "labels received" in x)
+        return int(line.split("learned from ")[1].split(":")[0].replace(",", ""))
+
+    # verdicts teach the model frauds days before their chargebacks: more examples by the end
+    assert learned(runs[0]) > learned(plain.stderr)
+    assert f"analysts' verdicts    {len(verdicts):>12,}" in runs[0]
