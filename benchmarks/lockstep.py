@@ -107,8 +107,10 @@ else:
             return Paced(self.inner.build_part(step_id, for_part, resume_state))
 
     alerts, dlq, scores = [], [], []
-    settings = Settings(progress=False, model_kind=c.DEFAULT_MODEL, snapshot_dir="off",
-                        snapshot_key="benchmark-signing-key-0123456789")
+    fields = dict(progress=False, model_kind=c.DEFAULT_MODEL, snapshot_dir="off",
+                  snapshot_key="benchmark-signing-key-0123456789")
+    # Settings in sections take the flat names through replace(); older checkouts, the constructor
+    settings = Settings().replace(**fields) if hasattr(Settings, "replace") else Settings(**fields)
     parts = build_flow(settings, source=PacedSource(EventListSource(events)), alerts_sink=TestingSink(alerts),
                        dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores), shards=1)
 
