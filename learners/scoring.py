@@ -297,20 +297,23 @@ class ModelShard:
     def on_transaction(self, tx: Any, features: tuple[float, ...], part: int = 0) -> Scored:
         """Score ``tx`` with the version its event time allows; keep its features for its label."""
         event_ts = tx.event_ts
-        self.learner.heard(part, event_ts)
+        learner = self.learner
+        learner.heard(part, event_ts)
         version = self._version_for(event_ts)
         cfg = self.config
         x = dict(zip(FEATURE_NAMES, features))
         if version.supervised:
             model, rate = version.model, _sampling_rate(features[_FRAUD_TERMINAL_INDEX], cfg.negative_sampling)
-
-            def scorer(z: dict, model=model, rate=rate) -> float:
-                return _unsample(model.predict_proba_one(z).get(True, 0.0), rate)
-
-            score = scorer(x)
-            threshold, name = self.alert_threshold.value, cfg.model_name
+            score = _unsample(model.predict_proba_one(x).get(True, 0.0), rate)
+            alert_threshold = self.alert_threshold
+            threshold, name = alert_threshold.value, cfg.model_name
             candidate = score >= threshold
-            self.alert_threshold.observe(event_ts, score)
+            if alert_threshold.adaptive:
+                alert_threshold.observe(event_ts, score)
+            if candidate:  # the reasons score variations of x the same way
+
+                def scorer(z: dict, model=model, rate=rate) -> float:
+                    return _unsample(model.predict_proba_one(z).get(True, 0.0), rate)
         else:
             model = version.detector
             x = {name: x[name] for name in ANOMALY_FEATURES}
@@ -321,14 +324,17 @@ class ModelShard:
         if candidate:
             means = dict(zip(FEATURE_NAMES, self.means))
             reasons = reasons_for(model, x, scorer, top=cfg.reasons, means=means)
-        hooks = self.learner.hooks
+        hooks = learner.hooks
+        cold = self.cold_start
         if not self.supervised or (hooks is not None and hooks.wants_unlabelled):
-            self.cold_start.hold(event_ts, tx.tx_id, pack(features), score)
-        else:
-            self.cold_start.drop()
+            cold.hold(event_ts, tx.tx_id, pack(features), score)
+        elif cold.unlearned:
+            cold.drop()
         self.counts["scored"] += 1
-        self.first_ts = min(self.first_ts, event_ts)
-        self.last_ts = max(self.last_ts, event_ts)
+        if event_ts < self.first_ts:
+            self.first_ts = event_ts
+        if event_ts > self.last_ts:
+            self.last_ts = event_ts
         return Scored(tx, score, threshold, name, reasons, candidate, features)
 
     def on_batch(self, messages: list, on_error: Optional[Callable[[Any, Exception], Any]] = None) -> list:
@@ -341,18 +347,20 @@ class ModelShard:
         that raises is passed to ``on_error(message, exc)``, whose result takes its place in the
         output (without it, the exception propagates).
         """
-        messages.sort(key=_event_order)
+        if len(messages) > 1:
+            messages.sort(key=_event_order)
         self.learner.now = time.monotonic()
         if self.export_requested:
             self.export("on_demand")
         out: list = []
+        on_transaction, on_example = self.on_transaction, self.on_example
         for m in messages:
             try:
                 kind = type(m)
                 if kind is FeaturedTransaction:
-                    out.append(self.on_transaction(m.tx, m.features, m.part))
+                    out.append(on_transaction(m.tx, m.features, m.part))
                 elif kind is LabelledExample:
-                    self.on_example(m.tx_id, m.label_ts, m.is_fraud, m.packed, m.copy)
+                    on_example(m.tx_id, m.label_ts, m.is_fraud, m.packed, m.copy)
                 elif kind is UnsampledCount:
                     self.on_unsampled(m.received, m.implicit)
                 else:

@@ -112,9 +112,13 @@ class Routes:
         self.config = config
         self.keys = tuple(shard_keys)
         self.index = {key: i for i, key in enumerate(self.keys)}
+        # per message: looked up once here (decision 0061)
+        self._shards = config.shards
+        self._copies = config.shard_examples == "all" and config.shards > 1
 
     def shard(self, account_id: str) -> str:
-        return self.keys[shard_for(account_id, self.config.shards)]
+        shards = self._shards
+        return self.keys[shard_for(account_id, shards) if shards > 1 else 0]
 
     @staticmethod
     def to_terminal(m: Any) -> bool:
@@ -139,7 +143,7 @@ class Routes:
         decision 0018)."""
         own = bucket_key.split("/", 1)[0]
         out = [(own, m)]
-        if type(m) is LabelledExample:
+        if self._copies and type(m) is LabelledExample:
             others = self.copies_to(self.index[own], m)
             if others:
                 copy = LabelledExample(m.tx_id, m.label_ts, m.is_fraud, m.packed, True)
@@ -301,12 +305,16 @@ class AccountStage(Stage):
         self.config = config
         self.stats = stats
         self.event_time = event_time
+        model = config.model  # what every transaction needs, looked up once
+        self._retention_s = config.retention_s
+        self._infer_negatives = model.label_mode == "frauds"
+        self._orphan_wait_s = model.allowed_lateness_s
 
     def _joined(self, joined: JoinedLabel, out: list, origin: Optional[Origin] = None) -> None:
         if joined.release:
             out.append(joined)
             return
-        if stamped_before_transaction(joined):
+        if joined.label_ts < joined.tx_ts:  # stamped_before_transaction
             out.append(DeadLetter(encode(_joined_doc(joined)), _before_reason(joined.label_ts, joined.tx_ts),
                                   origin or _NO_ORIGIN, step="account_profile", category="bad_timestamp"))
             return
@@ -326,39 +334,40 @@ class AccountStage(Stage):
         return DeadLetter(raw, f"label for a transaction this flow never saw ({why})", where,
                           step="account_profile", category="unknown_transaction")
 
-    def _one(self, part: int, event: Any, out: list) -> None:
-        profile, config = self.profile, self.config
-        if type(event) is Transaction:
-            features, joined, expired = profile.on_transaction(
-                event, config.retention_s, infer_negatives=config.model.label_mode == "frauds",
-                orphan_wait_s=config.model.allowed_lateness_s)
-            out.append(FeaturedTransaction(event, features, part))
-            for j in joined:
-                self._joined(j, out)
-            for orphan in expired:
-                out.append(self._orphan_dead_letter(orphan, "by its ts plus one learning step of event time",
-                                                    event if orphan[0] == event.tx_id else None))
-        else:
-            verdict = type(event) is Verdict
-            if profile.verdicts and profile.verdict_for(event.tx_id) is not None:
-                # an analyst answered this transaction already (decision 0050)
-                kind, j = profile.settle(event.tx_id, event.event_ts, event.is_fraud, event.account_id, verdict)
-                self.stats.feedback("labels_overturning_verdict" if kind == "overturned" else "labels_duplicate")
-                if j is not None:
-                    self._joined(j, out, event.origin)
-                return
-            if verdict:
-                self.stats.feedback("verdicts")
-            j = profile.join_label(event.tx_id, event.event_ts, event.is_fraud, event.account_id,
-                                   _origin_tuple(event.origin), verdict)
+    def _label(self, event: Any, out: list) -> None:
+        """A label or an analyst's verdict."""
+        profile = self.profile
+        verdict = type(event) is Verdict
+        if profile.verdicts and profile.verdict_for(event.tx_id) is not None:
+            # an analyst answered this transaction already (decision 0050)
+            kind, j = profile.settle(event.tx_id, event.event_ts, event.is_fraud, event.account_id, verdict)
+            self.stats.feedback("labels_overturning_verdict" if kind == "overturned" else "labels_duplicate")
             if j is not None:
                 self._joined(j, out, event.origin)
+            return
+        if verdict:
+            self.stats.feedback("verdicts")
+        j = profile.join_label(event.tx_id, event.event_ts, event.is_fraud, event.account_id,
+                               _origin_tuple(event.origin), verdict)
+        if j is not None:
+            self._joined(j, out, event.origin)
 
     def on_batch(self, messages: list) -> list:
         out: list = []
+        on_transaction, retention_s, infer, orphan_wait_s = (self.profile.on_transaction, self._retention_s,
+                                                             self._infer_negatives, self._orphan_wait_s)
         for part, event in messages:
             try:
-                self._one(part, event, out)
+                if type(event) is Transaction:
+                    features, joined, expired = on_transaction(event, retention_s, infer, orphan_wait_s)
+                    out.append(FeaturedTransaction(event, features, part))
+                    for j in joined:
+                        self._joined(j, out)
+                    for orphan in expired:
+                        out.append(self._orphan_dead_letter(orphan, "by its ts plus one learning step of event time",
+                                                            event if orphan[0] == event.tx_id else None))
+                else:
+                    self._label(event, out)
             except Exception as exc:
                 out.append(failure_of("account_profile", exc, event))
         return out
@@ -428,14 +437,21 @@ class PendingStage(Stage):
         self.bucket = PendingBucket(state)
         self.config = config
         self.stats = stats
-        self._touched = datetime.now(timezone.utc)  # restored buckets get the full grace too
+        self._rate = config.model.negative_sampling
+        self._frauds_feed = config.model.label_mode == "frauds"  # learn_at differs from label_ts only there
+        # Wall clock (POSIX s) of the last batch; restored buckets get the full grace too. The
+        # datetime bytewax wants is built in notify_at, and only when a second has passed.
+        self._touched = time.time()
+        self._forget_at: Optional[datetime] = None
+        self._forget_base = -math.inf
         stats.awaiting(len(self.bucket.features))
 
     def on_batch(self, messages: list) -> list:
         out: list = []
         bucket = self.bucket
         before = len(bucket.features)
-        rate, unsampled, implicit = self.config.model.negative_sampling, 0, 0
+        rate, unsampled, implicit = self._rate, 0, 0
+        frauds_feed = self._frauds_feed
         for m in messages:
             try:
                 if type(m) is FeaturedTransaction:
@@ -444,7 +460,8 @@ class PendingStage(Stage):
                     bucket.release(m.tx_id)
                     continue
                 else:
-                    examples = bucket.label(m.tx_id, learn_at(m, self.config), m.is_fraud, m.keep)
+                    examples = bucket.label(m.tx_id, learn_at(m, self.config) if frauds_feed else m.label_ts,
+                                            m.is_fraud, m.keep)
             except Exception as exc:
                 out.append(failure_of("await_labels", exc, m))
                 continue
@@ -456,13 +473,20 @@ class PendingStage(Stage):
                     implicit += example.is_fraud is None
         if unsampled:
             out.append(UnsampledCount(unsampled, implicit))
-        self._touched = datetime.now(timezone.utc)
-        self.stats.awaiting(len(bucket.features) - before)
+        self._touched = time.time()
+        after = len(bucket.features)
+        if after != before:
+            self.stats.awaiting(after - before)
         self.done = bucket.empty
         return out
 
     def notify_at(self) -> Optional[datetime]:
-        return self._touched + self.FORGET_AFTER
+        """``FORGET_AFTER`` after the last batch (up to a second later: the datetime is made
+        again only when the last batch is a second past the one it was made for)."""
+        if self._touched > self._forget_base:
+            base = self._forget_base = math.ceil(self._touched)
+            self._forget_at = datetime.fromtimestamp(base, timezone.utc) + self.FORGET_AFTER
+        return self._forget_at
 
     def on_notify(self) -> list:
         self.stats.unmatched(len(self.bucket.features) + len(self.bucket.orphans))
@@ -489,6 +513,11 @@ class ShardStage(Stage):
         self.stats = stats
         self.name_of = name_of
         self.publish = publish
+        self.failures = 0  # messages the shard raised on (dead letters)
+
+    def _failed(self, m: Any, exc: Exception) -> DeadLetter:
+        self.failures += 1
+        return failure_of("score_then_learn", exc, m)
 
     def on_batch(self, messages: list) -> list:
         shard = self.shard
@@ -496,17 +525,11 @@ class ShardStage(Stage):
             first = next((m for m in messages if type(m) is FeaturedTransaction), None)
             if first is not None:
                 shard.name = self.name_of(first.tx.account_id)
-        failed = 0
-
-        def on_error(m: Any, exc: Exception) -> DeadLetter:
-            nonlocal failed
-            failed += 1
-            return failure_of("score_then_learn", exc, m)
-
-        out = shard.on_batch(messages, on_error=on_error)
+        failures = self.failures
+        out = shard.on_batch(messages, on_error=self._failed)
         if self.publish is not None:
             self.publish(shard.clocks)
-        self.stats.scored([s for s in out if type(s) is not DeadLetter] if failed else out, shard)
+        self.stats.scored([s for s in out if type(s) is not DeadLetter] if self.failures != failures else out, shard)
         return out
 
     def on_eof(self) -> list:
