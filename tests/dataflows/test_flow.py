@@ -15,6 +15,7 @@ from connectors.sources import EventListSource
 from dataflows.fraud import build_flow, pipeline_config
 from dataflows.settings import Settings
 from learners.evaluation import average_precision, roc_auc
+from learners.pipeline import SequentialPipeline
 
 DAY = 86_400
 
