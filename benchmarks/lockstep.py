@@ -109,6 +109,8 @@ else:
     alerts, dlq, scores = [], [], []
     fields = dict(progress=False, model_kind=c.DEFAULT_MODEL, snapshot_dir="off",
                   snapshot_key="benchmark-signing-key-0123456789")
+    if os.environ.get("LOCKSTEP_RULES_FILE"):  # --new-rules: this side runs with a rule book
+        fields["rules_file"] = os.environ["LOCKSTEP_RULES_FILE"]
     # Settings in sections take the flat names through replace(); older checkouts, the constructor
     settings = Settings().replace(**fields) if hasattr(Settings, "replace") else Settings(**fields)
     parts = build_flow(settings, source=PacedSource(EventListSource(events)), alerts_sink=TestingSink(alerts),
@@ -139,8 +141,10 @@ def _python(checkout: Path) -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-def _round(old: Path, new: Path, func: str, days: int, slice_s: float, old_first: bool) -> dict[str, dict]:
-    """Both checkouts at once, in turns; the first to go is ``old`` if ``old_first``."""
+def _round(old: Path, new: Path, func: str, days: int, slice_s: float, old_first: bool,
+           new_rules: str = "") -> dict[str, dict]:
+    """Both checkouts at once, in turns; the first to go is ``old`` if ``old_first``; the new one
+    with the rules file ``new_rules`` (the dataflow)."""
     a_r, b_w = os.pipe()  # b hands the token to a
     b_r, a_w = os.pipe()  # a hands it to b
     ready_r, ready_w = os.pipe()
@@ -149,7 +153,9 @@ def _round(old: Path, new: Path, func: str, days: int, slice_s: float, old_first
         procs[name] = subprocess.Popen(
             [_python(checkout), "-c", _CHILD, func, str(days), str(slice_s), str(r_fd), str(w_fd), str(ready_w)],
             cwd=checkout, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=(r_fd, w_fd, ready_w), env={**os.environ, "PYTHONPATH": str(checkout)})
+            pass_fds=(r_fd, w_fd, ready_w),
+            env={**os.environ, "PYTHONPATH": str(checkout),
+                 **({"LOCKSTEP_RULES_FILE": new_rules} if name == "new" and new_rules else {})})
     os.close(a_r), os.close(b_r), os.close(ready_w)
     ready = b""
     while len(ready) < 2:  # both set up (an empty read: one died; its error shows below)
@@ -180,14 +186,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--slice", type=float, default=0.25, help="CPU seconds of a turn")
     parser.add_argument("--name", default="lockstep", help="result file benchmarks/results/NAME.json")
+    parser.add_argument("--new-rules", default="", metavar="FILE",
+                        help="the new side's flow runs with these rules (OLD and NEW may be the same checkout: "
+                             "the cost of a rule book)")
     args = parser.parse_args(argv)
     funcs = args.func or ["dataflow", "bare_loop"]
-    result: dict[str, Any] = {"old": str(args.old), "new": str(args.new), "rounds": args.rounds, "days": args.days,
+    result: dict[str, Any] = {"old": str(args.old), "new": str(args.new), "new_rules": args.new_rules,
+                              "rounds": args.rounds, "days": args.days,
                               "slice_s": args.slice, "unit": "events per CPU second (user + system)"}
     for func in funcs:
         rows: dict[str, list] = {"old": [], "new": [], "ratio": []}
         for r in range(args.rounds):
-            got = _round(args.old.resolve(), args.new.resolve(), func, args.days, args.slice, old_first=r % 2 == 0)
+            got = _round(args.old.resolve(), args.new.resolve(), func, args.days, args.slice, old_first=r % 2 == 0,
+                         new_rules=str(Path(args.new_rules).resolve()) if args.new_rules else "")
             assert got["old"]["transactions"] == got["new"]["transactions"], got
             for name in ("old", "new"):
                 rows[name].append(got[name]["events_per_cpu_s"])
