@@ -23,11 +23,14 @@ def _fraud_ids(labels_path: str) -> set[str]:
     return {r[0] for r in _read_jsonl(labels_path, lambda d: (d["tx_id"],) if d.get("is_fraud") is True else None)}
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, share: bool = False) -> str:
+    """A table cell: ``share`` values as percentages, other floats with one decimal."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if share:
+        return f"{value:.0%}"
     if isinstance(value, float):
-        return f"{value:.0%}" if value <= 1 else f"{value:,.1f}"
+        return f"{value:,.1f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
@@ -42,7 +45,7 @@ def _table(result: dict[str, Any]) -> str:
                          ""))
             continue
         rows.append((s["rule"], s["action"], _cell(s["alerts"]), _cell(s["alerts_per_day"]),
-                     _cell(s["max_alerts_per_day"]), _cell(s["cards"]), _cell(s["frauds"]), _cell(s["precision"]),
+                     _cell(s["max_alerts_per_day"]), _cell(s["cards"]), _cell(s["frauds"]), _cell(s["precision"], share=True),
                      _cell(s["overlap_with_model"]) if s["rule"] != "model" else "",
                      _cell(s["new_alerts"]) if s["rule"] != "model" else ""))
     widths = [max(len(r[i]) for r in rows if not (r[1] == "allow" and i == 2)) for i in range(len(head))]
