@@ -162,9 +162,10 @@ def test_investigate_answers_within_capacity_after_the_delay_with_the_truth(reco
     assert (out / "fb.dlq.jsonl").read_text() == ""
 
 
-def test_replay_with_analysts_in_the_loop_is_deterministic_and_learns(recorded):
-    """``replay --analysts`` (a subprocess) and the same loop in this process give the same
-    scores and verdicts, and the loop learns more than the plain replay."""
+def test_replay_with_analysts_in_the_loop_is_deterministic_and_learns(recorded, small_stream):
+    """``replay --analysts`` (a subprocess), the same loop in this process, and the loop over
+    the stream as a list (``EventListSource`` with a desk: what ``benchmarks.feedback`` runs)
+    give the same scores and verdicts, and the loop learns more than the plain replay."""
     from dataflows.cli.replay import _write_verdicts
     from learners.analysts import AnalystConfig, AnalystDesk, read_frauds
 
@@ -180,6 +181,14 @@ def test_replay_with_analysts_in_the_loop_is_deterministic_and_learns(recorded):
     assert sorted((out / "a.scores.jsonl").read_bytes().splitlines()) == \
         sorted((out / "b.scores.jsonl").read_bytes().splitlines())
     assert (out / "a.verdicts.jsonl").read_bytes() == (out / "b.verdicts.jsonl").read_bytes()
+    listed = AnalystDesk(AnalystConfig(10, 4 * 3600.0), read_frauds(str(out / "s.labels.jsonl")))
+    scores: list = []
+    parts = build_flow(Settings(progress=False, snapshot_dir="off"), source=EventListSource(small_stream[0], desk=listed),
+                       alerts_sink=TestingSink([]), dlq_sink=TestingSink([]), scores_sink=TestingSink(scores),
+                       shards=1, desk=listed)
+    run_main(parts.flow)
+    assert sorted(encode(s) for s in scores) == sorted((out / "b.scores.jsonl").read_bytes().splitlines())
+    assert listed.answered == desk.answered
     verdicts = _lines(out / "a.verdicts.jsonl")
     assert len(verdicts) > 20 and (out / "a.dlq.jsonl").read_text() == ""
     assert f"analysts' verdicts    {len(verdicts):>12,}" in proc.stderr
