@@ -111,7 +111,7 @@ def _write_files(events, prefix: Path) -> None:
 def _replay_in_process(out: Path, name: str, desk=None):
     """What ``fraudflow replay s.transactions.jsonl s.labels.jsonl --scores/--alerts/--dlq NAME.*``
     runs (``--analysts`` with a desk), in this process; the run's counts."""
-    settings = Settings(progress=False, snapshot_dir="off").replace(
+    settings = Settings().replace(progress=False, snapshot_dir="off").replace(
         source="files", transactions_file=str(out / "s.transactions.jsonl"), labels_file=str(out / "s.labels.jsonl"),
         alerts=str(out / f"{name}.alerts.jsonl"), dlq=str(out / f"{name}.dlq.jsonl"),
         scores=str(out / f"{name}.scores.jsonl"))
@@ -183,7 +183,7 @@ def test_replay_with_analysts_in_the_loop_is_deterministic_and_learns(recorded, 
     assert (out / "a.verdicts.jsonl").read_bytes() == (out / "b.verdicts.jsonl").read_bytes()
     listed = AnalystDesk(AnalystConfig(10, 4 * 3600.0), read_frauds(str(out / "s.labels.jsonl")))
     scores: list = []
-    parts = build_flow(Settings(progress=False, snapshot_dir="off"), source=EventListSource(small_stream[0], desk=listed),
+    parts = build_flow(Settings().replace(progress=False, snapshot_dir="off"), source=EventListSource(small_stream[0], desk=listed),
                        alerts_sink=TestingSink([]), dlq_sink=TestingSink([]), scores_sink=TestingSink(scores),
                        shards=1, desk=listed)
     run_main(parts.flow)
