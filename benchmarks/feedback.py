@@ -34,6 +34,7 @@ from benchmarks.quality import METRICS
 
 MODES = ("labels", "analysts")
 TEST_START, TEST_DAYS = "2018-08-08", 7
+WEEKLY_FROM = "2018-05-02"  # a month in: the model has learned from three weeks of labels
 
 
 def one_run(seed: str, mode: str, capacity: str = "100", delay_hours: str = "4", days: str = "183",
@@ -72,6 +73,7 @@ def one_run(seed: str, mode: str, capacity: str = "100", delay_hours: str = "4",
         result.pop("card_precision_at_100_per_day")
     else:  # a shorter stream (a diagnosis of the first weeks): no test week
         result = {m: None for m in METRICS}
+    weekly = _weekly(data, evaluate, last)
     per_day = alert_precision_by_day([(a.tx_id, a.account_id, _ts(a.ts)) for a in alerts], frauds)
     test_days = [row for row in per_day if TEST_START <= row[0] < _day_after(TEST_START, TEST_DAYS)]
     counts = parts.stats.counts()
@@ -79,12 +81,27 @@ def one_run(seed: str, mode: str, capacity: str = "100", delay_hours: str = "4",
            "scored": len(scores), "dead_letters": len(dlq), "alerts": len(alerts),
            "alert_precision": _precision(per_day), "alert_precision_test_week": _precision(test_days),
            "alert_precision_per_day": [{"date": d, "cards": n, "fraud": h} for d, n, h in per_day],
+           "weekly": weekly,
            "labels_learned": counts["labels_learned"], "frauds_learned": counts["frauds_learned"],
            "feedback": counts["feedback"], "seconds": round(elapsed, 1)}
     if desk is not None:
         run["desk"] = {**desk.counts, "summary": desk.summary(),
                        "capacity": int(capacity), "delay_hours": float(delay_hours)}
     return run
+
+
+def _weekly(data, evaluate, last_ts: float) -> list[dict]:
+    """The handbook's protocol on every full week from ``WEEKLY_FROM`` (a week apart) to the
+    end of the stream: the same comparison on ~20 test weeks instead of one."""
+    from datetime import date, timedelta
+
+    out = []
+    start = date.fromisoformat(WEEKLY_FROM)
+    while _ts(start.isoformat() + "T00:00:00Z") + 7 * 86_400 <= last_ts + 86_400:
+        r = evaluate(data, start.isoformat(), 7)
+        out.append({"start": start.isoformat(), "frauds": r["frauds"], **{m: r[m] for m in METRICS}})
+        start += timedelta(days=7)
+    return out
 
 
 def _ts(text: str) -> float:
