@@ -20,6 +20,7 @@ the alert precision per day (share of the cards alerted that day alerted on a fr
 Results go to ``benchmarks/results/feedback.json``.
 
     python -m benchmarks.feedback [--seeds 0 1 2] [--capacity 100] [--delay-hours 4] [--jobs 1]
+    python -m benchmarks.feedback --combine NAME... [--out feedback]   # runs split over invocations
 """
 
 from __future__ import annotations
@@ -129,7 +130,9 @@ def _precision(rows: list) -> dict:
 
 
 def compare(runs: list[dict]) -> list[dict]:
-    """Per seed: analysts minus labels-only for each metric and the alert precision."""
+    """Per seed, analysts minus labels-only: the test week's metrics and alert precision, the
+    alert precision from ``WEEKLY_FROM`` on (past the first weeks), and the weekly metrics
+    (mean difference, weeks not below)."""
     by = {(r["seed"], r["mode"]): r for r in runs}
     out = []
     for seed in sorted({r["seed"] for r in runs}):
@@ -138,9 +141,31 @@ def compare(runs: list[dict]) -> list[dict]:
             continue
         diff = {m: round(a[m] - b[m], 4) for m in METRICS}
         diff["alert_precision"] = round(a["alert_precision"]["precision"] - b["alert_precision"]["precision"], 4)
-        out.append({"seed": seed, "analysts_minus_labels": diff,
-                    "not_below": {m: a[m] >= b[m] for m in ("average_precision", "card_precision_at_100")}})
+        row = {"seed": seed, "analysts_minus_labels": diff,
+               "not_below": {m: a[m] >= b[m] for m in ("average_precision", "card_precision_at_100")}}
+        later = {mode: _precision([(d["date"], d["cards"], d["fraud"]) for d in r.get("alert_precision_per_day", [])
+                                   if d["date"] >= WEEKLY_FROM]) for mode, r in (("analysts", a), ("labels", b))}
+        if later["labels"]["cards"]:
+            row["alert_precision_from_" + WEEKLY_FROM] = later
+        weeks_a, weeks_b = a.get("weekly", []), b.get("weekly", [])
+        if weeks_a and len(weeks_a) == len(weeks_b):
+            row["weekly"] = {"weeks": len(weeks_a), **{
+                m: {"mean_difference": round(sum(x[m] - y[m] for x, y in zip(weeks_a, weeks_b)) / len(weeks_a), 4),
+                    "weeks_not_below": sum(x[m] >= y[m] for x, y in zip(weeks_a, weeks_b))} for m in METRICS}}
+        out.append(row)
     return out
+
+
+def combine(names: list[str], out: str) -> dict:
+    """One result file from several (runs split over invocations): runs, then the pairs again."""
+    from benchmarks.common import RESULTS
+
+    parts = [json.loads((RESULTS / f"{name}.json").read_text()) for name in names]
+    runs = sorted((r for p in parts for r in p["runs"]), key=lambda r: (r["seed"], r["mode"]))
+    keep = {k: v for k, v in parts[0].items() if k not in ("benchmark", "when", "machine", "paired", "runs")}
+    result = {**keep, "combined_from": names, "paired": compare(runs), "runs": runs}
+    save(out, result)
+    return result
 
 
 def main(argv=None) -> dict:
@@ -154,7 +179,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--terminals", type=int, default=10000)
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each its own process (default %(default)s)")
     parser.add_argument("--out", default="feedback", help="result name under benchmarks/results (default %(default)s)")
+    parser.add_argument("--combine", nargs="+", metavar="NAME",
+                        help="run nothing: merge these result files (runs split over invocations) into --out")
     args = parser.parse_args(argv)
+    if args.combine:
+        result = combine(args.combine, args.out)
+        print(json.dumps({"paired": result["paired"]}, indent=2))
+        return result
     jobs = [(seed, mode) for i, seed in enumerate(args.seeds)
             for mode in (MODES if i % 2 == 0 else MODES[::-1])]  # alternate the order: the machine's load drifts
 
@@ -162,7 +193,7 @@ def main(argv=None) -> dict:
         r = in_subprocess("benchmarks.feedback", "one_run", str(job[0]), job[1], str(args.capacity),
                           str(args.delay_hours), str(args.days), str(args.customers), str(args.terminals),
                           timeout=3 * 3600)
-        print(json.dumps({k: v for k, v in r.items() if k != "alert_precision_per_day"}), flush=True)
+        print(json.dumps({k: v for k, v in r.items() if k not in ("alert_precision_per_day", "weekly")}), flush=True)
         return r
 
     with ThreadPoolExecutor(args.jobs) as pool:  # runs are deterministic: only their seconds feel the sharing
