@@ -5,7 +5,7 @@ analysts' verdicts by event time (verdicts, then labels, first on ties), decodin
 with the event contract; a bad line becomes a dead letter naming the file and line.
 :class:`FileEventsSource` is the same as a Bytewax source that resumes from byte offsets after
 a crash. Given an analyst desk (:class:`learners.analysts.AnalystDesk`) it also closes the
-feedback loop in process (``fraudflow replay --analysts``, :class:`_AnalystLoop`).
+feedback loop in process (``fraudflow replay --analysts``, :class:`connectors.sources.AnalystLoop`).
 
 :class:`JsonlSink` appends whole lines with one ``write`` per batch to a file opened with
 ``O_APPEND``, so several workers and processes can share one output file without
@@ -19,7 +19,6 @@ import math
 import os
 import sys
 import threading
-import time
 from collections import deque
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Optional
@@ -28,7 +27,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.events import DeadLetter, Label, Origin, Transaction, Verdict, encode, parse_record
-from connectors.sources import DEFAULT_MAX_LEAD_S, MAX_BATCH_SPAN_S, EventTimeBatcher, LeadGuard
+from connectors.sources import DEFAULT_MAX_LEAD_S, MAX_BATCH_SPAN_S, AnalystGate, AnalystLoop, EventTimeBatcher, LeadGuard
 
 __all__ = ["FileEventsSource", "JsonlSink", "read_events", "write_jsonl"]
 
@@ -157,119 +156,21 @@ def read_events(transactions_path: str, labels_path: str, max_lead_s: float = DE
     return iter(_MergedFiles(transactions_path, labels_path, max_lead_s=max_lead_s, feedback_path=feedback_path))
 
 
-class _AnalystLoop:
-    """The files' events with an analyst desk's verdicts injected at their ``ts``, gated so
-    that no event at or after ``T`` is emitted before every alert before ``T - delay`` is on
-    the desk (a verdict due before ``T`` would otherwise be missing when ``T`` is scored).
-
-    Rounds: when the next event would reach ``limit``, the loop waits until every transaction
-    it emitted has left the flow's alert step (the desk counts them, ``AnalystDesk.drained``);
-    then every alert before the next transaction's time ``known`` is on the desk, which
-    decides them, and ``limit`` becomes ``known + delay``. The delay is positive, so each round
-    emits at least the next transaction: no deadlock, also across idle gaps in event time (the
-    next round starts from the next transaction, wherever it is). If the flow stops counting
-    (a step failed on a transaction, which then never reaches the alert step) the loop goes on
-    after ``STALL_S`` of wall clock with a warning. One process only: the desk is an object in
-    this process, fed by this process's alert policy.
-    """
-
-    STALL_S = 10.0
-
-    def __init__(self, merged: _MergedFiles, desk: Any) -> None:
-        self.merged = merged
-        self.desk = desk
-        self.limit = -math.inf
-        self.emitted = 0  # transactions emitted
-        self._waiting_since = 0.0
-        self._seen_processed = -1
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def _head(self) -> tuple[bool, Any]:
-        """(from the desk, event) of the next event in order, or (False, None) at the end."""
-        event = self.merged.peek()
-        verdict = self.desk.peek_due()
-        if verdict is None:
-            return False, event
-        if event is None:
-            return True, verdict
-        ts = getattr(event, "event_ts", None)
-        if ts is None or ts < verdict.event_ts:  # dead letters first; verdicts win ties
-            return False, event
-        return True, verdict
-
-    def peek(self) -> Any:
-        _, event = self._head()
-        if event is None:
-            return None
-        ts = getattr(event, "event_ts", None)
-        return event if ts is None or ts < self.limit else None
-
-    def __next__(self) -> Any:
-        from_desk, event = self._head()
-        if event is None:
-            raise StopIteration
-        if from_desk:
-            self.desk.pop_due()
-        else:
-            next(self.merged)
-            if type(event) is Transaction:
-                self.emitted += 1
-        return event
-
-    @property
-    def finished(self) -> bool:
-        return self.limit == math.inf and self._head()[1] is None
-
-    def advance(self) -> bool:
-        """May the source emit now? Starts a new round when the flow has drained."""
-        if self.peek() is not None or self.finished:
-            return True
-        desk = self.desk
-        if not desk.drained(self.emitted):
-            now = time.monotonic()
-            if desk.processed != self._seen_processed:
-                self._seen_processed, self._waiting_since = desk.processed, now
-            elif now - self._waiting_since > self.STALL_S:
-                log.warning("analyst loop: %d of %d transactions emitted never reached the alert step (a step failed "
-                            "on them?); going on without them", self.emitted - desk.processed, self.emitted)
-                desk.processed = self.emitted
-            return False
-        known = self.merged.next_transaction_ts()
-        desk.decide(known)
-        self.limit = known + desk.delay_s
-        return True
-
-
 class _FilePartition(StatefulSourcePartition[tuple[int, Any], tuple]):
     def __init__(self, tx_path: str, label_path: str, batch_size: int, max_span_s: float,
                  state: Optional[tuple], max_lead_s: float = DEFAULT_MAX_LEAD_S, feedback_path: str = "",
                  desk: Any = None) -> None:
         self._merged = _MergedFiles(tx_path, label_path, state, max_lead_s, feedback_path)
         self._batch = EventTimeBatcher(batch_size, max_span_s)
-        self._loop = _AnalystLoop(self._merged, desk) if desk is not None else None
-        self._gated = False
+        self._loop = AnalystGate(AnalystLoop(self._merged, desk)) if desk is not None else None
 
     def next_batch(self) -> list[tuple[int, Any]]:
-        loop = self._loop
-        if loop is None:
+        if self._loop is None:
             return self._batch.take(0, self._merged)
-        self._gated = not loop.advance()
-        if self._gated:
-            return []
-        try:
-            return self._batch.take(0, loop)
-        except StopIteration:
-            if loop.finished:
-                raise
-            self._gated = True
-            return []
+        return self._loop.next_batch(self._batch)
 
     def next_awake(self) -> Optional[datetime]:
-        if self._gated:  # waiting for the flow to drain: look again in a millisecond
-            return datetime.fromtimestamp(time.time() + 0.001, timezone.utc)
-        return None
+        return None if self._loop is None else self._loop.next_awake()
 
     def snapshot(self) -> tuple:
         return self._merged.position()
@@ -278,7 +179,7 @@ class _FilePartition(StatefulSourcePartition[tuple[int, Any], tuple]):
 class FileEventsSource(FixedPartitionedSource[tuple[int, Any], tuple]):
     """Recorded transactions, labels and (``feedback_path``) analysts' verdicts as one
     event-time-ordered partition; with ``desk``, the simulated analysts' verdicts too
-    (:class:`_AnalystLoop`; the desk is not part of the recovery state)."""
+    (:class:`connectors.sources.AnalystLoop`; the desk is not part of the recovery state)."""
 
     def __init__(self, transactions_path: str, labels_path: str, batch_size: int = 1000,
                  max_batch_span_s: float = MAX_BATCH_SPAN_S, max_lead_s: float = DEFAULT_MAX_LEAD_S,

@@ -1,16 +1,24 @@
-"""Source building blocks: event-time-bounded batches, and a list of events as a source."""
+"""Source building blocks: event-time-bounded batches, a list of events as a source, and the
+simulated analysts' loop (:class:`AnalystLoop`) both the list and the files sources can close."""
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any, Container, Hashable, Iterator, Optional, Sequence
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-__all__ = ["MAX_BATCH_SPAN_S", "batch_span_for", "EventListSource", "EventTimeBatcher", "EventTimePacer", "LeadGuard",
+from connectors.events import Transaction
+
+__all__ = ["MAX_BATCH_SPAN_S", "batch_span_for", "AnalystGate", "AnalystLoop", "EventListSource", "EventTimeBatcher",
+           "EventTimePacer", "LeadGuard",
            "beat", "last_poll"]
+
+log = logging.getLogger(__name__)
 
 _LAST_POLL = [0.0]
 
@@ -260,15 +268,136 @@ class ClockBoard:
 BOARD = ClockBoard()
 
 
+class AnalystLoop:
+    """A source's events with an analyst desk's verdicts injected at their ``ts``, gated so
+    that no event at or after ``T`` is emitted before every alert before ``T - delay`` is on
+    the desk (a verdict due before ``T`` would otherwise be missing when ``T`` is scored).
+
+    Rounds: when the next event would reach ``limit``, the loop waits until every transaction
+    it emitted has left the flow's alert step (the desk counts them, ``AnalystDesk.drained``);
+    then every alert before the next transaction's time ``known`` is on the desk, which
+    decides them, and ``limit`` becomes ``known + delay``. The delay is positive, so each round
+    emits at least the next transaction: no deadlock, also across idle gaps in event time (the
+    next round starts from the next transaction, wherever it is). If the flow stops counting
+    (a step failed on a transaction, which then never reaches the alert step) the loop goes on
+    after ``STALL_S`` of wall clock with a warning. One process only: the desk is an object in
+    this process, fed by this process's alert policy.
+
+    ``merged``: the source's events in event-time order, offering ``peek()``, ``next()`` and
+    ``next_transaction_ts()`` (the recorded files, :class:`connectors.files.FileEventsSource`,
+    or a list, :class:`EventListSource`).
+    """
+
+    STALL_S = 10.0
+
+    def __init__(self, merged: Any, desk: Any) -> None:
+        self.merged = merged
+        self.desk = desk
+        self.limit = -math.inf
+        self.emitted = 0  # transactions emitted
+        self._waiting_since = 0.0
+        self._seen_processed = -1
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def _head(self) -> tuple[bool, Any]:
+        """(from the desk, event) of the next event in order, or (False, None) at the end."""
+        event = self.merged.peek()
+        verdict = self.desk.peek_due()
+        if verdict is None:
+            return False, event
+        if event is None:
+            return True, verdict
+        ts = getattr(event, "event_ts", None)
+        if ts is None or ts < verdict.event_ts:  # dead letters first; verdicts win ties
+            return False, event
+        return True, verdict
+
+    def peek(self) -> Any:
+        _, event = self._head()
+        if event is None:
+            return None
+        ts = getattr(event, "event_ts", None)
+        return event if ts is None or ts < self.limit else None
+
+    def __next__(self) -> Any:
+        from_desk, event = self._head()
+        if event is None:
+            raise StopIteration
+        if from_desk:
+            self.desk.pop_due()
+        else:
+            next(self.merged)
+            if type(event) is Transaction:
+                self.emitted += 1
+        return event
+
+    @property
+    def finished(self) -> bool:
+        return self.limit == math.inf and self._head()[1] is None
+
+    def advance(self) -> bool:
+        """May the source emit now? Starts a new round when the flow has drained."""
+        if self.peek() is not None or self.finished:
+            return True
+        desk = self.desk
+        if not desk.drained(self.emitted):
+            now = time.monotonic()
+            if desk.processed != self._seen_processed:
+                self._seen_processed, self._waiting_since = desk.processed, now
+            elif now - self._waiting_since > self.STALL_S:
+                log.warning("analyst loop: %d of %d transactions emitted never reached the alert step (a step failed "
+                            "on them?); going on without them", self.emitted - desk.processed, self.emitted)
+                desk.processed = self.emitted
+            return False
+        known = self.merged.next_transaction_ts()
+        desk.decide(known)
+        self.limit = known + desk.delay_s
+        return True
+
+
+class AnalystGate:
+    """A source partition's side of :class:`AnalystLoop`: batches while the loop lets it, and
+    a wake-up a millisecond later while it waits for the flow to drain."""
+
+    def __init__(self, loop: AnalystLoop) -> None:
+        self.loop = loop
+        self._gated = False
+
+    def next_batch(self, batcher: EventTimeBatcher) -> list[tuple[int, Any]]:
+        loop = self.loop
+        self._gated = not loop.advance()
+        if self._gated:
+            return []
+        try:
+            return batcher.take(0, loop)
+        except StopIteration:
+            if loop.finished:
+                raise
+            self._gated = True
+            return []
+
+    def next_awake(self) -> Optional[datetime]:
+        if self._gated:  # waiting for the flow to drain: look again in a millisecond
+            return datetime.fromtimestamp(time.time() + 0.001, timezone.utc)
+        return None
+
+
 class _ListPartition(StatefulSourcePartition[tuple[int, Any], int]):
-    def __init__(self, events: Sequence[Any], start: int, batcher: EventTimeBatcher) -> None:
+    def __init__(self, events: Sequence[Any], start: int, batcher: EventTimeBatcher, desk: Any = None) -> None:
         self._events = events
         self._next = start
         self._batcher = batcher
+        self._loop = AnalystGate(AnalystLoop(_Cursor(self), desk)) if desk is not None else None
 
     def next_batch(self) -> list[tuple[int, Any]]:
-        batch = self._batcher.take(0, _Cursor(self))
-        return batch
+        if self._loop is not None:
+            return self._loop.next_batch(self._batcher)
+        return self._batcher.take(0, _Cursor(self))
+
+    def next_awake(self) -> Optional[datetime]:
+        return None if self._loop is None else self._loop.next_awake()
 
     def snapshot(self) -> int:
         return self._next
@@ -292,17 +421,30 @@ class _Cursor:
     def __iter__(self) -> Iterator[Any]:
         return self
 
+    def next_transaction_ts(self) -> float:
+        """Event time of the next transaction not yet returned (inf: none left)."""
+        p = self._part
+        for i in range(p._next, len(p._events)):
+            if type(p._events[i]) is Transaction:
+                return p._events[i].event_ts
+        return math.inf
+
 
 class EventListSource(FixedPartitionedSource[tuple[int, Any], int]):
-    """Events from a list, in the given order, one partition (tests, embedding)."""
+    """Events from a list, in the given order, one partition (tests, embedding); with
+    ``desk``, simulated analysts in the loop as ``fraudflow replay --analysts`` has them
+    (:class:`AnalystLoop`: the list must be in event-time order, one process)."""
 
-    def __init__(self, events: Sequence[Any], batch_size: int = 1000, max_batch_span_s: float = MAX_BATCH_SPAN_S) -> None:
+    def __init__(self, events: Sequence[Any], batch_size: int = 1000, max_batch_span_s: float = MAX_BATCH_SPAN_S,
+                 desk: Any = None) -> None:
         self.events = events
         self.batch_size = batch_size
         self.max_batch_span_s = max_batch_span_s
+        self.desk = desk
 
     def list_parts(self) -> list[str]:
         return ["events"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> _ListPartition:
-        return _ListPartition(self.events, resume_state or 0, EventTimeBatcher(self.batch_size, self.max_batch_span_s))
+        return _ListPartition(self.events, resume_state or 0, EventTimeBatcher(self.batch_size, self.max_batch_span_s),
+                              self.desk)

@@ -52,6 +52,8 @@ class KafkaStream:
             "FRAUDFLOW_KAFKA_TOPIC_DLQ": self.topics["dlq"],
             "FRAUDFLOW_KAFKA_TOPIC_SCORES": self.topics["scores"],
             "FRAUDFLOW_KAFKA_TOPIC_RULES": self.topics["rules"],
+            # no analysts' feedback unless a test makes its own topic: never the shared default "feedback"
+            "FRAUDFLOW_KAFKA_TOPIC_FEEDBACK": self.topics.get("feedback", ""),
             "FRAUDFLOW_EMIT_SCORES": "1",
             "FRAUDFLOW_PROGRESS": "1",
         }

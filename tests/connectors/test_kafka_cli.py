@@ -28,7 +28,8 @@ UNREACHABLE = "127.0.0.1:9"  # the discard port: nothing listens, connections ar
 
 def fresh_topics() -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
-    return {name: f"{name}-{suffix}" for name in ("transactions", "labels", "alerts", "dlq", "scores", "rules")}
+    return {name: f"{name}-{suffix}" for name in ("transactions", "labels", "alerts", "dlq", "scores", "rules",
+                                                  "feedback")}
 
 
 def cli_env(bootstrap: str, topics: dict[str, str], **more: str) -> dict[str, str]:

@@ -1,5 +1,10 @@
 """Analysts' verdicts through the real flow: no look-ahead, no double counting, the
-``investigate`` command and the loop in ``replay --analysts``."""
+``investigate`` command and the loop in ``replay --analysts``.
+
+One small stream for every test (200 cards, 14 days, labels 2 days late: the model is
+supervised after a few days, and the flow's fixed cost per hour of event time stays small),
+its label-feed-only run shared; the flows run in process (``build_flow`` + ``run_main``)
+except the commands under test (``investigate``, ``replay --feedback``, ``replay --analysts``)."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 import pytest
 from bytewax.testing import TestingSink, run_main
 
-from connectors.events import Label, Transaction, Verdict
+from connectors.events import Label, Transaction, Verdict, encode, label_to_json, transaction_to_json
 from connectors.simulator import SimulatorConfig, simulate
 from connectors.sources import EventListSource
 from dataflows.fraud import build_flow
@@ -17,13 +22,13 @@ from dataflows.settings import Settings
 from tests.dataflows.test_cli import fraudflow
 
 DAY = 86_400.0
-TINY = SimulatorConfig(customers=200, terminals=400, days=28, seed=11)
+SMALL = SimulatorConfig(customers=200, terminals=400, days=14, seed=11, label_delay_days=2)
 
 
 @pytest.fixture(scope="module")
-def tiny_stream():
+def small_stream():
     truth: dict = {}
-    return list(simulate(TINY, truth=truth)), truth
+    return list(simulate(SMALL, truth=truth)), truth
 
 
 def _run(events):
@@ -35,21 +40,27 @@ def _run(events):
     return {s.tx_id: s.score for s in scores}, dlq, parts.stats.counts()
 
 
+@pytest.fixture(scope="module")
+def label_feed_only(small_stream):
+    """The stream's run without verdicts (shared: every test compares with it)."""
+    return _run(small_stream[0])
+
+
 def _in_order(events):
     kind = {Verdict: 0, Label: 1, Transaction: 2}
     return sorted(events, key=lambda e: (e.event_ts, kind[type(e)]))
 
 
-def test_verdicts_never_change_the_score_of_an_earlier_transaction(tiny_stream):
+def test_verdicts_never_change_the_score_of_an_earlier_transaction(small_stream, label_feed_only):
     """Wrong verdicts (legitimate transactions called fraud) all dated at V, fed before every
     transaction: scores before V are unchanged, scores after V move (they were learned), and
     the later chargebacks of those transactions are neither learned again nor dead letters."""
-    events, truth = tiny_stream
+    events, truth = small_stream
     txs = [e for e in events if type(e) is Transaction]
     v_ts = txs[len(txs) // 2].event_ts
     chosen = [t for t in txs if t.event_ts < v_ts - DAY and not truth[t.tx_id].is_fraud][-300:]
     verdicts = [Verdict(f"a-{t.tx_id}", t.tx_id, t.account_id, v_ts, True) for t in chosen]
-    base, base_dlq, base_counts = _run(events)
+    base, base_dlq, _ = label_feed_only
     fed, dlq, counts = _run(verdicts + events)
     assert base_dlq == [] and dlq == []
     before = [t.tx_id for t in txs if t.event_ts <= v_ts]
@@ -58,23 +69,23 @@ def test_verdicts_never_change_the_score_of_an_earlier_transaction(tiny_stream):
     changed = sum(fed[tx_id] != base[tx_id] for tx_id in after)
     assert changed > len(after) // 2, f"only {changed} of {len(after)} later scores moved: verdicts not learned?"
     assert counts["feedback"]["verdicts"] == len(verdicts)
-    # each chosen transaction's chargeback ("legitimate", 7 days later) came and was dropped
+    # each chosen transaction's chargeback ("legitimate", 2 days later) came and was dropped
     labelled = {e.tx_id for e in events if type(e) is Label}
     assert counts["feedback"]["labels_duplicate"] == sum(t.tx_id in labelled for t in chosen) > 0
 
 
-def test_a_chargeback_for_an_answered_transaction_is_learned_once(tiny_stream):
+def test_a_chargeback_for_an_answered_transaction_is_learned_once(small_stream, label_feed_only):
     """Verdicts that agree with the later chargebacks: every label reaches the model once and
     every fraud is learned once, as without them; nothing is dead. (Legitimate examples are
     sampled by their features too, and fraud verdicts change terminal risk earlier: so the
     count of learned legitimate examples is compared with legitimate verdicts only.)"""
-    events, truth = tiny_stream
+    events, truth = small_stream
     labels = {e.tx_id: e for e in events if type(e) is Label}
     txs = [e for e in events if type(e) is Transaction and e.tx_id in labels]
     chosen = [t for t in txs if truth[t.tx_id].is_fraud][:150] + [t for t in txs if not truth[t.tx_id].is_fraud][:150]
     verdicts = [Verdict(f"a-{t.tx_id}", t.tx_id, t.account_id, t.event_ts + 4 * 3600, truth[t.tx_id].is_fraud)
                 for t in chosen]
-    _, _, base = _run(events)
+    _, _, base = label_feed_only
     _, dlq, fed = _run(_in_order(verdicts + events))
     assert dlq == []
     assert fed["feedback"] == {"verdicts": 300, "labels_duplicate": 300, "labels_overturning_verdict": 0}
@@ -87,13 +98,35 @@ def test_a_chargeback_for_an_answered_transaction_is_learned_once(tiny_stream):
 
 
 # -- the command line ----------------------------------------------------------------------
+def _write_files(events, prefix: Path) -> None:
+    """The stream as ``fraudflow simulate`` writes it (PREFIX.transactions.jsonl, .labels.jsonl)."""
+    with open(f"{prefix}.transactions.jsonl", "wb") as tx_fh, open(f"{prefix}.labels.jsonl", "wb") as label_fh:
+        for e in events:
+            if type(e) is Transaction:
+                tx_fh.write(encode(transaction_to_json(e)) + b"\n")
+            else:
+                label_fh.write(encode(label_to_json(e)) + b"\n")
+
+
+def _replay_in_process(out: Path, name: str, desk=None):
+    """What ``fraudflow replay s.transactions.jsonl s.labels.jsonl --scores/--alerts/--dlq NAME.*``
+    runs (``--analysts`` with a desk), in this process; the run's counts."""
+    settings = Settings().replace(progress=False, snapshot_dir="off").replace(
+        source="files", transactions_file=str(out / "s.transactions.jsonl"), labels_file=str(out / "s.labels.jsonl"),
+        alerts=str(out / f"{name}.alerts.jsonl"), dlq=str(out / f"{name}.dlq.jsonl"),
+        scores=str(out / f"{name}.scores.jsonl"))
+    parts = build_flow(settings, shards=1, desk=desk)
+    run_main(parts.flow)
+    return parts.stats.counts()
+
+
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
+def recorded(tmp_path_factory, small_stream):
+    """The stream in files, and its plain replay (``p.*``; in process: the command itself is
+    tested below with ``--feedback`` and ``--analysts``)."""
     out = tmp_path_factory.mktemp("feedback")
-    proc = fraudflow("simulate", "--out", str(out / "s"), "--customers", "200", "--terminals", "400", "--days", "28",
-                     "--seed", "11", cwd=out)
-    assert proc.returncode == 0, proc.stderr
-    return out
+    _write_files(small_stream[0], out / "s")
+    return out, _replay_in_process(out, "p")
 
 
 def _lines(path: Path) -> list[dict]:
@@ -101,17 +134,14 @@ def _lines(path: Path) -> list[dict]:
 
 
 def test_investigate_answers_within_capacity_after_the_delay_with_the_truth(recorded):
-    out = recorded
+    out, _ = recorded
     env = {"FRAUDFLOW_SNAPSHOT_DIR": "off"}
-    proc = fraudflow("replay", "s.transactions.jsonl", "s.labels.jsonl", "--alerts", "plain.alerts.jsonl",
-                     "--dlq", "plain.dlq.jsonl", "-q", cwd=out, env=env)
-    assert proc.returncode == 0, proc.stderr
-    proc = fraudflow("investigate", "plain.alerts.jsonl", "--labels", "s.labels.jsonl", "--out", "v.jsonl",
+    proc = fraudflow("investigate", "p.alerts.jsonl", "--labels", "s.labels.jsonl", "--out", "v.jsonl",
                      "--capacity", "3", "--delay-hours", "6", "--json", cwd=out)
     assert proc.returncode == 0, proc.stderr
     assert "verdicts on" in proc.stderr and "cards/day" in proc.stderr
     verdicts = _lines(out / "v.jsonl")
-    alerts = {a["alert_id"]: a for a in _lines(out / "plain.alerts.jsonl")}
+    alerts = {a["alert_id"]: a for a in _lines(out / "p.alerts.jsonl")}
     frauds = {d["tx_id"] for d in _lines(out / "s.labels.jsonl") if d["is_fraud"]}
     from learners.analysts import _ts
 
@@ -132,29 +162,38 @@ def test_investigate_answers_within_capacity_after_the_delay_with_the_truth(reco
     assert (out / "fb.dlq.jsonl").read_text() == ""
 
 
-def test_replay_with_analysts_in_the_loop_is_deterministic_and_learns(recorded):
-    out = recorded
+def test_replay_with_analysts_in_the_loop_is_deterministic_and_learns(recorded, small_stream):
+    """``replay --analysts`` (a subprocess), the same loop in this process, and the loop over
+    the stream as a list (``EventListSource`` with a desk: what ``benchmarks.feedback`` runs)
+    give the same scores and verdicts, and the loop learns more than the plain replay."""
+    from dataflows.cli.replay import _write_verdicts
+    from learners.analysts import AnalystConfig, AnalystDesk, read_frauds
+
+    out, plain = recorded
     env = {"FRAUDFLOW_SNAPSHOT_DIR": "off"}
-    runs = []
-    for name in ("a", "b"):
-        proc = fraudflow("replay", "s.transactions.jsonl", "s.labels.jsonl", "--analysts", "--capacity", "10",
-                         "--delay-hours", "4", "--scores", f"{name}.scores.jsonl", "--alerts", f"{name}.alerts.jsonl",
-                         "--dlq", f"{name}.dlq.jsonl", "--verdicts", f"{name}.verdicts.jsonl", cwd=out, env=env)
-        assert proc.returncode == 0, proc.stderr
-        runs.append(proc.stderr)
+    proc = fraudflow("replay", "s.transactions.jsonl", "s.labels.jsonl", "--analysts", "--capacity", "10",
+                     "--delay-hours", "4", "--scores", "a.scores.jsonl", "--alerts", "a.alerts.jsonl",
+                     "--dlq", "a.dlq.jsonl", "--verdicts", "a.verdicts.jsonl", cwd=out, env=env)
+    assert proc.returncode == 0, proc.stderr
+    desk = AnalystDesk(AnalystConfig(10, 4 * 3600.0), read_frauds(str(out / "s.labels.jsonl")))
+    again = _replay_in_process(out, "b", desk)
+    _write_verdicts(str(out / "b.verdicts.jsonl"), desk)
     assert sorted((out / "a.scores.jsonl").read_bytes().splitlines()) == \
         sorted((out / "b.scores.jsonl").read_bytes().splitlines())
     assert (out / "a.verdicts.jsonl").read_bytes() == (out / "b.verdicts.jsonl").read_bytes()
+    listed = AnalystDesk(AnalystConfig(10, 4 * 3600.0), read_frauds(str(out / "s.labels.jsonl")))
+    scores: list = []
+    parts = build_flow(Settings().replace(progress=False, snapshot_dir="off"), source=EventListSource(small_stream[0], desk=listed),
+                       alerts_sink=TestingSink([]), dlq_sink=TestingSink([]), scores_sink=TestingSink(scores),
+                       shards=1, desk=listed)
+    run_main(parts.flow)
+    assert sorted(encode(s) for s in scores) == sorted((out / "b.scores.jsonl").read_bytes().splitlines())
+    assert listed.answered == desk.answered
     verdicts = _lines(out / "a.verdicts.jsonl")
     assert len(verdicts) > 20 and (out / "a.dlq.jsonl").read_text() == ""
-    plain = fraudflow("replay", "s.transactions.jsonl", "s.labels.jsonl", "--scores", "p.scores.jsonl",
-                      "--alerts", "p.alerts.jsonl", "--dlq", "p.dlq.jsonl", cwd=out, env=env)
-    assert plain.returncode == 0, plain.stderr
-
-    def learned(stderr: str) -> int:
-        line = next(x for x in stderr.splitlines() if "labels received" in x)
-        return int(line.split("learned from ")[1].split(":")[0].replace(",", ""))
-
+    assert f"analysts' verdicts    {len(verdicts):>12,}" in proc.stderr
+    line = next(x for x in proc.stderr.splitlines() if "labels received" in x)
+    learned = int(line.split("learned from ")[1].split(":")[0].replace(",", ""))
+    assert learned == again["labels_learned"]
     # verdicts teach the model frauds days before their chargebacks: more examples by the end
-    assert learned(runs[0]) > learned(plain.stderr)
-    assert f"analysts' verdicts    {len(verdicts):>12,}" in runs[0]
+    assert learned > plain["labels_learned"]
