@@ -36,36 +36,13 @@ def _alert_lines(path: str) -> Iterator[tuple[int, bytes]]:
 
 def _kafka_alerts(args: argparse.Namespace, settings: Any) -> Iterator[tuple[int, bytes]]:
     """The alerts topic from the beginning to its end (partition EOF on every partition)."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-
-    from dataflows.cli.kafka import ClientLog, _new_client, client_config, existing_topics
+    from dataflows.cli.kafka import ClientLog, client_config, read_to_end
 
     config = client_config(settings, args.brokers, ClientLog())
-    topic = settings.topic_alerts
-    consumer = _new_client(Consumer, {**config, "group.id": "fraudflow-investigate", "enable.auto.commit": False,
-                                      "enable.partition.eof": True})
-    try:
-        have = existing_topics(consumer, config, args.connect_timeout)
-        if topic not in have:
-            raise FraudflowError(f"topic {topic!r} (FRAUDFLOW_KAFKA_TOPIC_ALERTS) does not exist at "
-                                 f"{config['bootstrap.servers']}")
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(have[topic])])
-        at_end: set[int] = set()
-        n = 0
-        while len(at_end) < have[topic]:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
-                    continue
-                raise FraudflowError(f"reading {topic}: {msg.error().str()}")
-            at_end.discard(msg.partition())
-            n += 1
-            yield n, msg.value() or b""
-    finally:
-        consumer.close()
+    messages = read_to_end(config, settings.topic_alerts, "FRAUDFLOW_KAFKA_TOPIC_ALERTS", "fraudflow-investigate",
+                           args.connect_timeout)
+    for n, msg in enumerate(messages, 1):
+        yield n, msg.value() or b""
 
 
 def _produce(args: argparse.Namespace, settings: Any, verdicts: list) -> str:

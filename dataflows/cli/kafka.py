@@ -99,6 +99,42 @@ def existing_topics(client: Any, config: dict[str, Any], timeout_s: float) -> di
     return {name: len(topic.partitions) for name, topic in metadata.topics.items() if not name.startswith("__")}
 
 
+def read_to_end(config: dict[str, Any], topic: str, variable: str, group: str, timeout_s: float,
+                idle_s: Optional[float] = None) -> Iterator[Any]:
+    """Every message of ``topic`` from its start to its end (partition EOF on every partition),
+    with partitions assigned, not subscribed (tansu stalls on group joins; nothing is committed
+    under ``group``). ``idle_s``: stop after this long without a message even if the broker never
+    said end of partition. ``variable`` names the setting in the error for a missing topic."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = _new_client(Consumer, {**config, "group.id": group, "enable.auto.commit": False,
+                                      "enable.partition.eof": True})
+    try:
+        have = existing_topics(consumer, config, timeout_s)
+        if topic not in have:
+            raise _user_error(f"topic {topic!r} ({variable}) does not exist at {config['bootstrap.servers']} "
+                              "(create it with `fraudflow topics create`)")
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(have[topic])])
+        at_end: set[int] = set()
+        quiet_since = time.monotonic()
+        while len(at_end) < have[topic]:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                if idle_s is not None and time.monotonic() - quiet_since > idle_s:
+                    return  # the broker did not say end of partition: what was read is all
+                continue
+            quiet_since = time.monotonic()
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                    continue
+                raise _user_error(f"reading {topic}: {msg.error().str()}")
+            at_end.discard(msg.partition())
+            yield msg
+    finally:
+        consumer.close()
+
+
 def topics_for(kafka: Any) -> list[str]:
     names = [kafka.topic_transactions, kafka.topic_labels, kafka.topic_alerts, kafka.topic_dlq, kafka.topic_scores]
     return names + [name for name in (kafka.topic_feedback, kafka.topic_rules) if name]

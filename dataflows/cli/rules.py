@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any, Callable
 
 from dataflows.cli.backtest import add_test_command
 from dataflows.cli.common import existing_file
-from dataflows.cli.kafka import (ClientLog, _client_args, _new_client, _settings, client_config, existing_topics)
+from dataflows.cli.kafka import (ClientLog, _client_args, _new_client, _settings, client_config, existing_topics,
+                                 read_to_end)
 from dataflows.errors import FraudflowError
 
 __all__ = ["SUBCOMMANDS", "register"]
@@ -156,44 +156,18 @@ def _add_delete(actions: Any) -> None:
 def read_rules_topic(config: dict[str, Any], topic: str, timeout_s: float, idle_s: float = 5.0) -> tuple[Any, list]:
     """The rule book the topic makes, read to its end (partition EOF) exactly as the flow applies
     it, and the records it refused as ``(origin, reason)``."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-
     from connectors.events import DeadLetter, Origin
     from learners.messages import RuleUpdate
     from learners.stages import RulesStage, rule_update
 
-    consumer = _new_client(Consumer, {**config, "group.id": "fraudflow-rules", "enable.auto.commit": False,
-                                      "enable.partition.eof": True})
     stage = RulesStage()
     refused: list = []
-    try:
-        have = existing_topics(consumer, config, timeout_s)
-        if topic not in have:
-            raise FraudflowError(f"topic {topic!r} does not exist at {config['bootstrap.servers']} "
-                                 "(create it with `fraudflow topics create`)")
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(have[topic])])
-        at_end: set[int] = set()
-        quiet_since = time.monotonic()
-        while len(at_end) < have[topic]:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                if time.monotonic() - quiet_since > idle_s:
-                    break  # the broker did not say end of partition: what was read is shown
-                continue
-            quiet_since = time.monotonic()
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
-                    continue
-                raise FraudflowError(f"reading {topic}: {msg.error().str()}")
-            at_end.discard(msg.partition())
-            update = rule_update(msg.key(), msg.value(), Origin(topic, msg.offset(), msg.partition()))
-            if type(update) is RuleUpdate:
-                stage.on_batch([update])
-            elif type(update) is DeadLetter:
-                refused.append((update.origin.as_dict(), update.reason))
-    finally:
-        consumer.close()
+    for msg in read_to_end(config, topic, "FRAUDFLOW_KAFKA_TOPIC_RULES", "fraudflow-rules", timeout_s, idle_s):
+        update = rule_update(msg.key(), msg.value(), Origin(topic, msg.offset(), msg.partition()))
+        if type(update) is RuleUpdate:
+            stage.on_batch([update])
+        elif type(update) is DeadLetter:
+            refused.append((update.origin.as_dict(), update.reason))
     return stage.book, refused
 
 
