@@ -464,29 +464,6 @@ class CheckedKafkaSink(FixedPartitionedSink[Any, None]):
         return _CheckedPartition(Producer(self.config), self.topic, self._to_message, self.confirm_every_batch)
 
 
-def _feedback_topic(kafka: Any) -> str:
-    """The feedback topic if it exists (listed with all topics: a metadata request naming it
-    would make a broker with auto-creation create it, with the wrong partition count). Under
-    ``bytewax.run`` the start-up check has made sure it does (:func:`check_cluster`); a flow
-    built in-process (tests, benchmarks) without the topic runs without it, with a warning."""
-    topic = kafka.topic_feedback
-    if not topic:
-        return ""
-    admin = AdminClient({"bootstrap.servers": ",".join(kafka.broker_list()),
-                         **options_for("admin", _client_options(kafka))})
-    try:
-        present = topic in admin.list_topics(timeout=kafka.startup_timeout_s).topics
-    except KafkaException as exc:
-        log.warning("cannot list topics to find the feedback topic %r (%s): analysts' verdicts are not read",
-                    topic, exc.args[0].str() if exc.args else exc)
-        return ""
-    if not present:
-        log.warning("topic %r (FRAUDFLOW_KAFKA_TOPIC_FEEDBACK) does not exist: analysts' verdicts are not read "
-                    "(create it with `fraudflow topics create`)", topic)
-        return ""
-    return topic
-
-
 def kafka_source(kafka: Any, process: int = 0, processes: int = 1, max_batch_span_s: float = MAX_BATCH_SPAN_S,
                  max_lead_s: float = DEFAULT_MAX_LEAD_S) -> EventsKafkaSource:
     """The transactions and labels topics of the settings' Kafka section ``kafka``
@@ -496,7 +473,7 @@ def kafka_source(kafka: Any, process: int = 0, processes: int = 1, max_batch_spa
         tail=not kafka.stop_at_end, add_config=_client_options(kafka),
         batch_size=kafka.batch_size, process=process, processes=processes,
         max_batch_span_s=max_batch_span_s, fetch_wait_ms=kafka.fetch_wait_ms, max_lead_s=max_lead_s,
-        feedback_topic=_feedback_topic(kafka),
+        feedback_topic=kafka.topic_feedback,  # it exists: the start-up check waits for it (decision 0055)
     )
 
 

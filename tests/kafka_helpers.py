@@ -52,7 +52,7 @@ class KafkaStream:
             "FRAUDFLOW_KAFKA_TOPIC_DLQ": self.topics["dlq"],
             "FRAUDFLOW_KAFKA_TOPIC_SCORES": self.topics["scores"],
             "FRAUDFLOW_KAFKA_TOPIC_RULES": self.topics["rules"],
-            # no analysts' feedback unless a test makes its own topic: never the shared default "feedback"
+            # the stream's own feedback topic (make_topics), never the shared default "feedback"
             "FRAUDFLOW_KAFKA_TOPIC_FEEDBACK": self.topics.get("feedback", ""),
             "FRAUDFLOW_EMIT_SCORES": "1",
             "FRAUDFLOW_PROGRESS": "1",
@@ -64,7 +64,7 @@ class KafkaStream:
 
 def make_topics(bootstrap: str, partitions: int) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
-    topics = {name: f"{name}-{suffix}" for name in ("transactions", "labels", "alerts", "dlq", "scores")}
+    topics = {name: f"{name}-{suffix}" for name in ("transactions", "labels", "feedback", "alerts", "dlq", "scores")}
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(t, partitions, 1) for t in topics.values()]
                         # the analysts' rules: one partition, compacted (as `fraudflow topics create` makes it)

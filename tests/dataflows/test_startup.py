@@ -108,7 +108,7 @@ def test_repeated_client_lines_are_held_back():
 @pytest.mark.broker
 def test_missing_topics_are_named_and_never_created(broker, tmp_path):
     suffix = uuid.uuid4().hex[:8]
-    names = {k: f"{k}-{suffix}" for k in ("transactions", "labels", "alerts", "dlq", "rules")}
+    names = {k: f"{k}-{suffix}" for k in ("transactions", "labels", "feedback", "alerts", "dlq", "rules")}
     env = _env(tmp_path, FRAUDFLOW_SOURCE="kafka", FRAUDFLOW_KAFKA_BROKERS=broker.bootstrap,
                FRAUDFLOW_KAFKA_STARTUP_TIMEOUT_S="4",
                **{f"FRAUDFLOW_KAFKA_TOPIC_{k.upper()}": v for k, v in names.items()})
@@ -134,7 +134,7 @@ def test_missing_topics_are_named_and_never_created(broker, tmp_path):
 @pytest.mark.broker
 def test_topics_created_while_the_flow_waits(broker, tmp_path):
     suffix = uuid.uuid4().hex[:8]
-    names = {k: f"{k}-{suffix}" for k in ("transactions", "labels", "alerts", "dlq", "rules")}
+    names = {k: f"{k}-{suffix}" for k in ("transactions", "labels", "feedback", "alerts", "dlq", "rules")}
     env = _env(tmp_path, FRAUDFLOW_SOURCE="kafka", FRAUDFLOW_KAFKA_BROKERS=broker.bootstrap,
                FRAUDFLOW_KAFKA_STARTUP_TIMEOUT_S="60", FRAUDFLOW_KAFKA_STOP_AT_END="1",
                **{f"FRAUDFLOW_KAFKA_TOPIC_{k.upper()}": v for k, v in names.items()})
