@@ -227,16 +227,13 @@ class _NoWaitConsumer:
         return getattr(self._consumer, name)
 
 
-class EventsKafkaSource(KafkaSource):
-    """The input topics through bytewax's KafkaSource, decoded into contract events;
-    ``feedback_topic`` (analysts' verdicts) is read too when given."""
+class _AssignedKafkaSource(KafkaSource):
+    """bytewax's KafkaSource over ``topics`` from their start, with partition ``p`` of every
+    topic read by process ``p % processes`` and the consumer options (fetch wait) added where
+    bytewax would not pass them."""
 
-    def __init__(self, brokers: list[str], transactions_topic: str, labels_topic: str, *, tail: bool = True,
-                 add_config: Optional[dict[str, str]] = None, batch_size: int = 2000,
-                 max_batch_span_s: float = MAX_BATCH_SPAN_S, process: int = 0, processes: int = 1,
-                 fetch_wait_ms: Optional[int] = None, max_lead_s: float = DEFAULT_MAX_LEAD_S,
-                 feedback_topic: str = "") -> None:
-        self.max_lead_s = max_lead_s
+    def __init__(self, brokers: list[str], topics: list[str], *, tail: bool, add_config: Optional[dict[str, str]],
+                 batch_size: int, process: int, processes: int, fetch_wait_ms: Optional[int]) -> None:
         self.process = process
         self.processes = max(1, processes)
         # How long the broker may hold a fetch that finds no data. A Kafka broker answers as
@@ -249,29 +246,50 @@ class EventsKafkaSource(KafkaSource):
         # bytewax hands ``add_config`` to the admin client that lists partitions (a producer
         # handle) as well as to the consumers: consumer-only options are added in build_part.
         self.consumer_options = options_for("consumer", options)
-        topics = [transactions_topic, labels_topic] + ([feedback_topic] if feedback_topic else [])
         super().__init__(brokers, topics, tail=tail, starting_offset=OFFSET_BEGINNING,
                          add_config=options_for("admin", options), batch_size=batch_size, raise_on_errors=False)
-        self.kinds = {transactions_topic: "transaction", labels_topic: "label"}
-        if feedback_topic:
-            self.kinds[feedback_topic] = "verdict"
-        self.max_batch_span_s = max_batch_span_s
-        self.pacer = EventTimePacer(max_batch_span_s)
 
     def list_parts(self) -> list[str]:
-        """This process's share of the topic-partitions: partition ``p`` of *both* topics goes
+        """This process's share of the topic-partitions: partition ``p`` of *every* topic goes
         to process ``p % processes``.
 
-        The topics are co-partitioned (same partition count, keyed by ``account_id``), so an
-        account's transactions and labels are read by one process, which paces them together;
-        read by two processes they could drift apart by days of event time in a backfill.
+        The event topics are co-partitioned (same partition count, keyed by ``account_id``), so
+        an account's transactions, labels and verdicts are read by one process, which paces them
+        together; read by two processes they could drift apart by days of event time in a backfill.
         """
         processes, me = self.processes, self.process
         return [p for p in super().list_parts() if int(p.split("-", 1)[0]) % processes == me % processes]
 
     def _consumer_partition(self, step_id: str, topic: str, partition: int,
                             resume_state: Optional[int]) -> _KafkaSourcePartition:
-        return _consumer_partition(self, step_id, topic, partition, resume_state)
+        """bytewax's own partition (KafkaSource.build_part, 0.21.1) with the consumer options."""
+        config = {"group.id": "BYTEWAX_IGNORED", "enable.auto.commit": "false",
+                  "bootstrap.servers": ",".join(self._brokers), "enable.partition.eof": str(not self._tail),
+                  "statistics.interval.ms": 1000, **self.consumer_options}
+        part = _KafkaSourcePartition(step_id, config, topic, partition, self._starting_offset, resume_state,
+                                     self._batch_size, self._raise_on_errors)
+        part._consumer = _NoWaitConsumer(part._consumer)
+        return part
+
+
+class EventsKafkaSource(_AssignedKafkaSource):
+    """The input topics through bytewax's KafkaSource, decoded into contract events;
+    ``feedback_topic`` (analysts' verdicts) is read too when given."""
+
+    def __init__(self, brokers: list[str], transactions_topic: str, labels_topic: str, *, tail: bool = True,
+                 add_config: Optional[dict[str, str]] = None, batch_size: int = 2000,
+                 max_batch_span_s: float = MAX_BATCH_SPAN_S, process: int = 0, processes: int = 1,
+                 fetch_wait_ms: Optional[int] = None, max_lead_s: float = DEFAULT_MAX_LEAD_S,
+                 feedback_topic: str = "") -> None:
+        self.max_lead_s = max_lead_s
+        topics = [transactions_topic, labels_topic] + ([feedback_topic] if feedback_topic else [])
+        super().__init__(brokers, topics, tail=tail, add_config=add_config, batch_size=batch_size, process=process,
+                         processes=processes, fetch_wait_ms=fetch_wait_ms)
+        self.kinds = {transactions_topic: "transaction", labels_topic: "label"}
+        if feedback_topic:
+            self.kinds[feedback_topic] = "verdict"
+        self.max_batch_span_s = max_batch_span_s
+        self.pacer = EventTimePacer(max_batch_span_s)
 
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> _EventsPartition:
         idx, topic = for_part.split("-", 1)
@@ -279,18 +297,6 @@ class EventsKafkaSource(KafkaSource):
         start = resume_state if resume_state is not None else OFFSET_BEGINNING
         return _EventsPartition(inner, topic, int(idx), self.kinds[topic], start, self.max_batch_span_s, self.pacer,
                                 self.max_lead_s)
-
-
-def _consumer_partition(source: Any, step_id: str, topic: str, partition: int,
-                        resume_state: Optional[int]) -> _KafkaSourcePartition:
-    """bytewax's own partition (KafkaSource.build_part, 0.21.1) with the consumer options."""
-    config = {"group.id": "BYTEWAX_IGNORED", "enable.auto.commit": "false",
-              "bootstrap.servers": ",".join(source._brokers), "enable.partition.eof": str(not source._tail),
-              "statistics.interval.ms": 1000, **source.consumer_options}
-    part = _KafkaSourcePartition(step_id, config, topic, partition, source._starting_offset, resume_state,
-                                 source._batch_size, source._raise_on_errors)
-    part._consumer = _NoWaitConsumer(part._consumer)
-    return part
 
 
 class RuleMessage(msgspec.Struct, frozen=True, gc=False):
@@ -331,7 +337,7 @@ class _RulesPartition(StatefulSourcePartition[RuleMessage, Optional[int]]):
         self._inner.close()
 
 
-class RulesKafkaSource(KafkaSource):
+class RulesKafkaSource(_AssignedKafkaSource):
     """The rules topic from its start (with recovery: from where it was), followed unless
     ``tail`` is false; its partitions are read by process ``p % processes`` (the rules go to
     every model shard from there)."""
@@ -339,21 +345,12 @@ class RulesKafkaSource(KafkaSource):
     def __init__(self, brokers: list[str], topic: str, *, tail: bool = True,
                  add_config: Optional[dict[str, str]] = None, process: int = 0, processes: int = 1,
                  fetch_wait_ms: Optional[int] = None) -> None:
-        options = dict(add_config or {})
-        if fetch_wait_ms is not None:
-            options.setdefault("fetch.wait.max.ms", str(fetch_wait_ms))
-        self.consumer_options = options_for("consumer", options)
-        self.process = process
-        self.processes = max(1, processes)
-        super().__init__(brokers, [topic], tail=tail, starting_offset=OFFSET_BEGINNING,
-                         add_config=options_for("admin", options), batch_size=500, raise_on_errors=False)
-
-    def list_parts(self) -> list[str]:
-        return [p for p in super().list_parts() if int(p.split("-", 1)[0]) % self.processes == self.process]
+        super().__init__(brokers, [topic], tail=tail, add_config=add_config, batch_size=500, process=process,
+                         processes=processes, fetch_wait_ms=fetch_wait_ms)
 
     def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> _RulesPartition:
         idx, topic = for_part.split("-", 1)
-        return _RulesPartition(_consumer_partition(self, step_id, topic, int(idx), resume_state), topic, int(idx))
+        return _RulesPartition(self._consumer_partition(step_id, topic, int(idx), resume_state), topic, int(idx))
 
 
 class _CheckedPartition(StatefulSinkPartition[Any, None]):
