@@ -17,12 +17,6 @@ __all__ = ["add_test_command", "cmd_test"]
 log = logging.getLogger("fraudflow")
 
 
-def _fraud_ids(labels_path: str) -> set[str]:
-    from dataflows.cli.evaluate import _read_jsonl
-
-    return {r[0] for r in _read_jsonl(labels_path, lambda d: (d["tx_id"],) if d.get("is_fraud") is True else None)}
-
-
 def _cell(value: Any, share: bool = False) -> str:
     """A table cell: ``share`` values as percentages, other floats with one decimal."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -61,7 +55,7 @@ def _table(result: dict[str, Any]) -> str:
 def cmd_test(args: argparse.Namespace) -> int:
     from connectors.events import DeadLetter
     from connectors.files import read_events
-    from dataflows.cli.evaluate import _read_jsonl
+    from dataflows.cli.evaluate import _read_jsonl, fraud_ids
     from learners.backtest import backtest, featured, plot_backtest
     from learners.rules import RuleError, read_rules
 
@@ -74,7 +68,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     scores = dict(_read_jsonl(args.scores, lambda d: (d["tx_id"], float(d["score"]))))
     if not scores:
         raise FraudflowError(f"{args.scores}: no scores")
-    frauds = _fraud_ids(args.labels)
+    frauds = fraud_ids(args.labels)
     model_alerts = None
     if args.alerts:
         model_alerts = {r[0] for r in _read_jsonl(args.alerts, lambda d: (d["tx_id"],))}

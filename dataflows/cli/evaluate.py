@@ -35,17 +35,24 @@ def _read_jsonl(path: str, pick: Callable[[dict], Optional[tuple]]) -> list[tupl
     return out
 
 
-def load_evaluation(scores_path: str, labels_path: str, transactions_path: str):
+def _tx_row(d: dict) -> tuple:
+    """``(tx_id, account_id, POSIX ts)`` of a transaction or alert record."""
     from datetime import datetime
 
+    return d["tx_id"], d["account_id"], datetime.fromisoformat(d["ts"].replace("Z", "+00:00")).timestamp()
+
+
+def fraud_ids(labels_path: str) -> set[str]:
+    """The tx_ids a labels file marks fraud (a record without ``is_fraud`` is an error)."""
+    return {r[0] for r in _read_jsonl(labels_path, lambda d: (d["tx_id"],) if d["is_fraud"] else None)}
+
+
+def load_evaluation(scores_path: str, labels_path: str, transactions_path: str):
     from learners.evaluation import from_records
 
-    def ts(text: str) -> float:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
     scores = _read_jsonl(scores_path, lambda d: (d["tx_id"], float(d["score"])))
-    frauds = {r[0] for r in _read_jsonl(labels_path, lambda d: (d["tx_id"],) if d["is_fraud"] else None)}
-    txs = _read_jsonl(transactions_path, lambda d: (d["tx_id"], d["account_id"], ts(d["ts"])))
+    frauds = fraud_ids(labels_path)
+    txs = _read_jsonl(transactions_path, _tx_row)
     if not scores:
         raise FraudflowError(f"{scores_path}: no scores")
     return from_records(scores, txs, frauds)
@@ -85,19 +92,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _alert_precision(args: argparse.Namespace, names: list[str]) -> dict[str, list]:
     """Alert precision per day of each run's alerts file (``--alerts``, in the runs' order)."""
-    from datetime import datetime
-
     from learners.report import alert_precision_by_day
 
     if len(args.alerts) != len(names):
         raise FraudflowError(f"--alerts: give one alerts file per run ({len(names)}: the scores file and each "
                              f"--compare file, in that order), got {len(args.alerts)}")
-    frauds = {r[0] for r in _read_jsonl(args.labels, lambda d: (d["tx_id"],) if d["is_fraud"] else None)}
-
-    def row(d: dict) -> tuple:
-        return d["tx_id"], d["account_id"], datetime.fromisoformat(d["ts"].replace("Z", "+00:00")).timestamp()
-
-    return {name: alert_precision_by_day(_read_jsonl(path, row), frauds) for name, path in zip(names, args.alerts)}
+    frauds = fraud_ids(args.labels)
+    return {name: alert_precision_by_day(_read_jsonl(path, _tx_row), frauds) for name, path in zip(names, args.alerts)}
 
 
 def _report_alert_precision(report: Path, precision: dict[str, list]) -> None:
