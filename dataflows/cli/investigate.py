@@ -46,36 +46,16 @@ def _kafka_alerts(args: argparse.Namespace, settings: Any) -> Iterator[tuple[int
 
 
 def _produce(args: argparse.Namespace, settings: Any, verdicts: list) -> str:
-    from confluent_kafka import Producer
-
     from connectors.events import encode, verdict_to_json
-    from dataflows.cli.kafka import LINGER_MS, ClientLog, _new_client, client_config, existing_topics
+    from dataflows.cli.kafka import LINGER_MS, ClientLog, client_config, send_all
 
     topic = settings.topic_feedback
     if not topic:
         raise FraudflowError("FRAUDFLOW_KAFKA_TOPIC_FEEDBACK is empty: no topic to write the verdicts to")
     config = client_config(settings, args.brokers, ClientLog())
-    producer = _new_client(Producer, {**config, "linger.ms": LINGER_MS, "acks": "all"})
-    if topic not in existing_topics(producer, config, args.connect_timeout):
-        raise FraudflowError(f"topic {topic!r} (FRAUDFLOW_KAFKA_TOPIC_FEEDBACK) does not exist: create it with "
-                             "`fraudflow topics create`")
-    failed: list[str] = []
-
-    def delivered(err: Any, _msg: Any) -> None:
-        if err is not None:
-            failed.append(err.str())
-
-    for verdict in verdicts:
-        while True:
-            try:
-                producer.produce(topic, value=encode(verdict_to_json(verdict)), key=verdict.account_id.encode(),
-                                 on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    producer.flush()
-    if failed:
-        raise FraudflowError(f"{len(failed):,} of {len(verdicts):,} verdicts were not delivered (first: {failed[0]})")
+    send_all(config, topic, "FRAUDFLOW_KAFKA_TOPIC_FEEDBACK",
+             ((v.account_id.encode(), encode(verdict_to_json(v))) for v in verdicts), args.connect_timeout,
+             **{"linger.ms": LINGER_MS})
     return topic
 
 

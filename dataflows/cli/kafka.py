@@ -20,7 +20,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, TextIO
+from typing import Any, Iterable, Iterator, Optional, TextIO
 
 from dataflows.cli.common import positive_int
 from dataflows.errors import FraudflowError
@@ -97,6 +97,40 @@ def existing_topics(client: Any, config: dict[str, Any], timeout_s: float) -> di
             f"no Kafka broker answered at {config['bootstrap.servers']} within {timeout_s:g} s ({cause}); "
             "check FRAUDFLOW_KAFKA_BROKERS (or --brokers), or start a local one with `make broker`") from None
     return {name: len(topic.partitions) for name, topic in metadata.topics.items() if not name.startswith("__")}
+
+
+def send_all(config: dict[str, Any], topic: str, variable: str, messages: Iterable[tuple[bytes, Optional[bytes]]],
+             timeout_s: float, flush_timeout_s: Optional[float] = None, **producer_config: Any) -> int:
+    """Produce ``(key, value)`` messages (a None value: a tombstone) to ``topic``, which must
+    exist (``variable`` names its setting), and wait for every delivery (at most
+    ``flush_timeout_s``, None: as long as it takes); raises if any was not delivered. Returns
+    how many were sent."""
+    from confluent_kafka import Producer
+
+    producer = _new_client(Producer, {**config, "acks": "all", **producer_config})
+    if topic not in existing_topics(producer, config, timeout_s):
+        raise _user_error(f"topic {topic!r} ({variable}) does not exist at {config['bootstrap.servers']} "
+                          "(create it with `fraudflow topics create`)")
+    failed: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(err.str())
+
+    sent = 0
+    for key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=delivered)
+                break
+            except BufferError:  # local queue full: let deliveries drain
+                producer.poll(0.05)
+        sent += 1
+    left = producer.flush() if flush_timeout_s is None else producer.flush(flush_timeout_s)
+    if left or failed:
+        raise _user_error(f"{len(failed) + left:,} of {sent:,} messages to {topic!r} were not delivered"
+                          + (f" (first: {failed[0]})" if failed else f" within {flush_timeout_s:g} s"))
+    return sent
 
 
 def read_to_end(config: dict[str, Any], topic: str, variable: str, group: str, timeout_s: float,

@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from dataflows.cli.backtest import add_test_command
 from dataflows.cli.common import existing_file
-from dataflows.cli.kafka import (ClientLog, _client_args, _new_client, _settings, client_config, existing_topics,
-                                 read_to_end)
+from dataflows.cli.kafka import ClientLog, _client_args, _settings, client_config, read_to_end, send_all
 from dataflows.errors import FraudflowError
 
 __all__ = ["SUBCOMMANDS", "register"]
@@ -87,40 +86,20 @@ def _add_fields(actions: Any) -> None:
 
 
 # -- publish, delete ----------------------------------------------------------------------------
-def _producer(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
-    from confluent_kafka import Producer
-
-    settings = _settings()
-    topic = settings.topic_rules
-    if not topic:
+def _send(args: argparse.Namespace, messages: list[tuple[bytes, Optional[bytes]]]) -> str:
+    """Messages to the rules topic, every delivery confirmed; the topic's name."""
+    kafka = _settings()
+    if not kafka.topic_rules:
         raise FraudflowError("no rules topic: FRAUDFLOW_KAFKA_TOPIC_RULES is empty")
-    config = client_config(settings, args.brokers, ClientLog())
-    producer = _new_client(Producer, {**config, "acks": "all"})
-    if topic not in existing_topics(producer, config, args.connect_timeout):
-        raise FraudflowError(f"topic {topic!r} does not exist at {config['bootstrap.servers']} "
-                             "(create it with `fraudflow topics create`)")
-    return producer, topic, config
-
-
-def _send(producer: Any, topic: str, messages: list[tuple[str, Any]], timeout_s: float) -> None:
-    failed: list[str] = []
-
-    def delivered(err: Any, _msg: Any) -> None:
-        if err is not None:
-            failed.append(err.str())
-
-    for key, value in messages:
-        producer.produce(topic, key=key.encode(), value=value, on_delivery=delivered)
-    left = producer.flush(timeout_s)
-    if left or failed:
-        raise FraudflowError(f"{len(failed) + left} of {len(messages)} messages to {topic!r} were not delivered"
-                             + (f" (first: {failed[0]})" if failed else f" within {timeout_s:g} s"))
+    config = client_config(kafka, args.brokers, ClientLog())
+    send_all(config, kafka.topic_rules, "FRAUDFLOW_KAFKA_TOPIC_RULES", messages, args.connect_timeout,
+             flush_timeout_s=max(10.0, args.connect_timeout))
+    return kafka.topic_rules
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
     rules = _read(args.file)
-    producer, topic, _ = _producer(args)
-    _send(producer, topic, [(r.id, json.dumps(r.spec()).encode()) for r in rules], max(10.0, args.connect_timeout))
+    topic = _send(args, [(r.id.encode(), json.dumps(r.spec()).encode()) for r in rules])
     for rule in rules:
         print(f"published {_line(rule)}")
     print(f"{len(rules)} rules published to {topic}; a running flow applies each one newer than the version it "
@@ -138,8 +117,7 @@ def _add_publish(actions: Any) -> None:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    producer, topic, _ = _producer(args)
-    _send(producer, topic, [(rule_id, None) for rule_id in args.ids], max(10.0, args.connect_timeout))
+    topic = _send(args, [(rule_id.encode(), None) for rule_id in args.ids])
     for rule_id in args.ids:
         print(f"deleted {rule_id} (a tombstone on {topic})")
     return 0
