@@ -19,7 +19,7 @@ the alert precision per day (share of the cards alerted that day alerted on a fr
 ``learners.report.alert_precision_by_day``) over the whole stream and the test week.
 Results go to ``benchmarks/results/feedback.json``.
 
-    python -m benchmarks.feedback [--seeds 0 1 2] [--capacity 100] [--delay-hours 4] [--jobs 1]
+    python -m benchmarks.feedback [--seeds 0 1 2] [--modes labels analysts] [--capacity 100] [--delay-hours 4] [--jobs 1]
     python -m benchmarks.feedback --combine NAME... [--out feedback]   # runs split over invocations
 """
 
@@ -157,11 +157,14 @@ def compare(runs: list[dict]) -> list[dict]:
 
 
 def combine(names: list[str], out: str) -> dict:
-    """One result file from several (runs split over invocations): runs, then the pairs again."""
+    """One result file from several (runs split over invocations): runs, then the pairs again.
+    Of two runs of the same seed and mode, the later file's is kept (e.g. only the analysts'
+    runs re-run after a change that leaves the label feed's runs as they were)."""
     from benchmarks.common import RESULTS
 
     parts = [json.loads((RESULTS / f"{name}.json").read_text()) for name in names]
-    runs = sorted((r for p in parts for r in p["runs"]), key=lambda r: (r["seed"], r["mode"]))
+    latest = {(r["seed"], r["mode"]): r for p in parts for r in p["runs"]}  # a later file's run replaces an earlier's
+    runs = sorted(latest.values(), key=lambda r: (r["seed"], r["mode"]))
     keep = {k: v for k, v in parts[0].items() if k not in ("benchmark", "when", "machine", "paired", "runs")}
     result = {**keep, "combined_from": names, "paired": compare(runs), "runs": runs}
     save(out, result)
@@ -177,6 +180,8 @@ def main(argv=None) -> dict:
                                                                 "needs >= 136)")
     parser.add_argument("--customers", type=int, default=5000)
     parser.add_argument("--terminals", type=int, default=10000)
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="which runs per seed (default: both; one alone is paired later with --combine)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each its own process (default %(default)s)")
     parser.add_argument("--out", default="feedback", help="result name under benchmarks/results (default %(default)s)")
     parser.add_argument("--combine", nargs="+", metavar="NAME",
@@ -186,8 +191,9 @@ def main(argv=None) -> dict:
         result = combine(args.combine, args.out)
         print(json.dumps({"paired": result["paired"]}, indent=2))
         return result
+    modes = [m for m in MODES if m in args.modes]
     jobs = [(seed, mode) for i, seed in enumerate(args.seeds)
-            for mode in (MODES if i % 2 == 0 else MODES[::-1])]  # alternate the order: the machine's load drifts
+            for mode in (modes if i % 2 == 0 else modes[::-1])]  # alternate the order: the machine's load drifts
 
     def run(job: tuple[int, str]) -> dict:
         r = in_subprocess("benchmarks.feedback", "one_run", str(job[0]), job[1], str(args.capacity),

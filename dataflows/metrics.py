@@ -26,7 +26,9 @@ fraudflow_alerts_suppressed_total           alert candidates folded into an open
 fraudflow_alerts_confirmed_total            alerts whose transaction a fraud label confirmed
 fraudflow_feedback_total{kind}              analysts' verdicts joined (verdicts), later labels for
                                             an answered transaction dropped (labels_duplicate) or
-                                            learned as a correction (labels_overturning_verdict)
+                                            learned as a correction (labels_overturning_verdict);
+                                            verdict examples learned at the label feed's time, in
+                                            the first FRAUDFLOW_VERDICT_WARMUP_DAYS (verdicts_deferred)
 fraudflow_score                             histogram of scores
 fraudflow_pending_transactions              transactions whose features await their label
 fraudflow_event_time_seconds                event time of the newest scored transaction

@@ -201,7 +201,7 @@ class RunStats:
             "alerts_suppressed_by_cooldown": self.suppressed,
             "alerts_confirmed_fraud": self.alerts_confirmed,
             "dead_letters": self.dead_letters,
-            "feedback": dict(self._feedback),
+            "feedback": {**self._feedback, "verdicts_deferred": sum(s.counts.get("verdicts_deferred", 0) for s in shards)},
             "rules_active": max((n for _, n in self._rule_books.values()), default=0),
             "rule_alerts": self.rule_alerts,
             "rule_allowed": self.rule_allowed,
@@ -254,7 +254,8 @@ class RunStats:
         if fb["verdicts"] or fb["labels_duplicate"]:
             lines.append(f"  analysts' verdicts    {fb['verdicts']:>12,}   ({fb['labels_duplicate']:,} later labels for "
                          f"answered transactions not learned again, {fb['labels_overturning_verdict']:,} chargebacks "
-                         "overturning a legitimate verdict learned)")
+                         f"overturning a legitimate verdict learned; {fb['verdicts_deferred']:,} verdict examples learned "
+                         "at the label feed's time, in the first FRAUDFLOW_VERDICT_WARMUP_DAYS)")
         if c["rules_active"] or c["rule_alerts"] or c["rule_allowed"] or c["bad_rules"]:
             lines.append(f"  rules                 {c['rules_active']:>12,} in force   ({c['rule_alerts']:,} alerts from "
                          f"alert rules, {c['rule_allowed']:,} alerts suppressed by allow rules, {c['bad_rules']:,} "

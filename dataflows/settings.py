@@ -58,7 +58,7 @@ import tomllib
 from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import date
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, NamedTuple, Optional
+from typing import Any, ClassVar, Mapping, NamedTuple, Optional
 
 from learners.config import MODEL_KIND_NAMES, ModelConfig
 
@@ -272,6 +272,11 @@ class ModelSettings(_Section):
         "terminal with known frauds); 0.1 balances the classes and measured better than 1.0", _between(0.001, 1.0))
     warmup_frauds: int = model_setting("warmup_frauds",
         "frauds learned before the supervised score replaces the anomaly score", _at_least(0))
+    verdict_warmup_days: float = model_setting("verdict_warmup_days",
+        "analysts' verdicts on transactions this many days from the first one are learned when the label feed "
+        "would have taught them, not at once: until the feature windows (30 days) and the terminal risk delay "
+        "have filled, only the verdicts would carry current feature values, and the model would learn that "
+        "current values mean fraud (decision 0062). 0: every verdict at once", _at_least(0))
 
 
 @_section

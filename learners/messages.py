@@ -59,13 +59,15 @@ class JoinedLabel(msgspec.Struct, frozen=True, gc=False):
 class LabelledExample(msgspec.Struct, frozen=True, gc=False):
     """A label joined to the feature vector its transaction was scored with (float32,
     :func:`learners.pending.pack`), for the model shard to learn at ``label_ts``; ``copy``:
-    another shard's example, learned here too but counted there (decision 0018)."""
+    another shard's example, learned here too but counted there (decision 0018); ``feed_ts``: an
+    analyst's verdict's, when the label feed would have taught it (0: not a verdict; decision 0062)."""
 
     tx_id: str
     label_ts: float
     is_fraud: Optional[bool]
     packed: bytes
     copy: bool = False
+    feed_ts: float = 0.0
 
 
 class UnsampledCount(msgspec.Struct, frozen=True, gc=False):

@@ -56,7 +56,7 @@ class PendingBucket:
     def __init__(self, state: Optional[tuple] = None) -> None:
         if state is None:
             self.features: dict[str, bytes] = {}
-            # labels that overtook their transaction: (label_ts, is_fraud[, keep])
+            # labels that overtook their transaction: (label_ts, is_fraud[, keep[, feed_ts]])
             self.orphans: dict[str, tuple] = {}
         else:
             features, orphans = state
@@ -77,14 +77,16 @@ class PendingBucket:
         if orphan is not None:
             if len(orphan) > 2 and orphan[2]:
                 self.features[tx_id] = packed
-            return [LabelledExample(tx_id, orphan[0], orphan[1], packed)]
+            return [LabelledExample(tx_id, orphan[0], orphan[1], packed, feed_ts=orphan[3] if len(orphan) > 3 else 0.0)]
         self.features[tx_id] = packed
         return []
 
-    def label(self, tx_id: str, label_ts: float, is_fraud: bool, keep: bool = False) -> list[LabelledExample]:
+    def label(self, tx_id: str, label_ts: float, is_fraud: bool, keep: bool = False,
+              feed_ts: float = 0.0) -> list[LabelledExample]:
         """Join a label to its transaction's features (or hold it until they arrive); ``keep``:
         the features stay for a later correction (an analyst's legitimate verdict, which a
-        chargeback may overturn) until :meth:`release`.
+        chargeback may overturn) until :meth:`release`; ``feed_ts``: a verdict's (see
+        :class:`~learners.messages.LabelledExample`).
 
         >>> bucket = PendingBucket()
         >>> _ = bucket.add("t-1", tuple(0.0 for _ in FEATURE_NAMES))
@@ -95,13 +97,16 @@ class PendingBucket:
         """
         packed = self.features.get(tx_id) if keep else self.features.pop(tx_id, None)
         if packed is None:
-            self.orphans[tx_id] = (label_ts, is_fraud, True) if keep else (label_ts, is_fraud)
+            if feed_ts:
+                self.orphans[tx_id] = (label_ts, is_fraud, keep, feed_ts)
+            else:
+                self.orphans[tx_id] = (label_ts, is_fraud, True) if keep else (label_ts, is_fraud)
             return []
-        return [LabelledExample(tx_id, label_ts, is_fraud, packed)]
+        return [LabelledExample(tx_id, label_ts, is_fraud, packed, feed_ts=feed_ts)]
 
     def release(self, tx_id: str) -> None:
         """Drop the features kept for a transaction (its verdict stood: nothing more to learn)."""
         self.features.pop(tx_id, None)
         orphan = self.orphans.get(tx_id)
-        if orphan is not None and len(orphan) > 2:
+        if orphan is not None and len(orphan) > 2 and orphan[2]:
             del self.orphans[tx_id]

@@ -46,7 +46,7 @@ from typing import Any, Callable, Optional
 
 from learners.coldstart import ColdStart
 from learners.config import ModelConfig
-from learners.features import FEATURE_NAMES
+from learners.features import DAY, FEATURE_NAMES
 from learners.messages import FeaturedTransaction, LabelledExample, Scored, UnsampledCount
 from learners.models import ANOMALY_FEATURES, build_anomaly_detector, build_classifier, reasons_for
 from learners.pending import pack, unpack
@@ -253,10 +253,20 @@ class ModelShard:
             self.counts["frauds_learned"] += 1
 
     def on_example(self, tx_id: str, label_ts: float, is_fraud: Optional[bool], packed: bytes,
-                   copy: bool = False) -> None:
+                   copy: bool = False, feed_ts: float = 0.0) -> None:
         """A labelled example (features joined to the label upstream); learned at the step after
         it. ``copy``: another shard's example, sent here too (``shard_examples="all"``) because
-        it is in the sample; it is learned but counted as received by that shard only."""
+        it is in the sample; it is learned but counted as received by that shard only.
+
+        ``feed_ts``: an analyst's verdict's, when the label feed would have taught it. A verdict
+        dated within ``verdict_warmup_days`` of the shard's first transaction is learned then,
+        not at ``label_ts`` (decision 0062): while the feature windows fill, the examples from
+        the feed are a label delay old and carry smaller windowed counts than today's, so the
+        verdicts alone would teach that today's counts mean fraud."""
+        if feed_ts > label_ts and label_ts < self.first_ts + self.config.verdict_warmup_days * DAY:
+            label_ts = feed_ts
+            if not copy:
+                self.counts["verdicts_deferred"] = self.counts.get("verdicts_deferred", 0) + 1
         if not copy:
             self.counts["labels_received"] += 1
             if is_fraud is None:  # inferred legitimate (frauds-only feeds)
@@ -360,7 +370,7 @@ class ModelShard:
                 if kind is FeaturedTransaction:
                     out.append(on_transaction(m.tx, m.features, m.part))
                 elif kind is LabelledExample:
-                    on_example(m.tx_id, m.label_ts, m.is_fraud, m.packed, m.copy)
+                    on_example(m.tx_id, m.label_ts, m.is_fraud, m.packed, m.copy, m.feed_ts)
                 elif kind is UnsampledCount:
                     self.on_unsampled(m.received, m.implicit)
                 else:

@@ -146,7 +146,7 @@ class Routes:
         if self._copies and type(m) is LabelledExample:
             others = self.copies_to(self.index[own], m)
             if others:
-                copy = LabelledExample(m.tx_id, m.label_ts, m.is_fraud, m.packed, True)
+                copy = LabelledExample(m.tx_id, m.label_ts, m.is_fraud, m.packed, True, m.feed_ts)
                 out.extend((self.keys[i], copy) for i in others)
         return out
 
@@ -439,6 +439,8 @@ class PendingStage(Stage):
         self.stats = stats
         self._rate = config.model.negative_sampling
         self._frauds_feed = config.model.label_mode == "frauds"  # learn_at differs from label_ts only there
+        # a verdict's transaction + this: when the label feed would teach it (learn_at's time for a fraud)
+        self._feed_delay = config.retention_s if self._frauds_feed else config.risk_delay_days * DAY
         # Wall clock (POSIX s) of the last batch; restored buckets get the full grace too. The
         # datetime bytewax wants is built in notify_at, and only when a second has passed.
         self._touched = time.time()
@@ -451,7 +453,7 @@ class PendingStage(Stage):
         bucket = self.bucket
         before = len(bucket.features)
         rate, unsampled, implicit = self._rate, 0, 0
-        frauds_feed = self._frauds_feed
+        frauds_feed, feed_delay = self._frauds_feed, self._feed_delay
         for m in messages:
             try:
                 if type(m) is FeaturedTransaction:
@@ -459,6 +461,8 @@ class PendingStage(Stage):
                 elif m.release:
                     bucket.release(m.tx_id)
                     continue
+                elif m.verdict:
+                    examples = bucket.label(m.tx_id, m.label_ts, m.is_fraud, m.keep, m.tx_ts + feed_delay)
                 else:
                     examples = bucket.label(m.tx_id, learn_at(m, self.config) if frauds_feed else m.label_ts,
                                             m.is_fraud, m.keep)

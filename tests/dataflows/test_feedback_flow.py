@@ -31,9 +31,12 @@ def small_stream():
     return list(simulate(SMALL, truth=truth)), truth
 
 
-def _run(events):
+def _run(events, **settings):
+    """Scores, dead letters and counts. Verdicts are learned at their ts from the start unless
+    ``verdict_warmup_days`` is given (a 14-day stream is inside the default warm-up)."""
+    settings.setdefault("verdict_warmup_days", 0.0)
     alerts, dlq, scores = [], [], []
-    parts = build_flow(Settings().replace(progress=False, snapshot_dir="off"), source=EventListSource(events),
+    parts = build_flow(Settings().replace(progress=False, snapshot_dir="off", **settings), source=EventListSource(events),
                        alerts_sink=TestingSink(alerts), dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores),
                        shards=1)
     run_main(parts.flow)
@@ -72,6 +75,35 @@ def test_verdicts_never_change_the_score_of_an_earlier_transaction(small_stream,
     # each chosen transaction's chargeback ("legitimate", 2 days later) came and was dropped
     labelled = {e.tx_id for e in events if type(e) is Label}
     assert counts["feedback"]["labels_duplicate"] == sum(t.tx_id in labelled for t in chosen) > 0
+    assert counts["feedback"]["verdicts_deferred"] == 0
+
+
+def test_verdicts_in_the_warm_up_are_learned_when_the_feed_would_teach_them(small_stream):
+    """Verdicts inside the default warm-up (37 days from the first transaction: this whole
+    stream) are learned at their transaction + the risk delay, the time the label feed teaches
+    them (this stream's feed is 2 days late; the risk delay is set to match), not at their ts
+    (decision 0062). Right "legitimate" verdicts then change no score at all; wrong ones change
+    none before the first of those times and some after it."""
+    events, truth = small_stream
+    txs = [e for e in events if type(e) is Transaction]
+    v_ts = txs[len(txs) // 4].event_ts
+    # transactions whose chargeback comes after V (an earlier one would not be moved)
+    chosen = [t for t in txs if v_ts - 2 * DAY < t.event_ts < v_ts - DAY and not truth[t.tx_id].is_fraud][-300:]
+    base, _, _ = _run(events, risk_delay_days=2)
+    for wrong in (False, True):
+        verdicts = [Verdict(f"a-{t.tx_id}", t.tx_id, t.account_id, v_ts, wrong) for t in chosen]
+        fed, dlq, counts = _run(_in_order(verdicts + events), verdict_warmup_days=37.0, risk_delay_days=2)
+        assert dlq == []
+        assert counts["feedback"]["verdicts"] == len(verdicts)
+        # counted where learned: a fraud always, a legitimate example only in the negative sample
+        assert counts["feedback"]["verdicts_deferred"] == len(verdicts) if wrong else \
+            0 < counts["feedback"]["verdicts_deferred"] < len(verdicts)
+        if not wrong:
+            assert fed == base
+            continue
+        feed_from = min(t.event_ts for t in chosen) + 2 * DAY
+        assert all(fed[t.tx_id] == base[t.tx_id] for t in txs if t.event_ts <= feed_from)
+        assert any(fed[t.tx_id] != base[t.tx_id] for t in txs if t.event_ts > feed_from + 2 * 3600)
 
 
 def test_a_chargeback_for_an_answered_transaction_is_learned_once(small_stream, label_feed_only):
@@ -88,7 +120,8 @@ def test_a_chargeback_for_an_answered_transaction_is_learned_once(small_stream, 
     _, _, base = label_feed_only
     _, dlq, fed = _run(_in_order(verdicts + events))
     assert dlq == []
-    assert fed["feedback"] == {"verdicts": 300, "labels_duplicate": 300, "labels_overturning_verdict": 0}
+    assert fed["feedback"] == {"verdicts": 300, "labels_duplicate": 300, "labels_overturning_verdict": 0,
+                               "verdicts_deferred": 0}
     assert fed["frauds_learned"] == base["frauds_learned"]
     assert fed["labels_received"] == base["labels_received"]
     _, dlq, legit_only = _run(_in_order(verdicts[150:] + events))
@@ -111,7 +144,7 @@ def _write_files(events, prefix: Path) -> None:
 def _replay_in_process(out: Path, name: str, desk=None):
     """What ``fraudflow replay s.transactions.jsonl s.labels.jsonl --scores/--alerts/--dlq NAME.*``
     runs (``--analysts`` with a desk), in this process; the run's counts."""
-    settings = Settings().replace(progress=False, snapshot_dir="off").replace(
+    settings = Settings().replace(progress=False, snapshot_dir="off", verdict_warmup_days=0.0).replace(
         source="files", transactions_file=str(out / "s.transactions.jsonl"), labels_file=str(out / "s.labels.jsonl"),
         alerts=str(out / f"{name}.alerts.jsonl"), dlq=str(out / f"{name}.dlq.jsonl"),
         scores=str(out / f"{name}.scores.jsonl"))
@@ -170,7 +203,7 @@ def test_replay_with_analysts_in_the_loop_is_deterministic_and_learns(recorded, 
     from learners.analysts import AnalystConfig, AnalystDesk, read_frauds
 
     out, plain = recorded
-    env = {"FRAUDFLOW_SNAPSHOT_DIR": "off"}
+    env = {"FRAUDFLOW_SNAPSHOT_DIR": "off", "FRAUDFLOW_VERDICT_WARMUP_DAYS": "0"}  # this stream is inside the warm-up
     proc = fraudflow("replay", "s.transactions.jsonl", "s.labels.jsonl", "--analysts", "--capacity", "10",
                      "--delay-hours", "4", "--scores", "a.scores.jsonl", "--alerts", "a.alerts.jsonl",
                      "--dlq", "a.dlq.jsonl", "--verdicts", "a.verdicts.jsonl", cwd=out, env=env)
@@ -183,7 +216,8 @@ def test_replay_with_analysts_in_the_loop_is_deterministic_and_learns(recorded, 
     assert (out / "a.verdicts.jsonl").read_bytes() == (out / "b.verdicts.jsonl").read_bytes()
     listed = AnalystDesk(AnalystConfig(10, 4 * 3600.0), read_frauds(str(out / "s.labels.jsonl")))
     scores: list = []
-    parts = build_flow(Settings().replace(progress=False, snapshot_dir="off"), source=EventListSource(small_stream[0], desk=listed),
+    parts = build_flow(Settings().replace(progress=False, snapshot_dir="off", verdict_warmup_days=0.0),
+                       source=EventListSource(small_stream[0], desk=listed),
                        alerts_sink=TestingSink([]), dlq_sink=TestingSink([]), scores_sink=TestingSink(scores),
                        shards=1, desk=listed)
     run_main(parts.flow)

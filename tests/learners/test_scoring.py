@@ -260,3 +260,28 @@ def test_unsampled_examples_are_counted_at_their_shard_and_never_held():
     assert shard.on_batch([UnsampledCount(3, 1), UnsampledCount(2, 0)]) == []
     assert shard.counts["labels_received"] == 5 and shard.counts["implicit_negatives"] == 1
     assert shard.learner.held == [] and shard.counts["labels_learned"] == 0
+
+
+def test_a_verdict_in_the_warm_up_is_learned_when_the_feed_would_teach_it():
+    """Decision 0062: a verdict dated within ``verdict_warmup_days`` of the shard's first
+    transaction is held until its ``feed_ts``; after the warm-up, at its own ts; an ordinary
+    label (feed_ts 0) is never moved."""
+    shard = make_shard(verdict_warmup_days=10.0)
+    shard.on_transaction(tx(1, D0), features(500.0))
+    shard.on_example("t-1", D0 + 4 * 3600, True, pack(features(500.0)), feed_ts=D0 + 7 * DAY)
+    assert [h[0] for h in shard.learner.held] == [D0 + 7 * DAY] and shard.counts["verdicts_deferred"] == 1
+    shard.on_example("t-2", D0 + 3600, True, pack(features(500.0)))
+    assert sorted(h[0] for h in shard.learner.held) == [D0 + 3600, D0 + 7 * DAY]
+    shard.on_transaction(tx(3, D0 + 12 * DAY), features(20.0))  # past the warm-up
+    shard.on_example("t-3", D0 + 12 * DAY + 3600, False, pack(features(20.0)), feed_ts=D0 + 19 * DAY)
+    assert shard.counts["verdicts_deferred"] == 1
+    assert D0 + 12 * DAY + 3600 in [h[0] for h in shard.learner.held]
+
+
+def test_a_verdict_that_overtook_its_transaction_keeps_its_feed_time():
+    bucket = PendingBucket()
+    assert bucket.label("t-1", D0 + 3600, True, feed_ts=D0 + 7 * DAY) == []
+    bucket = PendingBucket(bucket.snapshot())  # and through a snapshot
+    [example] = bucket.add("t-1", features(500.0))
+    assert (example.label_ts, example.feed_ts, example.is_fraud) == (D0 + 3600, D0 + 7 * DAY, True)
+    assert bucket.empty
