@@ -98,11 +98,13 @@ def cmd_investigate(args: argparse.Namespace) -> int:
     verdicts = []
     while desk.peek_due() is not None:
         verdicts.append(desk.pop_due())
+    targets = []
     if args.kafka:
-        target = _produce(args, settings, verdicts)
-    else:
+        targets.append(_produce(args, settings, verdicts))
+    if args.out:
         write_jsonl(args.out, (verdict_to_json(v) for v in verdicts))
-        target = args.out
+        targets.append(args.out)
+    target = " and ".join(targets)
     skipped = f"; {bad:,} records were not alerts" if bad else ""
     print(f"investigate: {desk.summary()}{skipped}; verdicts written to {target}", file=sys.stderr, flush=True)
     if args.json:
@@ -116,11 +118,12 @@ def register(sub: Any) -> None:
                                    "to --capacity cards a day (event-time day of the alert, first come first served; "
                                    "a card already taken that day or under investigation is left), answer each "
                                    "--delay-hours later with the truth of the simulator's labels file, and write the "
-                                   "verdicts (contract feedback) to --out or the feedback topic.")
+                                   "verdicts (contract feedback) to --out, the feedback topic (--kafka), or both.")
     p.add_argument("alerts", nargs="?", type=existing_file, help="alerts JSONL (from replay --alerts)")
     p.add_argument("--labels", required=True, type=existing_file,
                    help="the simulator's labels JSONL: the truth the analysts find")
-    p.add_argument("--out", metavar="FILE", help="write the verdicts here (JSONL)")
+    p.add_argument("--out", metavar="FILE",
+                   help="write the verdicts here (JSONL); with --kafka too, a copy of what went to the topic")
     p.add_argument("--kafka", action="store_true",
                    help="read the alerts topic, write to the feedback topic (FRAUDFLOW_KAFKA_* settings)")
     p.add_argument("--capacity", type=int, default=100, help="cards a day (default %(default)s)")

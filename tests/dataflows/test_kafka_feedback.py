@@ -36,7 +36,8 @@ def sim(tmp_path_factory) -> Path:
 def _run_flow(broker, topics: dict[str, str], log_dir: Path) -> str:
     """The flow over the topics to their end, one process; its log (with the summary)."""
     env = cli_env(broker.bootstrap, topics, FRAUDFLOW_SOURCE="kafka", FRAUDFLOW_KAFKA_STOP_AT_END="1",
-                  FRAUDFLOW_EMIT_SCORES="1", FRAUDFLOW_SNAPSHOT_DIR="off", FRAUDFLOW_PROGRESS="1")
+                  FRAUDFLOW_EMIT_SCORES="1", FRAUDFLOW_SNAPSHOT_DIR="off", FRAUDFLOW_PROGRESS="1",
+                  FRAUDFLOW_VERDICT_WARMUP_DAYS="0")  # the stream is shorter than the warm-up (decision 0062)
     log_dir.mkdir()
     cluster = FlowCluster({k: v for k, v in env.items() if k.startswith("FRAUDFLOW_")}, log_dir=log_dir).start()
     assert cluster.wait(timeout=300) == [0], cluster.logs()
@@ -69,14 +70,17 @@ def test_investigate_over_kafka_and_the_flow_learns_the_feedback_topic(broker, s
     assert len(alerts) > 30
 
     # 2. the analysts read the alerts topic and answer on the feedback topic
+    copy = tmp_path / "verdicts.jsonl"
     done = fraudflow("investigate", "--kafka", "--labels", f"{sim}.labels.jsonl", "--capacity", "10",
-                     "--delay-hours", "4", "--json", "-q", env=env)
+                     "--delay-hours", "4", "--json", "-q", "--out", str(copy), env=env)
     assert done.returncode == 0, done.stderr
     counts = json.loads(done.stdout)
     assert counts["alerts"] == len(alerts) and 20 < counts["verdicts"] < len(alerts)
     assert max(counts["cards_per_day"].values()) <= 10
     verdicts = read_topic(broker.bootstrap, topics["feedback"], expect=counts["verdicts"])
     assert len(verdicts) == counts["verdicts"]
+    assert sorted(json.dumps({k: v for k, v in d.items() if k != "_at"}, sort_keys=True) for d in verdicts) == \
+        sorted(json.dumps(json.loads(line), sort_keys=True) for line in lines(copy))  # --out: the same verdicts
     for v in verdicts:
         alert = alerts[v["alert_id"]]
         assert (v["tx_id"], v["account_id"]) == (alert["tx_id"], alert["account_id"])
