@@ -36,6 +36,7 @@ producers, the rest (security, timeouts) to all. They are never logged.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -170,17 +171,20 @@ class _EventsPartition(StatefulSourcePartition[tuple[int, Any], Optional[int]]):
         limit = self._pacer.limit(self._key, head)
         # ... and at most two learning steps (8 batch spans) ahead of partitions other processes read
         limit = min(limit, BOARD.floor(self._pacer.local_partitions()) + 8 * span)
-        first_ts: Optional[float] = None
+        lo: Optional[float] = None  # the batch's earliest event time and its latest (EventTimeBatcher's bound)
+        hi = -math.inf
         n = 0
         for _, event in carry:
             ts = getattr(event, "event_ts", None)
             if ts is not None:
                 if ts > limit:
                     break  # ahead of the other partitions: wait for them
-                if first_ts is None:
-                    first_ts = ts
-                elif ts - first_ts > span:
+                if lo is None:
+                    lo = hi = ts
+                elif ts - lo > span or hi - ts > span:
                     break
+                else:
+                    lo, hi = min(lo, ts), max(hi, ts)
             n += 1
         self._paced_until = time.monotonic() + 0.002 if n == 0 and carry else 0.0
         batch = [(part, event) for _, event in carry[:n]]

@@ -47,11 +47,19 @@ def batch_span_for(allowed_lateness_s: float) -> float:
 
 
 class EventTimeBatcher:
-    """Cuts an event-time-ordered stream into batches of at most ``size`` events spanning at
-    most ``max_span_s`` of event time.
+    """Cuts a stream into batches of at most ``size`` events spanning at most ``max_span_s``
+    of event time, from the batch's earliest event to its latest, in whatever order they come.
 
     Keyed steps regroup each batch by key, which reorders it; bounding the event time a
-    batch covers bounds that disorder, which the flow absorbs (``allowed_lateness_s``).
+    batch covers bounds that disorder, which the flow absorbs (``allowed_lateness_s``). An
+    event ahead of the ones after it (a clock ahead, verdicts listed before the transactions
+    they answer) ends its batch: the batch does not reach back over the events behind it,
+    which the keyed steps would otherwise reorder by key over hours or days.
+
+    >>> from types import SimpleNamespace as At
+    >>> batcher, events = EventTimeBatcher(10, 900.0), iter([At(event_ts=t) for t in (86_400, 0, 60, 600, 1_000)])
+    >>> [[e.event_ts for _, e in batcher.take(0, events)] for _ in range(3)]
+    [[86400], [0, 60, 600], [1000]]
     """
 
     def __init__(self, size: int, max_span_s: float) -> None:
@@ -63,7 +71,8 @@ class EventTimeBatcher:
         """The next batch; ``events`` may offer ``peek()`` so nothing is taken but not emitted."""
         beat()
         batch = []
-        first_ts: Optional[float] = None
+        lo: Optional[float] = None  # the batch's earliest event time
+        hi = -math.inf  # and its latest
         peek = getattr(events, "peek", None)
         while len(batch) < self.size:
             if peek is not None:
@@ -75,12 +84,14 @@ class EventTimeBatcher:
                 break
             ts = getattr(event, "event_ts", None)
             if ts is not None and ts != float("-inf"):
-                if first_ts is None:
-                    first_ts = ts
-                elif ts - first_ts > self.max_span_s and batch:
+                if lo is None:
+                    lo = hi = ts
+                elif ts - lo > self.max_span_s or hi - ts > self.max_span_s:
                     if peek is None:
                         self._carry = event
                     break
+                else:
+                    lo, hi = min(lo, ts), max(hi, ts)
             if peek is not None:
                 next(events)
             batch.append((part, event))

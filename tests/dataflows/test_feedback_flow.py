@@ -78,7 +78,13 @@ def test_verdicts_never_change_the_score_of_an_earlier_transaction(small_stream,
     assert counts["feedback"]["verdicts_deferred"] == 0
 
 
-def test_verdicts_in_the_warm_up_are_learned_when_the_feed_would_teach_them(small_stream):
+@pytest.fixture(scope="module")
+def label_feed_two_days_late(small_stream):
+    """The stream's run without verdicts, terminal risk 2 days back (this stream's label delay)."""
+    return _run(small_stream[0], risk_delay_days=2)
+
+
+def test_verdicts_in_the_warm_up_are_learned_when_the_feed_would_teach_them(small_stream, label_feed_two_days_late):
     """Verdicts inside the default warm-up (37 days from the first transaction: this whole
     stream) are learned at their transaction + the risk delay, the time the label feed teaches
     them (this stream's feed is 2 days late; the risk delay is set to match), not at their ts
@@ -89,7 +95,7 @@ def test_verdicts_in_the_warm_up_are_learned_when_the_feed_would_teach_them(smal
     v_ts = txs[len(txs) // 4].event_ts
     # transactions whose chargeback comes after V (an earlier one would not be moved)
     chosen = [t for t in txs if v_ts - 2 * DAY < t.event_ts < v_ts - DAY and not truth[t.tx_id].is_fraud][-300:]
-    base, _, _ = _run(events, risk_delay_days=2)
+    base, _, _ = label_feed_two_days_late
     for wrong in (False, True):
         verdicts = [Verdict(f"a-{t.tx_id}", t.tx_id, t.account_id, v_ts, wrong) for t in chosen]
         fed, dlq, counts = _run(_in_order(verdicts + events), verdict_warmup_days=37.0, risk_delay_days=2)
@@ -104,6 +110,25 @@ def test_verdicts_in_the_warm_up_are_learned_when_the_feed_would_teach_them(smal
         feed_from = min(t.event_ts for t in chosen) + 2 * DAY
         assert all(fed[t.tx_id] == base[t.tx_id] for t in txs if t.event_ts <= feed_from)
         assert any(fed[t.tx_id] != base[t.tx_id] for t in txs if t.event_ts > feed_from + 2 * 3600)
+
+
+def test_verdicts_listed_before_every_transaction_change_no_score(small_stream, label_feed_two_days_late):
+    """Right "legitimate" verdicts dated days ahead, listed before every transaction (out of
+    event-time order, as a file out of order could have them): the transactions after them
+    are batched by their own event time, so they get the terminal counts and scores of the run
+    without verdicts. (A batch opened by the verdicts reached back 3.6 days over 658
+    transactions, which the account step regrouped by card: a terminal saw them out of order,
+    t-000000627's terminal counted 1 transaction 2 days back instead of 4, and 2,775 scores
+    differed.)"""
+    events, truth = small_stream
+    txs = [e for e in events if type(e) is Transaction]
+    v_ts = txs[len(txs) // 4].event_ts
+    chosen = [t for t in txs if v_ts - 2 * DAY < t.event_ts < v_ts - DAY and not truth[t.tx_id].is_fraud][-300:]
+    verdicts = [Verdict(f"a-{t.tx_id}", t.tx_id, t.account_id, v_ts, False) for t in chosen]
+    base, _, _ = label_feed_two_days_late
+    fed, dlq, counts = _run(verdicts + events, verdict_warmup_days=37.0, risk_delay_days=2)
+    assert dlq == [] and counts["feedback"]["verdicts"] == len(verdicts)
+    assert sum(fed[t.tx_id] != base[t.tx_id] for t in txs) == 0
 
 
 def test_a_chargeback_for_an_answered_transaction_is_learned_once(small_stream, label_feed_only):
