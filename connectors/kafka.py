@@ -183,8 +183,10 @@ class _EventsPartition(StatefulSourcePartition[tuple[int, Any], Optional[int]]):
                     lo = hi = ts
                 elif ts - lo > span or hi - ts > span:
                     break
-                else:
-                    lo, hi = min(lo, ts), max(hi, ts)
+                elif ts < lo:
+                    lo = ts
+                elif ts > hi:
+                    hi = ts
             n += 1
         self._paced_until = time.monotonic() + 0.002 if n == 0 and carry else 0.0
         batch = [(part, event) for _, event in carry[:n]]

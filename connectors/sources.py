@@ -90,8 +90,10 @@ class EventTimeBatcher:
                     if peek is None:
                         self._carry = event
                     break
-                else:
-                    lo, hi = min(lo, ts), max(hi, ts)
+                elif ts < lo:
+                    lo = ts
+                elif ts > hi:
+                    hi = ts
             if peek is not None:
                 next(events)
             batch.append((part, event))
