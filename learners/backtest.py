@@ -7,7 +7,8 @@ numbers are the model alerts it would have suppressed and the frauds among them.
 
 The features a rule reads are recomputed by the flow's own account and terminal stages
 (:mod:`learners.stages`) over the recorded transactions and labels, in the flow's order, so a
-rule sees what it would have seen live; the score is the recorded one (``replay --scores``).
+rule sees what it would have seen live (the card's last hour too: ``acct_nb_tx_1h``,
+``acct_sum_amount_1h``); the score is the recorded one (``replay --scores``).
 
 >>> from connectors.events import Transaction
 >>> from learners.rules import parse_rule
@@ -32,7 +33,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from connectors.events import DeadLetter, Label, Transaction
 from learners.messages import FeaturedTransaction, JoinedLabel
-from learners.rules import Rule
+from learners.rules import Rule, row_of
 from learners.stages import AccountStage, PipelineConfig, TerminalStage
 
 __all__ = ["Backtest", "RuleStats", "backtest", "featured"]
@@ -43,9 +44,11 @@ DAY = 86_400.0
 _EPOCH = date(1970, 1, 1)
 
 
-def featured(events: Iterable[Any], config: PipelineConfig = PipelineConfig()) -> Iterator[tuple[Transaction, tuple]]:
-    """``(transaction, feature vector)`` for each transaction of an event-time ordered stream
-    of transactions and labels, computed by the flow's account and terminal stages."""
+def featured(events: Iterable[Any], config: PipelineConfig = PipelineConfig()
+             ) -> Iterator[tuple[Transaction, tuple, tuple]]:
+    """``(transaction, feature vector, last hour)`` for each transaction of an event-time
+    ordered stream of transactions and labels, computed by the flow's account and terminal
+    stages (``last hour``: the card's count and amount, the rules' velocity fields)."""
     accounts: dict[str, AccountStage] = {}
     terminals: dict[str, TerminalStage] = {}
     for event in events:
@@ -63,7 +66,7 @@ def featured(events: Iterable[Any], config: PipelineConfig = PipelineConfig()) -
                     terminal = terminals[key] = TerminalStage(config)
                 for t in terminal.on_batch([m]):
                     if type(t) is FeaturedTransaction:
-                        yield t.tx, t.features
+                        yield t.tx, t.features, t.last_hour
             elif kind is DeadLetter:
                 continue
 
@@ -131,18 +134,19 @@ class Backtest:
         }
 
 
-def backtest(rules: Sequence[Rule], transactions: Iterable[tuple[Transaction, tuple]], scores: dict[str, float],
+def backtest(rules: Sequence[Rule], transactions: Iterable[tuple], scores: dict[str, float],
              frauds: set[str], model_alerts: Optional[set[str]] = None, threshold: float = 0.5,
              cooldown_s: float = 24 * 3600.0) -> Backtest:
-    """Run ``rules`` over ``(transaction, features)`` pairs (:func:`featured`), with the recorded
-    ``scores``; ``model_alerts``: the tx ids the model alerted (default: score >= threshold);
-    ``frauds``: tx ids labelled fraud. Disabled rules are backtested too (that is the point)."""
+    """Run ``rules`` over ``(transaction, features, last hour)`` (:func:`featured`; without the
+    last hour, the velocity fields are 0), with the recorded ``scores``; ``model_alerts``: the
+    tx ids the model alerted (default: score >= threshold); ``frauds``: tx ids labelled fraud.
+    Disabled rules are backtested too (that is the point)."""
     stats = {r.id: RuleStats(r.id, r.action) for r in rules}
     model = RuleStats("model", "alert")
     last_alert: dict[str, dict[str, float]] = {r.id: {} for r in rules}
     model_last: dict[str, float] = {}
     first_day, last_day, n, unscored = 10**9, -10**9, 0, 0
-    for tx, features in transactions:
+    for tx, features, *last_hour in transactions:
         score = scores.get(tx.tx_id)
         if score is None:
             unscored += 1
@@ -154,7 +158,7 @@ def backtest(rules: Sequence[Rule], transactions: Iterable[tuple[Transaction, tu
         alerted = (tx.tx_id in model_alerts) if model_alerts is not None else score >= threshold
         if alerted:  # an alerts file has had the cool-down already
             _count(model, model_last, tx, day, is_fraud, True, 0.0 if model_alerts is not None else cooldown_s)
-        row = (*features, score, threshold)
+        row = row_of(features, score, threshold, *last_hour[:1])
         for rule in rules:
             if not rule.matches(tx, row):
                 continue

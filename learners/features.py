@@ -4,8 +4,9 @@ Two small stateful classes hold what the features need and nothing else:
 
 * :class:`AccountProfile` (keyed by ``account_id``): daily spend buckets over the last 30
   days, robust running amount statistics, the previous transaction time, recently used
-  terminals, and the transactions still awaiting a label (to join labels that lack
-  ``terminal_id``).
+  terminals, the transactions still awaiting a label (to join labels that lack
+  ``terminal_id``), and the last hour's transactions (``last_hour``: for the rules' velocity
+  fields, not a model feature).
 * :class:`TerminalProfile` (keyed by ``terminal_id``): daily transaction counts and the
   fraud labels released so far, each with the time it became known.
 
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 DAY = 86_400.0
+HOUR = 3600.0
 WINDOWS = (1, 7, 30)
 _HORIZON = 31  # daily buckets kept per account: today + 30 days back
 
@@ -111,6 +113,8 @@ def _term_hash(terminal_id: str) -> int:
     return zlib.crc32(terminal_id.encode())
 
 
+_NO_HOUR = (0.0, 0.0)  # AccountProfile.last_hour with nothing in the hour
+
 PendingTx = tuple[str, float, str, bool]  # (tx_id, event_ts, terminal_id, unexplained by its card)
 
 ORDINARY_Z = 3.0  # robust z-score under which an amount is within the card's habit
@@ -140,7 +144,7 @@ class AccountProfile:
     """
 
     __slots__ = ("day", "counts", "sums", "unusual", "amounts", "n_seen", "first_ts", "last_ts", "terms", "pending",
-                 "orphans", "verdicts")
+                 "orphans", "verdicts", "hourly")
 
     RECENT_AMOUNTS = 16
     RECENT_TERMINALS = 24
@@ -149,6 +153,10 @@ class AccountProfile:
     # a later chargeback for the same transaction is not learned twice (decision 0050). A card
     # has at most one alert a day under the default cool-down: 32 cover a month of them.
     MAX_VERDICTS = 32
+    # The last hour's transactions, (event_ts, amount) each, for the rules' velocity fields
+    # (:meth:`last_hour`; decision 0063): at most this many, the latest by event time, so a
+    # card with more in an hour counts this many (the count saturates).
+    MAX_LAST_HOUR = 32
 
     def __init__(self, state: Optional[tuple] = None) -> None:
         if state is None:
@@ -165,13 +173,16 @@ class AccountProfile:
             # labels before their transaction: (tx_id, ts, is_fraud, account_id, origin[, verdict])
             self.orphans: list[tuple] = []
             self.verdicts = array("I")
+            self.hourly = array("d")  # event_ts, amount, event_ts, amount, ... in event-time order
         else:
             (self.day, counts, sums, amounts, self.n_seen, self.first_ts, self.last_ts, terms, pending,
              orphans, *newer) = state
             # saved before the unusual-amount counts (10 values): none counted; before the
-            # analysts' verdicts (11 values): none remembered
+            # analysts' verdicts (11 values): none remembered; before the last hour's
+            # transactions (12 values): none kept (the velocity fields count from the restart)
             self.unusual = array("H", newer[0] if newer else bytes(2 * _HORIZON))
             self.verdicts = array("I", newer[1] if len(newer) > 1 else b"")
+            self.hourly = array("d", newer[2] if len(newer) > 2 else b"")
             self.amounts = array("f", amounts)
             self.counts = array("H", counts)
             self.sums = array("f", sums)
@@ -183,19 +194,20 @@ class AccountProfile:
     def snapshot(self) -> tuple:
         return (self.day, self.counts.tobytes(), self.sums.tobytes(), self.amounts.tobytes(), self.n_seen,
                 self.first_ts, self.last_ts, self.terms.tobytes(), tuple(self.pending), tuple(self.orphans),
-                self.unusual.tobytes(), self.verdicts.tobytes())
+                self.unusual.tobytes(), self.verdicts.tobytes(), self.hourly.tobytes())
 
     @staticmethod
     def is_snapshot(value: Any) -> bool:
         """Has ``value`` (plain data read back from a store) the layout of :meth:`snapshot`, this
-        version's (12 values), the one before the analysts' verdicts (11) or the one before the
-        per-day unusual-amount counts (10)?"""
-        if not isinstance(value, tuple) or len(value) not in (10, 11, 12):
+        version's (13 values), the one before the last hour's transactions (12), the one before
+        the analysts' verdicts (11) or the one before the per-day unusual-amount counts (10)?"""
+        if not isinstance(value, tuple) or len(value) not in (10, 11, 12, 13):
             return False
         day, counts, sums, amounts, n_seen, first_ts, last_ts, terms, pending, orphans, *newer = value
-        unusual, verdicts = newer[:1], newer[1:]
+        unusual, verdicts, hourly = newer[:1], newer[1:2], newer[2:]
         return (isinstance(day, int) and all(isinstance(b, bytes) for b in (counts, sums, amounts, terms, *newer))
                 and all(len(b) == 2 * _HORIZON for b in unusual) and all(len(b) % 4 == 0 for b in verdicts)
+                and all(len(b) % 16 == 0 for b in hourly)
                 and isinstance(n_seen, int) and isinstance(first_ts, (int, float))
                 and isinstance(last_ts, (int, float)) and isinstance(pending, (tuple, list))
                 and isinstance(orphans, (tuple, list)) and len(counts) == 2 * _HORIZON and len(sums) == 4 * _HORIZON)
@@ -209,7 +221,8 @@ class AccountProfile:
         and the habit the features take from them (``median``, ``mad``, ``robust_scale``: None
         under 3 amounts); ``recent_terminals``: how many are kept; ``pending``: transactions
         awaiting a label ``(tx_id, event_ts, terminal_id, unexplained)``; ``orphans``: labels
-        that came before their transaction ``(tx_id, label_ts, is_fraud)``. Times are POSIX
+        that came before their transaction ``(tx_id, label_ts, is_fraud)``; ``last_hour``: the
+        ``(event_ts, amount)`` kept for the velocity fields (:meth:`last_hour`). Times are POSIX
         seconds (None before the first transaction), days count from 1970-01-01.
 
         >>> from connectors.events import Transaction
@@ -242,6 +255,7 @@ class AccountProfile:
             "pending": list(self.pending),
             "orphans": list(self.orphans),
             "verdicts_remembered": len(self.verdicts),
+            "last_hour": [(self.hourly[i], self.hourly[i + 1]) for i in range(0, len(self.hourly), 2)],
         }
 
     def _advance(self, day: int) -> None:
@@ -298,10 +312,70 @@ class AccountProfile:
         return (*out_n, *out_avg, ratio, median_ratio, robust_z, since_prev, new_terminal, history_days,
                 float(unusual), new_high)
 
-    def update(self, tx, features: tuple[float, ...]) -> bool:
+    def last_hour(self, event_ts: float) -> tuple[float, float]:
+        """The card's transactions and their amount in the hour before ``event_ts`` (event
+        time: ``event_ts - 1 h <= ts <= event_ts``, both ends included), from history before the
+        transaction at ``event_ts`` (state unchanged): the rules' ``acct_nb_tx_1h`` and
+        ``acct_sum_amount_1h``, not model features (decision 0063). A transaction later in event
+        time (it arrived first, out of order) is not counted. At most ``MAX_LAST_HOUR`` are
+        kept, the latest: above that the count stays at ``MAX_LAST_HOUR`` and the amount is
+        theirs.
+
+        >>> from connectors.events import Transaction
+        >>> acct = AccountProfile()
+        >>> t0 = 1522540800.0
+        >>> for i, (dt, amount) in enumerate([(0, 5.0), (1800, 20.0), (3000, 40.0)]):
+        ...     _ = acct.observe(Transaction(f"t-{i}", "c-1", t0 + dt, amount, "m-1"))
+        >>> acct.last_hour(t0 + 3600), acct.last_hour(t0 + 3601), acct.last_hour(t0 + 2000)
+        ((3.0, 65.0), (2.0, 60.0), (2.0, 25.0))
+        """
+        hourly = self.hourly
+        n = len(hourly)
+        since = event_ts - HOUR
+        if not n or hourly[n - 2] < since:  # nothing kept, or all of it older (the common case)
+            return _NO_HOUR
+        count, amount = 0, 0.0
+        for i in range(0, n, 2):
+            ts = hourly[i]
+            if ts > event_ts:
+                break  # kept in event-time order: the rest are later too
+            if ts >= since:
+                count += 1
+                amount += hourly[i + 1]
+        return float(count), amount
+
+    def _keep_for_last_hour(self, event_ts: float, amount: float, lateness_s: float) -> None:
+        """Keep ``(event_ts, amount)`` for :meth:`last_hour`, in event-time order; drop what no
+        transaction within ``lateness_s`` of the latest can count any more, and the oldest
+        above ``MAX_LAST_HOUR``."""
+        hourly = self.hourly
+        latest = event_ts if event_ts > self.last_ts else self.last_ts
+        horizon = latest - HOUR - lateness_s
+        if hourly and hourly[0] < horizon:
+            n, k = len(hourly), 2
+            while k < n and hourly[k] < horizon:
+                k += 2
+            del hourly[:k]
+        if event_ts < horizon:
+            return  # later than the lateness: no transaction still to come counts it
+        n = len(hourly)
+        if not n or event_ts >= hourly[n - 2]:
+            hourly.extend((event_ts, amount))
+        else:  # out of order: after those at or before its time
+            i = n - 2
+            while i >= 2 and hourly[i - 2] > event_ts:
+                i -= 2
+            hourly[i:i] = array("d", (event_ts, amount))
+        if len(hourly) > 2 * self.MAX_LAST_HOUR:
+            del hourly[:2]
+
+    def update(self, tx, features: tuple[float, ...], lateness_s: float = HOUR) -> bool:
         """Add ``tx`` (whose account ``features`` were computed before it) to the history and to
         the transactions awaiting a label; returns whether a fraud on it would be unexplained by
-        its card (:func:`unexplained_by_card`), the flag its label will carry."""
+        its card (:func:`unexplained_by_card`), the flag its label will carry. ``lateness_s``:
+        how late (event time) a transaction may still come and count the last hour's
+        (:meth:`last_hour`; the flow's ``allowed_lateness_s``)."""
+        self._keep_for_last_hour(tx.event_ts, tx.amount, lateness_s)
         day = _day(tx.event_ts)
         self._advance(day)
         unexplained = unexplained_by_card(features)
@@ -426,17 +500,18 @@ class AccountProfile:
         return JoinedLabel(tx_id, rec[1], rec[2], label_ts, is_fraud, rec[3], account_id, verdict=verdict,
                            keep=verdict and not is_fraud)
 
-    def on_transaction(self, tx, retention_s: float, infer_negatives: bool = False, orphan_wait_s: float = math.inf
-                       ) -> tuple[tuple[float, ...], list["JoinedLabel"], list]:
+    def on_transaction(self, tx, retention_s: float, infer_negatives: bool = False, orphan_wait_s: float = math.inf,
+                       lateness_s: float = HOUR) -> tuple[tuple[float, ...], list["JoinedLabel"], list]:
         """Features for ``tx``, then learn it; also join any label that arrived before it.
 
         Returns (features, joined labels, expired orphan labels). Orphan labels older than
         ``orphan_wait_s`` and pending records older than ``retention_s`` (event time) are dropped; with ``infer_negatives``
         (frauds-only feeds) a dropped pending transaction is returned as a joined label with
-        ``is_fraud=None`` (legitimate, inferred), known as of ``tx``'s time.
+        ``is_fraud=None`` (legitimate, inferred), known as of ``tx``'s time. ``lateness_s``: see
+        :meth:`update`.
         """
         f = self.features(tx)
-        unexplained = self.update(tx, f)
+        unexplained = self.update(tx, f, lateness_s)
         joined: list[JoinedLabel] = []
         expired: list = []
         if self.orphans:

@@ -33,11 +33,14 @@ __all__ = ["FeaturedTransaction", "JoinedLabel", "LabelledExample", "RuleUpdate"
 class FeaturedTransaction(msgspec.Struct, frozen=True, gc=False):
     """A transaction with its features so far: the account's after ``account_profile``, the
     whole vector (:data:`learners.features.FEATURE_NAMES`) after ``terminal_risk``;
-    ``part``: the source partition it was read from (the shard's watermark)."""
+    ``part``: the source partition it was read from (the shard's watermark); ``last_hour``:
+    the card's transactions and amount in the hour before it
+    (:meth:`learners.features.AccountProfile.last_hour`), for the rules only (decision 0063)."""
 
     tx: Any  # connectors.events.Transaction
     features: tuple
     part: int
+    last_hour: tuple = (0.0, 0.0)
 
 
 class JoinedLabel(msgspec.Struct, frozen=True, gc=False):
@@ -82,7 +85,8 @@ class Scored(msgspec.Struct, frozen=True, gc=False):
     """A transaction with its score; ``candidate``: at or over the threshold, an alert
     candidate for ``alert_policy`` (``reasons`` is set for candidates only). ``features``: the
     vector the model scored (:data:`learners.features.FEATURE_NAMES`), for the rules;
-    ``tags``: what the tag rules wrote (``apply_rules``)."""
+    ``tags``: what the tag rules wrote (``apply_rules``); ``last_hour``: the card's
+    transactions and amount in the hour before it, for the rules (not a model input)."""
 
     tx: Any  # connectors.events.Transaction
     score: float
@@ -92,6 +96,7 @@ class Scored(msgspec.Struct, frozen=True, gc=False):
     candidate: bool
     features: tuple = ()
     tags: tuple = ()
+    last_hour: tuple = (0.0, 0.0)
 
 
 class RuleUpdate(msgspec.Struct, frozen=True, gc=False):

@@ -19,8 +19,10 @@ The language:
   calibrated ``score`` and the shard's alert ``threshold``; every feature the model and its
   reasons use, by the same name (:data:`learners.features.FEATURE_NAMES`, e.g.
   ``acct_nb_tx_1d``, ``term_risk_7d``); the card's amount sums ``acct_sum_amount_1d`` /
-  ``_7d`` / ``_30d`` (count times mean of those windows, before this transaction); and
-  ``extra.NAME`` for any field beyond the contract (missing: every comparison is false);
+  ``_7d`` / ``_30d`` (count times mean of those windows, before this transaction); the card's
+  velocity over the hour before it, ``acct_nb_tx_1h`` and ``acct_sum_amount_1h`` (event time,
+  not model features: decision 0063); and ``extra.NAME`` for any field beyond the contract
+  (missing: every comparison is false);
 * arithmetic ``+ - * /`` on numbers (division by zero gives no value: comparisons are false);
 * comparisons ``== != < <= > >=``; ``in`` / ``not in`` a list of literals;
 * ``and``, ``or``, ``not``, parentheses.
@@ -30,7 +32,7 @@ e.g. an allow-listed card; allow wins over everything, as in Stripe Radar), ``ta
 its score record with ``tag``, by default the rule id).
 
 >>> from connectors.events import Transaction
->>> from learners.features import FEATURE_NAMES
+>>> from learners.features import FEATURE_NAMES, AccountProfile
 >>> rule = parse_rule({"id": "big", "version": 1, "action": "alert",
 ...                    "when": "amount >= 500 and not (currency in ['GBP', 'CHF'])"})
 >>> book = RuleBook([rule, parse_rule({"id": "vip", "version": 1, "action": "allow",
@@ -60,9 +62,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
-from learners.features import FEATURE_NAMES
+from learners.features import FEATURE_NAMES, AccountProfile
 
-__all__ = ["FIELDS", "Outcome", "Rule", "RuleBook", "RuleError", "parse_expression", "parse_rule", "read_rules"]
+__all__ = ["FIELDS", "FIELD_HELP", "Outcome", "Rule", "RuleBook", "RuleError", "parse_expression", "parse_rule",
+           "read_rules", "row_of"]
 
 ACTIONS = ("alert", "allow", "tag")
 MAX_EXPRESSION = 4096  # characters of ``when``
@@ -81,11 +84,20 @@ class RuleError(ValueError):
 
 # -- fields ------------------------------------------------------------------------------
 # A compiled rule reads one transaction through two arguments: ``tx`` (the Transaction) and
-# ``row``, the feature vector followed by the score and the threshold: numeric fields are
-# one index into a tuple.
+# ``row``, the feature vector followed by the score, the threshold and the card's last hour
+# (count, amount): numeric fields are one index into a tuple.
 _SCORE = len(FEATURE_NAMES)
 _THRESHOLD = _SCORE + 1
+_NB_TX_1H = _THRESHOLD + 1
+_SUM_AMOUNT_1H = _NB_TX_1H + 1
 _WINDOWS = (1, 7, 30)
+_NO_HOUR = (0.0, 0.0)
+
+
+def row_of(features: tuple, score: float, threshold: float, last_hour: tuple = _NO_HOUR) -> tuple:
+    """The ``row`` a compiled rule reads: the model's feature vector, the score, the threshold,
+    and the card's last hour ``(count, amount)`` (the velocity fields; decision 0063)."""
+    return (*features, score, threshold, *last_hour)
 
 
 def _index_getter(i: int) -> Callable:
@@ -123,7 +135,8 @@ def _extra_getter(name: str) -> Callable:
     return get
 
 
-_ROW_INDEX = {**{name: i for i, name in enumerate(FEATURE_NAMES)}, "score": _SCORE, "threshold": _THRESHOLD}
+_ROW_INDEX = {**{name: i for i, name in enumerate(FEATURE_NAMES)}, "score": _SCORE, "threshold": _THRESHOLD,
+              "acct_nb_tx_1h": _NB_TX_1H, "acct_sum_amount_1h": _SUM_AMOUNT_1H}
 _GETTERS: dict[str, tuple[str, Callable]] = {
     **{name: (NUMBER, _index_getter(i)) for name, i in _ROW_INDEX.items()},
     "hour": (NUMBER, _hour),
@@ -133,6 +146,27 @@ _GETTERS: dict[str, tuple[str, Callable]] = {
 }
 FIELDS: dict[str, str] = {name: kind for name, (kind, _) in _GETTERS.items()}
 """Every field a rule may name, with its type (``extra.NAME`` aside)."""
+
+_KEPT = AccountProfile.MAX_LAST_HOUR
+FIELD_HELP: dict[str, str] = {
+    "amount": "the transaction's amount",
+    "tx_id": "the transaction's id",
+    "account_id": "the card (account) id",
+    "terminal_id": "the terminal (merchant) id",
+    "currency": "the transaction's currency (EUR when the event has none)",
+    "hour": "hour of the transaction, UTC (0-23)",
+    "weekday": "day of the week, UTC (0 = Monday)",
+    "score": "the model's calibrated score",
+    "threshold": "the shard's alert threshold",
+    **{f"acct_sum_amount_{w}d": f"the card's amount in the {w} UTC day{'s' if w > 1 else ''} up to this transaction, "
+                                f"before it (acct_nb_tx_{w}d * acct_avg_amount_{w}d)" for w in _WINDOWS},
+    "acct_nb_tx_1h": f"the card's transactions in the hour before this one (event time, ts - 1 h to ts, both "
+                     f"included, itself not); saturates at {_KEPT}; rules only, not a model feature",
+    "acct_sum_amount_1h": f"their amount (acct_nb_tx_1h's transactions; above {_KEPT}, the latest {_KEPT}'s); rules "
+                          "only, not a model feature",
+}
+"""A line on each field a rule may name (``fraudflow rules fields``); model features not
+listed here are "a model feature, by its reasons name"."""
 
 
 # -- the expression tree ---------------------------------------------------------------------
@@ -888,11 +922,13 @@ class RuleBook:
     def __len__(self) -> int:
         return self._count
 
-    def evaluate(self, tx: Any, features: tuple, score: float, threshold: float) -> Optional[Outcome]:
-        """The outcome for one scored transaction, or None when no enabled rule matches."""
+    def evaluate(self, tx: Any, features: tuple, score: float, threshold: float,
+                 last_hour: tuple = _NO_HOUR) -> Optional[Outcome]:
+        """The outcome for one scored transaction, or None when no enabled rule matches;
+        ``last_hour``: the card's (count, amount) in the hour before it (the velocity fields)."""
         if not self._count:
             return None
-        row = (*features, score, threshold)
+        row = (*features, score, threshold, *last_hour)  # row_of, inline
         hits = None
         for entry in self._scan:
             if entry[1](tx, row):

@@ -304,8 +304,10 @@ class ModelShard:
             self.counts["late_transactions"] += 1  # older than every kept version: the oldest we have
         return self._live() if version is None else version
 
-    def on_transaction(self, tx: Any, features: tuple[float, ...], part: int = 0) -> Scored:
-        """Score ``tx`` with the version its event time allows; keep its features for its label."""
+    def on_transaction(self, tx: Any, features: tuple[float, ...], part: int = 0,
+                       last_hour: tuple = (0.0, 0.0)) -> Scored:
+        """Score ``tx`` with the version its event time allows; keep its features for its label.
+        ``last_hour``: the card's last hour (the rules' velocity fields), passed on, not scored."""
         event_ts = tx.event_ts
         learner = self.learner
         learner.heard(part, event_ts)
@@ -345,7 +347,7 @@ class ModelShard:
             self.first_ts = event_ts
         if event_ts > self.last_ts:
             self.last_ts = event_ts
-        return Scored(tx, score, threshold, name, reasons, candidate, features)
+        return Scored(tx, score, threshold, name, reasons, candidate, features, (), last_hour)
 
     def on_batch(self, messages: list, on_error: Optional[Callable[[Any, Exception], Any]] = None) -> list:
         """Score the :class:`~learners.messages.FeaturedTransaction` and learn the
@@ -368,7 +370,7 @@ class ModelShard:
             try:
                 kind = type(m)
                 if kind is FeaturedTransaction:
-                    out.append(on_transaction(m.tx, m.features, m.part))
+                    out.append(on_transaction(m.tx, m.features, m.part, m.last_hour))
                 elif kind is LabelledExample:
                     on_example(m.tx_id, m.label_ts, m.is_fraud, m.packed, m.copy, m.feed_ts)
                 elif kind is UnsampledCount:

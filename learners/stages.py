@@ -308,7 +308,7 @@ class AccountStage(Stage):
         model = config.model  # what every transaction needs, looked up once
         self._retention_s = config.retention_s
         self._infer_negatives = model.label_mode == "frauds"
-        self._orphan_wait_s = model.allowed_lateness_s
+        self._lateness_s = model.allowed_lateness_s  # how long orphans wait; how late a transaction may come
 
     def _joined(self, joined: JoinedLabel, out: list, origin: Optional[Origin] = None) -> None:
         if joined.release:
@@ -354,13 +354,17 @@ class AccountStage(Stage):
 
     def on_batch(self, messages: list) -> list:
         out: list = []
-        on_transaction, retention_s, infer, orphan_wait_s = (self.profile.on_transaction, self._retention_s,
-                                                             self._infer_negatives, self._orphan_wait_s)
+        profile = self.profile
+        on_transaction, last_hour = profile.on_transaction, profile.last_hour
+        retention_s, infer, lateness_s = self._retention_s, self._infer_negatives, self._lateness_s
         for part, event in messages:
             try:
                 if type(event) is Transaction:
-                    features, joined, expired = on_transaction(event, retention_s, infer, orphan_wait_s)
-                    out.append(FeaturedTransaction(event, features, part))
+                    hour = last_hour(event.event_ts)  # the rules' velocity fields (decision 0063)
+                    # the allowed lateness: how long orphan labels wait, and how late a
+                    # transaction may come and still count the last hour's
+                    features, joined, expired = on_transaction(event, retention_s, infer, lateness_s, lateness_s)
+                    out.append(FeaturedTransaction(event, features, part, hour))
                     for j in joined:
                         self._joined(j, out)
                     for orphan in expired:
@@ -412,7 +416,7 @@ class TerminalStage(Stage):
                 if type(m) is FeaturedTransaction:
                     tx = m.tx
                     features = transaction_features(tx.amount, tx.event_ts) + m.features + profile.observe(tx.event_ts)
-                    out.append(FeaturedTransaction(tx, features, m.part))
+                    out.append(FeaturedTransaction(tx, features, m.part, m.last_hour))
                 else:
                     profile.add_fraud(m.tx_ts, m.label_ts, m.unexplained)
                     out.append(m)
@@ -701,7 +705,7 @@ class RulesStage(Stage):
             kind = type(m)
             if kind is Scored:
                 try:
-                    outcome = book.evaluate(m.tx, m.features, m.score, m.threshold)
+                    outcome = book.evaluate(m.tx, m.features, m.score, m.threshold, m.last_hour)
                     if outcome is not None:
                         if outcome.allow and (m.candidate or outcome.alert):
                             allowed += 1  # an alert the allow rules suppressed
@@ -733,7 +737,7 @@ class RulesStage(Stage):
         else:
             candidate, reasons = scored.candidate, scored.reasons
         return Scored(scored.tx, scored.score, scored.threshold, scored.model, reasons, candidate, scored.features,
-                      outcome.tags)
+                      outcome.tags, scored.last_hour)
 
     def _update(self, m: RuleUpdate) -> None:
         book = self.book

@@ -72,16 +72,16 @@ def _add_check(actions: Any) -> None:
 
 
 def cmd_fields(args: argparse.Namespace) -> int:
-    from learners.rules import FIELDS
+    from learners.rules import FIELD_HELP, FIELDS
 
     for name, kind in FIELDS.items():
-        print(f"{name:32s} {kind}")
-    print(f"{'extra.NAME':32s} any (a field beyond the event contract)")
+        print(f"{name:38s} {kind:7s} {FIELD_HELP.get(name, 'a model feature, by the name its reasons use')}")
+    print(f"{'extra.NAME':38s} {'any':7s} a field beyond the event contract (missing: every comparison is false)")
     return 0
 
 
 def _add_fields(actions: Any) -> None:
-    p = actions.add_parser("fields", help="the fields a rule may name, with their types")
+    p = actions.add_parser("fields", help="the fields a rule may name, with their types and what they are")
     p.set_defaults(func=cmd_fields)
 
 

@@ -35,6 +35,18 @@ def test_check_prints_each_rule_or_the_error(tmp_path):
     assert f"{bad}, rule 1: rule 'x':" in refused.stderr and "Traceback" not in refused.stderr
 
 
+def test_fields_lists_every_field_with_its_type_and_a_line_on_it():
+    from learners.rules import FIELDS
+
+    out = fraudflow("rules", "fields", env=cli_env("127.0.0.1:9", {}))
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()}
+    assert set(lines) == set(FIELDS) | {"extra.NAME"}
+    assert "saturates at 32" in lines["acct_nb_tx_1h"] and "not a model feature" in lines["acct_nb_tx_1h"]
+    assert lines["acct_sum_amount_1h"].split()[1] == "number" and "not a model feature" in lines["acct_sum_amount_1h"]
+    assert "by the name its reasons use" in lines["acct_nb_tx_1d"]
+
+
 @pytest.mark.broker
 def test_publish_list_delete_round_trip(broker, tmp_path):
     topics = fresh_topics()

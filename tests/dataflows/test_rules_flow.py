@@ -63,6 +63,34 @@ def test_a_replay_applies_the_rules_file_from_the_first_event(events, tmp_path):
     assert "rules" in parts.stats.summary()
 
 
+def test_velocity_rules_alert_on_what_the_cards_last_hour_holds(events, tmp_path):
+    """The classic velocity rules over a replay: the flow's alerts and tags are the transactions
+    whose card had, in the hour before (event time, an hour back inclusive, itself not), the
+    count and amount computed here from the events alone."""
+    from collections import defaultdict
+
+    card = next(e.account_id for e in events if isinstance(e, Transaction))
+    start = events[len(events) // 2].event_ts
+    burst = [Transaction(f"burst-{i}", card, start + 60.0 * i, 30.0, "m-burst") for i in range(6)]  # card testing
+    stream = sorted(events + burst, key=lambda e: e.event_ts)  # stable: the burst after equal times
+    rules = tmp_path / "velocity.yaml"
+    rules.write_text("- {id: velocity, version: 1, action: alert, when: 'acct_nb_tx_1h >= 2'}\n"
+                     "- {id: fast, version: 1, action: tag, when: 'acct_sum_amount_1h > 150', tag: fast-spend}\n")
+    _, alerts, scores = _replay(stream, str(rules))
+    history: dict[str, list] = defaultdict(list)
+    counted = {}
+    for t in (e for e in stream if isinstance(e, Transaction)):
+        before = [(ts, amount) for ts, amount in history[t.account_id] if t.event_ts - 3600 <= ts <= t.event_ts]
+        counted[t.tx_id] = (len(before), sum(amount for _, amount in before))
+        history[t.account_id].append((t.event_ts, t.amount))
+    assert max(n for n, _ in counted.values()) < 32  # under the cap: exact counts
+    velocity = {tx_id for tx_id, (n, _) in counted.items() if n >= 2}
+    fast = {tx_id for tx_id, (_, amount) in counted.items() if amount > 150}
+    assert {f"burst-{i}" for i in range(2, 6)} <= velocity and len(velocity) > 50 and len(fast) > 50
+    assert {a.tx_id for a in alerts if ("rule:velocity", 1) in a.reasons} == velocity  # no cool-down here
+    assert {s.tx_id for s in scores if "fast-spend" in s.tags} == fast
+
+
 def test_two_shards_apply_the_same_book(events, tmp_path):
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps({"rules": [{"id": "big", "version": 1, "action": "alert", "when": "amount > 150"}]}))

@@ -200,7 +200,7 @@ def test_account_state_with_verdicts_stays_small_and_older_snapshots_load():
     restored = AccountProfile(pickle.loads(pickle.dumps(acct.snapshot())))
     assert restored.snapshot() == acct.snapshot() and restored.verdict_for("t-99") is False
     assert restored.verdict_for("t-98") is True and restored.verdict_for("t-0") is None  # the oldest fell out
-    verdict_bytes = len(pickle.dumps(acct.snapshot())) - len(pickle.dumps(acct.snapshot()[:11]))
+    verdict_bytes = len(pickle.dumps(acct.snapshot()[:12])) - len(pickle.dumps(acct.snapshot()[:11]))
     assert verdict_bytes <= 4 * AccountProfile.MAX_VERDICTS + 8
     old = acct.snapshot()[:11]  # saved before the verdicts
     assert AccountProfile.is_snapshot(old) and AccountProfile.is_snapshot(acct.snapshot())

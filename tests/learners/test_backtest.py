@@ -84,3 +84,28 @@ def test_backtest_table_and_errors(tmp_path, capsys, caplog):
     table = capsys.readouterr().out
     assert "model (score >= 0.5)" in table and "\nx " in table and "0%" in table  # no frauds among 1 alert
     assert "1 record(s) rejected" in caplog.text and "missing required field" in caplog.text
+
+
+def test_backtest_sees_the_cards_last_hour_as_the_flow_does():
+    """Velocity rules in the backtest: the features are recomputed by the flow's stages, the
+    card's last hour with them (event time, an hour back inclusive, the transaction itself not)."""
+    from connectors.events import Transaction
+    from learners.backtest import backtest, featured
+    from learners.rules import parse_rule
+
+    minutes = [0, 20, 40, 60, 61, 121]  # c-1; c-2 pays once in between
+    txs = [Transaction(f"t{i}", "c-1", TS + 60 * m, 100.0 + i, "m-1") for i, m in enumerate(minutes)]
+    txs.insert(2, Transaction("other", "c-2", TS + 60 * 30, 900.0, "m-1"))
+    rows = list(featured(txs))
+    assert [(tx.tx_id, hour) for tx, _, hour in rows] == [
+        ("t0", (0.0, 0.0)), ("t1", (1.0, 100.0)), ("other", (0.0, 0.0)), ("t2", (2.0, 201.0)),
+        ("t3", (3.0, 303.0)),  # t0 is exactly an hour before: in
+        ("t4", (3.0, 306.0)),  # t1 t2 t3
+        ("t5", (1.0, 104.0))]  # t4 only (t3 is 61 minutes back)
+    rules = [parse_rule({"id": "velocity", "version": 1, "action": "alert", "when": "acct_nb_tx_1h >= 3"}),
+             parse_rule({"id": "spend", "version": 1, "action": "alert", "when": "acct_sum_amount_1h > 305"})]
+    result = backtest(rules, rows, {t.tx_id: 0.1 for t in txs}, frauds={"t4"}, cooldown_s=0)
+    assert (result.rules["velocity"].alerts, result.rules["velocity"].frauds) == (2, 1)
+    assert (result.rules["spend"].alerts, result.rules["spend"].frauds) == (1, 1)
+    # pairs without the last hour (older callers): the velocity fields are 0
+    assert backtest(rules, [r[:2] for r in rows], {}, frauds=set(), cooldown_s=0).rules["velocity"].matches == 0

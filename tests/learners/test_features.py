@@ -239,3 +239,88 @@ def test_describe_gives_the_habit_the_features_use():
     assert z == (90.0 - held["median"]) / held["robust_scale"]  # the very scale the feature divides by
     assert AccountProfile.is_snapshot(acct.snapshot())
     assert not AccountProfile.is_snapshot((1, b"", 2.0)) and not AccountProfile.is_snapshot(acct.snapshot()[:9])
+
+
+# -- the card's last hour: the rules' velocity fields (decision 0063) -------------------------
+H = 3600.0
+
+
+def hour_then_learn(acct: AccountProfile, t: Transaction, lateness_s: float = H) -> tuple[float, float]:
+    """What the account stage does per transaction: the last hour before it, then learn it."""
+    before = acct.last_hour(t.event_ts)
+    acct.on_transaction(t, retention_s=8 * DAY, lateness_s=lateness_s)
+    return before
+
+
+def test_last_hour_counts_the_history_before_the_transaction_not_itself():
+    acct = AccountProfile()
+    assert hour_then_learn(acct, tx(1, D0, 10.0)) == (0.0, 0.0)  # nothing before it, and not itself
+    assert hour_then_learn(acct, tx(2, D0 + 600, 25.0)) == (1.0, 10.0)
+    assert hour_then_learn(acct, tx(3, D0 + 600, 7.5)) == (2.0, 35.0)  # the same second, read before it: history
+    assert acct.last_hour(D0 + 600) == (3.0, 42.5)
+    assert "acct_nb_tx_1h" not in FEATURE_NAMES and "acct_sum_amount_1h" not in FEATURE_NAMES
+    assert len(acct.features(tx(4, D0 + 900, 1.0))) == len(ACCOUNT_FEATURES)  # the model's inputs are unchanged
+
+
+def test_last_hour_includes_exactly_one_hour_before_and_nothing_older():
+    acct = AccountProfile()
+    hour_then_learn(acct, tx(1, D0, 10.0))
+    hour_then_learn(acct, tx(2, D0 + 1800, 20.0))
+    assert acct.last_hour(D0 + H) == (2.0, 30.0)  # D0 is exactly one hour before: in
+    assert acct.last_hour(D0 + H + 0.5) == (1.0, 20.0)  # half a second more: out
+    assert hour_then_learn(acct, tx(3, D0 + H, 5.0)) == (2.0, 30.0)  # the same through the flow's path
+    assert hour_then_learn(acct, tx(4, D0 + 1800 + H, 1.0)) == (2.0, 25.0)  # D0 + 1800 is an hour back: in
+    assert hour_then_learn(acct, tx(5, D0 + DAY, 1.0)) == (0.0, 0.0)
+    assert len(acct.hourly) == 2  # a day later only the latest is kept
+
+
+def test_last_hour_out_of_order_within_the_lateness():
+    acct = AccountProfile()
+    hour_then_learn(acct, tx(1, D0, 10.0))
+    hour_then_learn(acct, tx(2, D0 + 3000, 20.0))
+    hour_then_learn(acct, tx(3, D0 + 4000, 40.0))  # the card's latest
+    # 500 s late: counts D0 (more than an hour before the latest, still kept) and D0 + 3000,
+    # not D0 + 4000 (later in event time, though read before it)
+    assert hour_then_learn(acct, tx(4, D0 + 3500, 80.0)) == (2.0, 30.0)
+    # the late one is kept in its place: the next transaction counts it
+    assert hour_then_learn(acct, tx(5, D0 + 4100, 1.0)) == (3.0, 140.0)  # from D0 + 500: not D0
+    assert list(acct.hourly[::2]) == sorted(acct.hourly[::2])
+    # more than the lateness behind the latest: counted from what is kept, and not kept itself
+    assert hour_then_learn(acct, tx(6, D0 + 4100 - 2 * H - 1, 1000.0)) == (0.0, 0.0)
+    assert D0 + 4100 - 2 * H - 1 not in acct.hourly[::2]
+    # a longer lateness keeps more
+    slow = AccountProfile()
+    for i, dt in enumerate([0.0, 3000.0, 4.5 * H]):
+        hour_then_learn(slow, tx(i, D0 + dt, 10.0), lateness_s=4 * H)
+    assert hour_then_learn(slow, tx(9, D0 + 3300, 1.0), lateness_s=4 * H) == (2.0, 20.0)
+
+
+def test_last_hour_saturates_at_what_it_keeps():
+    acct = AccountProfile()
+    cap = AccountProfile.MAX_LAST_HOUR
+    amounts = [float(i + 1) for i in range(cap + 8)]
+    for i, amount in enumerate(amounts):  # one a minute: every one within the hour
+        hour_then_learn(acct, tx(i, D0 + 60 * i, amount))
+    n, total = acct.last_hour(D0 + 60 * len(amounts))
+    assert n == cap and total == sum(amounts[-cap:])  # the count stays at the cap, the amount is the latest's
+    assert len(acct.hourly) == 2 * cap
+    held = len(pickle.dumps(acct.snapshot())) - len(pickle.dumps(acct.snapshot()[:12]))
+    assert held <= 16 * cap + 8  # the most a card's last hour adds to its pickled state
+
+
+def test_last_hour_survives_a_snapshot_and_older_snapshots_restore():
+    acct = AccountProfile()
+    for i, dt in enumerate([0.0, 1200.0, 2400.0]):
+        hour_then_learn(acct, tx(i, D0 + dt, 10.0 * (i + 1)))
+    restored = AccountProfile(pickle.loads(pickle.dumps(acct.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)))
+    assert restored.snapshot() == acct.snapshot() and len(acct.snapshot()) == 13
+    assert restored.last_hour(D0 + 3000) == acct.last_hour(D0 + 3000) == (3.0, 60.0)
+    for n in (10, 11, 12):  # before the unusual-amount counts, the verdicts, the last hour
+        old = acct.snapshot()[:n]
+        assert AccountProfile.is_snapshot(old)
+        profile = AccountProfile(old)
+        assert profile.last_hour(D0 + 3000) == (0.0, 0.0)  # none kept: counted from the restart on
+        assert profile.features(tx(9, D0 + 3000, 5.0)) == acct.features(tx(9, D0 + 3000, 5.0))
+        assert hour_then_learn(profile, tx(9, D0 + 3000, 5.0)) == (0.0, 0.0)
+        assert profile.last_hour(D0 + 3100) == (1.0, 5.0) and len(profile.snapshot()) == 13
+    assert not AccountProfile.is_snapshot(acct.snapshot()[:12] + (b"\x00" * 15,))  # not (ts, amount) pairs

@@ -234,11 +234,14 @@ def reference(node, t, row):
         name = node.name
         if name in FEATURE_NAMES:
             return row[FEATURE_NAMES.index(name)]
+        after = {"score": 0, "threshold": 1, "acct_nb_tx_1h": 2, "acct_sum_amount_1h": 3}  # the row's tail
+        if name in after:
+            return row[len(FEATURE_NAMES) + after[name]]
         if name.startswith("acct_sum_amount_"):
             w = name.rsplit("_", 1)[1]
             return row[FEATURE_NAMES.index(f"acct_nb_tx_{w}")] * row[FEATURE_NAMES.index(f"acct_avg_amount_{w}")]
         seconds = int(t.event_ts) % 86_400
-        derived = {"score": row[-2], "threshold": row[-1], "hour": seconds // 3600,
+        derived = {"hour": seconds // 3600,
                    "weekday": (int(t.event_ts) // 86_400 + 3) % 7}
         return derived[name] if name in derived else getattr(t, name)
     if k is Neg:
@@ -262,7 +265,7 @@ def reference(node, t, row):
 
 
 @settings(max_examples=300, deadline=None)
-@given(tree=condition(2), values=st.lists(numbers, min_size=len(FEATURE_NAMES) + 2, max_size=len(FEATURE_NAMES) + 2),
+@given(tree=condition(2), values=st.lists(numbers, min_size=len(FEATURE_NAMES) + 4, max_size=len(FEATURE_NAMES) + 4),
        account=words)
 def test_random_rules_round_trip_and_evaluate_like_the_tree(tree, values, account):
     text = tree.render()
@@ -294,7 +297,7 @@ guarded = st.builds(lambda field, items, rest: Logic("and", In(Field(field), tup
 @settings(max_examples=200, deadline=None)
 @given(trees=st.lists(st.tuples(st.one_of(guarded, condition(1)), st.sampled_from(["alert", "allow", "tag"]),
                                 st.booleans()), max_size=8),
-       values=st.lists(numbers, min_size=len(FEATURE_NAMES) + 2, max_size=len(FEATURE_NAMES) + 2),
+       values=st.lists(numbers, min_size=len(FEATURE_NAMES) + 4, max_size=len(FEATURE_NAMES) + 4),
        account=st.sampled_from(["c-1", "c-2", "c-3"]))
 def test_the_book_gives_what_each_rule_says_in_its_order(trees, values, account):
     """Rules looked up by account, terminal or currency (guards) give the same outcome, in the
@@ -307,5 +310,5 @@ def test_the_book_gives_what_each_rule_says_in_its_order(trees, values, account)
     hits = [r for r in rules if r.enabled and r.matches(t, row)]
     expected = Outcome(tuple(r.id for r in hits if r.action == "alert"), tuple(r.id for r in hits if r.action == "allow"),
                        tuple(r.tag for r in hits if r.action == "tag")) if hits else None
-    assert book.evaluate(t, row[:-2], row[-2], row[-1]) == expected
+    assert book.evaluate(t, row[:-4], row[-4], row[-3], row[-2:]) == expected
     assert len(book) == sum(r.enabled for r in rules)

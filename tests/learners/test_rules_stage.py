@@ -27,11 +27,12 @@ def rule(*args, **more):
 
 
 def scored(account: str = "c-1", amount: float = 50.0, score: float = 0.1, candidate: bool = False,
-           night: float = 0.0, reasons=None, tx_id: str = "t-1", ts: float = 1522541276.0) -> Scored:
+           night: float = 0.0, reasons=None, tx_id: str = "t-1", ts: float = 1522541276.0,
+           last_hour: tuple = (0.0, 0.0)) -> Scored:
     features = [0.0] * len(FEATURE_NAMES)
     features[0], features[NIGHT] = amount, night
     return Scored(Transaction(tx_id, account, ts, amount, "m-1"), score, 0.5, "logreg", reasons, candidate,
-                  tuple(features))
+                  tuple(features), last_hour=last_hour)
 
 
 def update(s: dict) -> RuleUpdate:
@@ -138,6 +139,27 @@ def test_a_bad_rule_is_a_dead_letter_naming_it(key, value, says):
     assert type(dead) is DeadLetter and dead.category == "bad_rule" and dead.step == "read_rules"
     assert says in dead.reason and dead.origin == WHERE
     assert dead.raw == (value or b"")
+
+
+def test_velocity_rules_read_the_cards_last_hour():
+    """The classic velocity rules: more than 4 transactions on the card in the last hour, or more
+    than 1,000 spent in it; the fields travel beside the model's vector, not in it."""
+    stage = RulesStage([rule("velocity", 1, "alert", "acct_nb_tx_1h > 4 or acct_sum_amount_1h + amount > 1000"),
+                        rule("burst", 1, "tag", "acct_nb_tx_1h >= 2 and acct_sum_amount_1h / acct_nb_tx_1h < 5")])
+    quiet, busy, spent, small = stage.on_batch([
+        scored(last_hour=(4.0, 300.0), tx_id="t-1"),
+        scored(last_hour=(5.0, 300.0), tx_id="t-2"),
+        scored(amount=200.0, last_hour=(1.0, 850.0), tx_id="t-3"),
+        scored(last_hour=(3.0, 6.0), tx_id="t-4"),
+    ])
+    assert not quiet.candidate and quiet.tags == ()
+    assert busy.candidate and busy.reasons == [("rule:velocity", 1)] and busy.last_hour == (5.0, 300.0)
+    assert spent.candidate and spent.reasons == [("rule:velocity", 1)]
+    assert not small.candidate and small.tags == ("burst",)
+    assert len(busy.features) == len(FEATURE_NAMES)  # the model's vector as it was
+    # no last hour (nothing before it): zero, so the division has no value and the tag rule is false
+    [alone] = stage.on_batch([scored(tx_id="t-5")])
+    assert not alone.candidate and alone.tags == ()
 
 
 def test_rule_alerts_keep_the_cool_down():
