@@ -39,7 +39,7 @@ WEEKLY_FROM = "2018-05-02"  # a month in: the model has learned from three weeks
 
 
 def one_run(seed: str, mode: str, capacity: str = "100", delay_hours: str = "4", days: str = "183",
-            customers: str = "5000", terminals: str = "10000") -> dict:
+            customers: str = "5000", terminals: str = "10000", verdict_warmup_days: str = "") -> dict:
     """Simulate, run the dataflow with or without analysts, evaluate; in a fresh process."""
     from bytewax.testing import TestingSink, run_main
 
@@ -59,7 +59,10 @@ def one_run(seed: str, mode: str, capacity: str = "100", delay_hours: str = "4",
     events = list(simulate(cfg, truth=truth))
     frauds = frozenset(tx_id for tx_id, t in truth.items() if t.is_fraud)
     desk = AnalystDesk(AnalystConfig(int(capacity), float(delay_hours) * 3600.0), frauds) if mode == "analysts" else None
-    settings = Settings.from_values({"model_kind": DEFAULT_MODEL, "progress": False, "snapshot_dir": "off"})
+    values = {"model_kind": DEFAULT_MODEL, "progress": False, "snapshot_dir": "off"}
+    if verdict_warmup_days:
+        values["verdict_warmup_days"] = float(verdict_warmup_days)
+    settings = Settings.from_values(values)
     alerts, dlq, scores = [], [], []
     parts = build_flow(settings, source=EventListSource(events, desk=desk), alerts_sink=TestingSink(alerts),
                        dlq_sink=TestingSink(dlq), scores_sink=TestingSink(scores), shards=1, desk=desk)
@@ -89,6 +92,12 @@ def one_run(seed: str, mode: str, capacity: str = "100", delay_hours: str = "4",
         run["desk"] = {**desk.counts, "summary": desk.summary(),
                        "capacity": int(capacity), "delay_hours": float(delay_hours)}
     return run
+
+
+def _default_warmup() -> float:
+    from learners.config import ModelConfig
+
+    return ModelConfig().verdict_warmup_days
 
 
 def _weekly(data, evaluate, last_ts: float) -> list[dict]:
@@ -182,6 +191,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--terminals", type=int, default=10000)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                         help="which runs per seed (default: both; one alone is paired later with --combine)")
+    parser.add_argument("--verdict-warmup-days", type=float, metavar="D",
+                        help="analysts: FRAUDFLOW_VERDICT_WARMUP_DAYS (default: the setting's default)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each its own process (default %(default)s)")
     parser.add_argument("--out", default="feedback", help="result name under benchmarks/results (default %(default)s)")
     parser.add_argument("--combine", nargs="+", metavar="NAME",
@@ -198,6 +209,7 @@ def main(argv=None) -> dict:
     def run(job: tuple[int, str]) -> dict:
         r = in_subprocess("benchmarks.feedback", "one_run", str(job[0]), job[1], str(args.capacity),
                           str(args.delay_hours), str(args.days), str(args.customers), str(args.terminals),
+                          "" if args.verdict_warmup_days is None else str(args.verdict_warmup_days),
                           timeout=3 * 3600)
         print(json.dumps({k: v for k, v in r.items() if k not in ("alert_precision_per_day", "weekly")}), flush=True)
         return r
@@ -207,6 +219,8 @@ def main(argv=None) -> dict:
     paired = compare(runs)
     result = {"model": DEFAULT_MODEL, "capacity": args.capacity, "delay_hours": args.delay_hours, "days": args.days,
               "customers": args.customers, "terminals": args.terminals, "test_start": TEST_START,
+              "verdict_warmup_days": args.verdict_warmup_days if args.verdict_warmup_days is not None
+              else _default_warmup(),
               "test_days": TEST_DAYS, "paired": paired, "runs": runs}
     path = save(args.out, result)
     print(json.dumps({"paired": paired, "results": str(path)}, indent=2))
