@@ -273,10 +273,11 @@ class ModelSettings(_Section):
     warmup_frauds: int = model_setting("warmup_frauds",
         "frauds learned before the supervised score replaces the anomaly score", _at_least(0))
     verdict_warmup_days: float = model_setting("verdict_warmup_days",
-        "analysts' verdicts on transactions this many days from the first one are learned when the label feed "
-        "would have taught them, not at once: until the feature windows (30 days) and the terminal risk delay "
-        "have filled, only the verdicts would carry current feature values, and the model would learn that "
-        "current values mean fraud (decision 0062). 0: every verdict at once", _at_least(0))
+        "analysts' verdicts dated this many days from the first transaction are learned when the label feed "
+        "would have taught them (their transaction + risk_delay_days), not at once. Until twice the risk delay, "
+        "the feed's examples have no terminal history and the verdicts alone carry today's counts: learned at "
+        "once they caused a one-day burst of false alerts (decision 0062). 0: every verdict at once",
+        _at_least(0))
 
 
 @_section

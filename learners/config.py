@@ -29,10 +29,10 @@ class ModelConfig:
     allowed_lateness_s: float = 3600.0  # event-time disorder absorbed; the learning step
     negative_sampling: float = 0.1  # share of legitimate labels learned (balances the classes)
     warmup_frauds: int = 25  # frauds learned before the supervised score takes over
-    # analysts' verdicts on transactions this soon after the shard's first one are learned when
-    # the label feed would have taught them (decision 0062): the feature windows (30 days) and
-    # the terminal risk delay (7) fill first
-    verdict_warmup_days: float = 37.0
+    # analysts' verdicts this soon after the shard's first transaction are learned when the label
+    # feed would have taught them (decision 0062): until then the feed's examples have no
+    # terminal history (twice the default risk delay of 7 days)
+    verdict_warmup_days: float = 14.0
     threshold: float = 0.5
     coldstart_alert_rate: float = 0.005  # cold start: alert on this share, the most anomalous
     reasons: int = 5

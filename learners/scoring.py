@@ -261,8 +261,9 @@ class ModelShard:
         ``feed_ts``: an analyst's verdict's, when the label feed would have taught it. A verdict
         dated within ``verdict_warmup_days`` of the shard's first transaction is learned then,
         not at ``label_ts`` (decision 0062): while the feature windows fill, the examples from
-        the feed are a label delay old and carry smaller windowed counts than today's, so the
-        verdicts alone would teach that today's counts mean fraud."""
+        the feed are a label delay old and carry smaller windowed counts than today's (at first
+        no terminal history at all), so the verdicts alone would teach that today's counts mean
+        fraud."""
         if feed_ts > label_ts and label_ts < self.first_ts + self.config.verdict_warmup_days * DAY:
             label_ts = feed_ts
             if not copy:

@@ -85,7 +85,7 @@ def label_feed_two_days_late(small_stream):
 
 
 def test_verdicts_in_the_warm_up_are_learned_when_the_feed_would_teach_them(small_stream, label_feed_two_days_late):
-    """Verdicts inside the default warm-up (37 days from the first transaction: this whole
+    """Verdicts inside the warm-up (set to 37 days from the first transaction: this whole
     stream) are learned at their transaction + the risk delay, the time the label feed teaches
     them (this stream's feed is 2 days late; the risk delay is set to match), not at their ts
     (decision 0062). Right "legitimate" verdicts then change no score at all; wrong ones change
