@@ -59,13 +59,21 @@ def _producer(bootstrap: str):
                      "queue.buffering.max.messages": 2_000_000})
 
 
+FLOW_TOPICS = ("transactions", "labels", "alerts", "dlq", "scores", "feedback", "rules")
+
+
 def _topics(bootstrap: str, partitions: int) -> dict[str, str]:
+    """Fresh topics for every one the flow requires, as ``fraudflow topics create`` makes them
+    (the rules topic: one partition, compacted); the feedback and rules topics stay empty."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
+    from dataflows.cli.kafka import RULES_TOPIC_CONFIG
+
     suffix = uuid.uuid4().hex[:6]
-    names = {n: f"bench-{n}-{suffix}" for n in ("transactions", "labels", "alerts", "dlq", "scores")}
+    names = {n: f"bench-{n}-{suffix}" for n in FLOW_TOPICS}
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(t, partitions, 1) for t in names.values()])
+    admin.create_topics([NewTopic(t, 1, 1, topic_configs=RULES_TOPIC_CONFIG) if n == "rules" else NewTopic(t, partitions, 1)
+                         for n, t in names.items()])
     admin.close()
     return names
 
