@@ -36,7 +36,6 @@ producers, the rest (security, timeouts) to all. They are never logged.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import threading
 import time
@@ -52,7 +51,7 @@ import msgspec
 
 from connectors.events import DeadLetter, Origin, encode, parse_record
 from connectors.sources import (BOARD, DEFAULT_MAX_LEAD_S, MAX_BATCH_SPAN_S, EventTimePacer, LeadGuard,
-                                beat)
+                                SpanBound, beat)
 
 __all__ = ["CheckedKafkaSink", "EventsKafkaSource", "KafkaStartupError", "RuleMessage", "RulesKafkaSource",
            "check_cluster", "client_log", "kafka_problem", "kafka_sinks", "kafka_source", "options_for", "rules_source"]
@@ -171,22 +170,15 @@ class _EventsPartition(StatefulSourcePartition[tuple[int, Any], Optional[int]]):
         limit = self._pacer.limit(self._key, head)
         # ... and at most two learning steps (8 batch spans) ahead of partitions other processes read
         limit = min(limit, BOARD.floor(self._pacer.local_partitions()) + 8 * span)
-        lo: Optional[float] = None  # the batch's earliest event time and its latest (EventTimeBatcher's bound)
-        hi = -math.inf
+        admits = SpanBound(span).admits  # the batch's event-time bound, as EventTimeBatcher's
         n = 0
         for _, event in carry:
             ts = getattr(event, "event_ts", None)
             if ts is not None:
                 if ts > limit:
                     break  # ahead of the other partitions: wait for them
-                if lo is None:
-                    lo = hi = ts
-                elif ts - lo > span or hi - ts > span:
+                if not admits(ts):
                     break
-                elif ts < lo:
-                    lo = ts
-                elif ts > hi:
-                    hi = ts
             n += 1
         self._paced_until = time.monotonic() + 0.002 if n == 0 and carry else 0.0
         batch = [(part, event) for _, event in carry[:n]]

@@ -46,15 +46,47 @@ def batch_span_for(allowed_lateness_s: float) -> float:
     return allowed_lateness_s / 4
 
 
+class SpanBound:
+    """One batch's event-time bound, in whatever order its events come: an event is admitted
+    while the batch, with it, spans at most ``span_s`` from its earliest event to its latest.
+    Measured both ways, an event ahead of the ones after it ends its batch: the batch does not
+    reach back over the events behind it (decision 0003, amendment).
+
+    >>> bound = SpanBound(900.0)
+    >>> [bound.admits(t) for t in (86_400, 0, 85_600, 86_500, 84_000)]
+    [True, False, True, True, False]
+    """
+
+    __slots__ = ("span_s", "lo", "hi")
+
+    def __init__(self, span_s: float) -> None:
+        self.span_s = span_s
+        self.lo = math.inf  # the earliest event time admitted
+        self.hi = -math.inf  # and the latest
+
+    def admits(self, ts: float) -> bool:
+        lo, hi = self.lo, self.hi
+        if lo == math.inf:
+            self.lo = self.hi = ts
+            return True
+        if ts - lo > self.span_s or hi - ts > self.span_s:
+            return False
+        if ts < lo:
+            self.lo = ts
+        elif ts > hi:
+            self.hi = ts
+        return True
+
+
 class EventTimeBatcher:
     """Cuts a stream into batches of at most ``size`` events spanning at most ``max_span_s``
     of event time, from the batch's earliest event to its latest, in whatever order they come.
 
     Keyed steps regroup each batch by key, which reorders it; bounding the event time a
-    batch covers bounds that disorder, which the flow absorbs (``allowed_lateness_s``). An
-    event ahead of the ones after it (a clock ahead, verdicts listed before the transactions
-    they answer) ends its batch: the batch does not reach back over the events behind it,
-    which the keyed steps would otherwise reorder by key over hours or days.
+    batch covers bounds that disorder, which the flow absorbs (``allowed_lateness_s``). The
+    bound is a :class:`SpanBound`: an event ahead of the ones after it (a clock ahead, verdicts
+    listed before the transactions they answer) ends its batch, which the keyed steps would
+    otherwise reorder by key over hours or days.
 
     >>> from types import SimpleNamespace as At
     >>> batcher, events = EventTimeBatcher(10, 900.0), iter([At(event_ts=t) for t in (86_400, 0, 60, 600, 1_000)])
@@ -71,8 +103,7 @@ class EventTimeBatcher:
         """The next batch; ``events`` may offer ``peek()`` so nothing is taken but not emitted."""
         beat()
         batch = []
-        lo: Optional[float] = None  # the batch's earliest event time
-        hi = -math.inf  # and its latest
+        bound = SpanBound(self.max_span_s)
         peek = getattr(events, "peek", None)
         while len(batch) < self.size:
             if peek is not None:
@@ -83,17 +114,10 @@ class EventTimeBatcher:
             if event is None:
                 break
             ts = getattr(event, "event_ts", None)
-            if ts is not None and ts != float("-inf"):
-                if lo is None:
-                    lo = hi = ts
-                elif ts - lo > self.max_span_s or hi - ts > self.max_span_s:
-                    if peek is None:
-                        self._carry = event
-                    break
-                elif ts < lo:
-                    lo = ts
-                elif ts > hi:
-                    hi = ts
+            if ts is not None and ts != float("-inf") and not bound.admits(ts):
+                if peek is None:
+                    self._carry = event
+                break
             if peek is not None:
                 next(events)
             batch.append((part, event))
