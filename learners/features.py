@@ -33,7 +33,7 @@ import zlib
 from array import array
 from typing import Any, Optional
 
-from learners.messages import JoinedLabel
+from learners.messages import NO_LAST_HOUR, JoinedLabel
 
 __all__ = [
     "ACCOUNT_FEATURES",
@@ -112,8 +112,6 @@ def _habit(ordered: list[float]) -> tuple[float, float, float]:
 def _term_hash(terminal_id: str) -> int:
     return zlib.crc32(terminal_id.encode())
 
-
-_NO_HOUR = (0.0, 0.0)  # AccountProfile.last_hour with nothing in the hour
 
 PendingTx = tuple[str, float, str, bool]  # (tx_id, event_ts, terminal_id, unexplained by its card)
 
@@ -333,7 +331,7 @@ class AccountProfile:
         n = len(hourly)
         since = event_ts - HOUR
         if not n or hourly[n - 2] < since:  # nothing kept, or all of it older (the common case)
-            return _NO_HOUR
+            return NO_LAST_HOUR
         count, amount = 0, 0.0
         for i in range(0, n, 2):
             ts = hourly[i]

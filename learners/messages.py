@@ -27,7 +27,10 @@ from typing import Any, Optional
 
 import msgspec
 
-__all__ = ["FeaturedTransaction", "JoinedLabel", "LabelledExample", "RuleUpdate", "Scored", "UnsampledCount"]
+__all__ = ["NO_LAST_HOUR", "FeaturedTransaction", "JoinedLabel", "LabelledExample", "RuleUpdate", "Scored",
+           "UnsampledCount"]
+
+NO_LAST_HOUR = (0.0, 0.0)  # ``last_hour`` (count, amount) of a card with nothing in the hour before
 
 
 class FeaturedTransaction(msgspec.Struct, frozen=True, gc=False):
@@ -40,7 +43,7 @@ class FeaturedTransaction(msgspec.Struct, frozen=True, gc=False):
     tx: Any  # connectors.events.Transaction
     features: tuple
     part: int
-    last_hour: tuple = (0.0, 0.0)
+    last_hour: tuple = NO_LAST_HOUR
 
 
 class JoinedLabel(msgspec.Struct, frozen=True, gc=False):
@@ -96,7 +99,7 @@ class Scored(msgspec.Struct, frozen=True, gc=False):
     candidate: bool
     features: tuple = ()
     tags: tuple = ()
-    last_hour: tuple = (0.0, 0.0)
+    last_hour: tuple = NO_LAST_HOUR
 
 
 class RuleUpdate(msgspec.Struct, frozen=True, gc=False):

@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from learners.features import FEATURE_NAMES, AccountProfile
+from learners.messages import NO_LAST_HOUR
 
 __all__ = ["FIELDS", "FIELD_HELP", "Outcome", "Rule", "RuleBook", "RuleError", "parse_expression", "parse_rule",
            "read_rules", "row_of"]
@@ -91,10 +92,9 @@ _THRESHOLD = _SCORE + 1
 _NB_TX_1H = _THRESHOLD + 1
 _SUM_AMOUNT_1H = _NB_TX_1H + 1
 _WINDOWS = (1, 7, 30)
-_NO_HOUR = (0.0, 0.0)
 
 
-def row_of(features: tuple, score: float, threshold: float, last_hour: tuple = _NO_HOUR) -> tuple:
+def row_of(features: tuple, score: float, threshold: float, last_hour: tuple = NO_LAST_HOUR) -> tuple:
     """The ``row`` a compiled rule reads: the model's feature vector, the score, the threshold,
     and the card's last hour ``(count, amount)`` (the velocity fields; decision 0063)."""
     return (*features, score, threshold, *last_hour)
@@ -923,7 +923,7 @@ class RuleBook:
         return self._count
 
     def evaluate(self, tx: Any, features: tuple, score: float, threshold: float,
-                 last_hour: tuple = _NO_HOUR) -> Optional[Outcome]:
+                 last_hour: tuple = NO_LAST_HOUR) -> Optional[Outcome]:
         """The outcome for one scored transaction, or None when no enabled rule matches;
         ``last_hour``: the card's (count, amount) in the hour before it (the velocity fields)."""
         if not self._count:

@@ -47,7 +47,7 @@ from typing import Any, Callable, Optional
 from learners.coldstart import ColdStart
 from learners.config import ModelConfig
 from learners.features import DAY, FEATURE_NAMES
-from learners.messages import FeaturedTransaction, LabelledExample, Scored, UnsampledCount
+from learners.messages import NO_LAST_HOUR, FeaturedTransaction, LabelledExample, Scored, UnsampledCount
 from learners.models import ANOMALY_FEATURES, build_anomaly_detector, build_classifier, reasons_for
 from learners.pending import pack, unpack
 from learners.quality import OnlineQuality
@@ -306,7 +306,7 @@ class ModelShard:
         return self._live() if version is None else version
 
     def on_transaction(self, tx: Any, features: tuple[float, ...], part: int = 0,
-                       last_hour: tuple = (0.0, 0.0)) -> Scored:
+                       last_hour: tuple = NO_LAST_HOUR) -> Scored:
         """Score ``tx`` with the version its event time allows; keep its features for its label.
         ``last_hour``: the card's last hour (the rules' velocity fields), passed on, not scored."""
         event_ts = tx.event_ts
