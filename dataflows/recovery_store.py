@@ -27,8 +27,8 @@ from typing import Any, Optional
 from dataflows.errors import FraudflowError
 from learners.features import AccountProfile
 
-__all__ = ["ACCOUNT_STEP", "AccountSnapshot", "StateError", "feature_layout_error", "find_account_snapshot",
-           "plain_loads", "recovery_partitions"]
+__all__ = ["ACCOUNT_STEP", "AccountSnapshot", "StateError", "committed_state", "feature_layout_error",
+           "find_account_snapshot", "plain_loads", "recovery_partitions"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,28 @@ def _resume_epoch(conns: list[sqlite3.Connection]) -> Optional[int]:
     last = max(executions)
     workers, resume = executions[last]
     return min(max(resume, frontiers.get((last, w), resume)) for w in range(workers))
+
+
+def committed_state(directory: str | Path, step_suffix: str, state_key: str) -> Optional[Any]:
+    """The state a resume would give ``state_key`` of the step whose id ends with ``step_suffix``
+    (its latest snapshot before the resume epoch, as plain data), or None if it has none; e.g.
+    the offset an input partition is read again from."""
+    conns = [_connect(path) for path in recovery_partitions(directory)]
+    try:
+        resume = _resume_epoch(conns)
+        if resume is None:
+            return None
+        best: Optional[tuple[int, Any]] = None
+        for conn in conns:
+            row = conn.execute("SELECT snap_epoch, ser_change FROM snaps WHERE step_id LIKE ? AND state_key = ? "
+                               "AND snap_epoch < ? ORDER BY snap_epoch DESC LIMIT 1",
+                               (f"%{step_suffix}", state_key, resume)).fetchone()
+            if row and (best is None or row[0] > best[0]):
+                best = row
+    finally:
+        for conn in conns:
+            conn.close()
+    return plain_loads(best[1]) if best and best[1] is not None else None
 
 
 def feature_layout_error(directory: str | Path, vector_bytes: int) -> Optional[str]:

@@ -180,6 +180,12 @@ class FlowCluster:
                 raise
         return codes
 
+    def pause(self, paused: bool = True) -> None:
+        """SIGSTOP (or, ``paused=False``, SIGCONT) every process: nothing is written or committed meanwhile."""
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
     def kill(self) -> None:
         for p in self.procs:
             if p.poll() is None:
@@ -191,6 +197,25 @@ class FlowCluster:
         if not self.log_dir:
             return ""
         return "\n".join(f.read_text(errors="replace")[-3000:] for f in sorted(self.log_dir.glob("flow-*.log")))
+
+
+def tx_offsets(bootstrap: str, topic: str) -> dict[str, int]:
+    """Offset of every transaction in partition 0 of ``topic`` (malformed records skipped)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000)
+    part = TopicPartition(topic, 0)
+    consumer.assign([part])
+    consumer.seek_to_beginning(part)
+    end = consumer.end_offsets([part])[part]
+    out: dict[str, int] = {}
+    deadline = time.monotonic() + 120
+    while consumer.position(part) < end and time.monotonic() < deadline:
+        for msg in consumer:
+            try:
+                out[json.loads(msg.value)["tx_id"]] = msg.offset
+            except (ValueError, KeyError, TypeError):
+                pass
+    consumer.close()
+    return out
 
 
 def init_recovery(path: Path, partitions: int) -> Path:

@@ -13,8 +13,10 @@ import pytest
 
 from connectors.events import Transaction
 from connectors.simulator import SimulatorConfig, simulate
+from dataflows.recovery_store import committed_state
 from learners.evaluation import average_precision
-from tests.kafka_helpers import FlowCluster, approx_count, by_tx, init_recovery, make_topics, produce_stream, read_topic
+from tests.kafka_helpers import (FlowCluster, approx_count, by_tx, init_recovery, make_topics, produce_stream, read_topic,
+                                 tx_offsets)
 
 pytestmark = pytest.mark.broker
 
@@ -71,6 +73,32 @@ def long_stream_events():
 LATENESS = 24 * 3600
 
 
+def _kill_with_scores_to_replay(cluster: FlowCluster, bootstrap: str, stream, recovery) -> list[dict]:
+    """SIGKILL every process of ``cluster`` at a moment when scores beyond the last committed
+    snapshot are on the broker, so the restart has something to replay; return the scores.
+
+    A kill that falls just after a commit, before the next epoch's first score reached the
+    broker, leaves nothing to replay (it happened 1 run in about 10, decision 0033's epoch close
+    makes such a window every second). So: pause the processes, read the offset a resume would
+    read the transactions from (the committed snapshot of the input partition) and the scores
+    written so far; kill if some scored transaction lies at or after that offset, else let them
+    run a moment and look again."""
+    offsets = tx_offsets(bootstrap, stream.topics["transactions"])
+    key = f"0-{stream.topics['transactions']}"
+    for look in range(1, 21):
+        cluster.pause()
+        resume_at = committed_state(recovery, "read_events", key)
+        scores = read_topic(bootstrap, stream.topics["scores"], quiet_s=1.0)
+        if resume_at is not None and any(offsets[s["tx_id"]] >= resume_at for s in scores):
+            cluster.kill()
+            print(f"killed at look {look}: resume offset {resume_at}, {len(scores)} scores written")
+            return scores
+        cluster.pause(False)
+        time.sleep(0.3)
+    cluster.kill()
+    raise AssertionError("no moment with scores beyond the committed snapshot in 20 looks")
+
+
 @pytest.mark.serial  # measured: fails 1 run in 2 while a CPU-bound process competes (below)
 def test_crash_of_a_two_process_cluster_resumes_from_recovery(broker, long_stream_events, tmp_path):
     """Both processes of a cluster are SIGKILLed mid-stream and restarted from their recovery
@@ -96,8 +124,7 @@ def test_crash_of_a_two_process_cluster_resumes_from_recovery(broker, long_strea
         if approx_count(broker.bootstrap, stream.topics["scores"]) > 0.4 * total:
             break
         time.sleep(0.2)
-    first.kill()  # SIGKILL both processes mid-stream
-    before = read_topic(broker.bootstrap, stream.topics["scores"], quiet_s=1.0)
+    before = _kill_with_scores_to_replay(first, broker.bootstrap, stream, recovery)
     assert 0.2 * total < len(before) < total, f"kill was not mid-stream: {len(before)} of {total}"
 
     second = FlowCluster(env, processes=2, recovery_dir=recovery, log_dir=tmp_path).start()
