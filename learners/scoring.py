@@ -208,8 +208,11 @@ class ModelShard:
         learner.keep(None if supervised else cold.detector, cold.threshold, supervised)
         if cold.unlearned:
             self._learn_unlabelled(boundary)
-        for is_fraud, packed in learner.due(boundary):
-            self._learn_example(is_fraud, packed)
+        for is_fraud, packed, hook, model in learner.due(boundary):
+            if model:
+                self._learn_example(is_fraud, packed, hook)
+            else:
+                learner.learn_label(dict(zip(FEATURE_NAMES, unpack(packed))), bool(is_fraud))
         learner.built_to = boundary
         self.alert_threshold.adapt(boundary)
         cfg = self.config
@@ -237,8 +240,9 @@ class ModelShard:
             self.means = means
             self.counts["detector_learned"] += len(due)
 
-    def _learn_example(self, is_fraud: Optional[bool], packed: bytes) -> None:
-        """Learn one labelled example (already sampled by :meth:`on_example`)."""
+    def _learn_example(self, is_fraud: Optional[bool], packed: bytes, hook: bool = True) -> None:
+        """Learn one labelled example (already sampled by :meth:`on_example`); ``hook``: the
+        model's labels hook too (else it gets the example later, decision 0064)."""
         is_fraud = bool(is_fraud)  # held examples in snapshots from before sampling moved may be None
         values = unpack(packed)
         x = dict(zip(FEATURE_NAMES, values))
@@ -246,7 +250,7 @@ class ModelShard:
         if self.supervised:  # test, then train
             rate = _sampling_rate(values[_FRAUD_TERMINAL_INDEX], self.config.negative_sampling)
             self.quality.record(_unsample(learner.model.predict_proba_one(x).get(True, 0.0), rate), is_fraud, rate)
-        learner.learn(x, is_fraud)
+        learner.learn(x, is_fraud, hook)
         self.means = [m + 0.001 * (v - m) for m, v in zip(self.means, values)]
         self.counts["labels_learned"] += 1
         if is_fraud:
@@ -275,11 +279,19 @@ class ModelShard:
             if not in_sample(tx_id, is_fraud, packed, self.config.negative_sampling):
                 return  # a legitimate example outside the sample: never held (the snapshot stays small)
         is_fraud = bool(is_fraud)
-        if label_ts < self.learner.built_to:
+        learner = self.learner
+        # A verdict learned before the feed would have brought it reaches the model's labels
+        # hook (the supervised cuts, placed once from the first labelled examples) only then:
+        # verdicts are the model's own alerts, and a cut placed among them lands where alerted
+        # frauds meet the few legitimate examples learned so far (decision 0064).
+        hook = not (feed_ts > label_ts and learner.hooks is not None and learner.hooks.wants_labels)
+        if not hook:
+            learner.hold_for_hook(feed_ts, tx_id, is_fraud, packed)
+        if label_ts < learner.built_to:
             self.counts["late_labels"] += 1
-            self._learn_example(is_fraud, packed)
+            self._learn_example(is_fraud, packed, hook)
         else:
-            self.learner.hold(label_ts, tx_id, is_fraud, packed)
+            learner.hold(label_ts, tx_id, is_fraud, packed, hook)
 
     def on_unsampled(self, received: int, implicit: int) -> None:
         """``received`` labels of this shard found outside the negative sample upstream (the

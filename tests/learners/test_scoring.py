@@ -285,3 +285,65 @@ def test_a_verdict_that_overtook_its_transaction_keeps_its_feed_time():
     [example] = bucket.add("t-1", features(500.0))
     assert (example.label_ts, example.feed_ts, example.is_fraud) == (D0 + 3600, D0 + 7 * DAY, True)
     assert bucket.empty
+
+
+def _cuts_after(verdicts: str) -> tuple[dict, list[int]]:
+    """20 days of transactions every 10 minutes, frauds exactly those above 220 (as the
+    simulator's first scenario), labels from the feed 7 days later; with ``verdicts`` other
+    than "none", the alerts (every fraud, a fifth of the legitimate amounts above 200) are
+    answered 4 hours after the transaction instead: "feed_ts" as the flow sends them (the feed's time
+    carried), "plain" as ordinary labels. Returns the amount cuts, and labels learned at day 8."""
+    rng = random.Random(7)
+    shard = make_shard(verdict_warmup_days=0.0)
+    shard.learner.hooks.cut_frauds = 30
+    events = []
+    for i in range(20 * 144):
+        ts = D0 + i * 600
+        fraud = rng.random() < 0.06
+        amount = round(rng.uniform(220.01, 400.0) if fraud else rng.uniform(10.0, 219.99), 2)
+        events.append((ts, 1, i, amount, fraud))
+        alerted = fraud or (amount > 200 and rng.random() < 0.2)
+        answered = verdicts != "none" and alerted
+        if answered:
+            events.append((ts + 4 * 3600, 0, i, amount, fraud))
+        else:
+            events.append((ts + 7 * DAY, 0, i, amount, fraud))
+    learned_day_8 = []
+    for ts, kind, i, amount, fraud in sorted(events):
+        if kind == 1:
+            shard.on_transaction(tx(i, ts, amount), features(amount))
+            if not learned_day_8 and ts >= D0 + 8 * DAY:
+                learned_day_8.append(shard.counts["labels_learned"])
+        else:
+            feed_ts = ts - 4 * 3600 + 7 * DAY if verdicts == "feed_ts" and ts < D0 + i * 600 + 7 * DAY else 0.0
+            shard.on_example(f"t-{i}", ts, fraud, pack(features(amount)), feed_ts=feed_ts)
+    shard.on_transaction(tx(10**6, D0 + 40 * DAY), features(10.0))  # build everything
+    return shard.learner.hooks.cuts, learned_day_8
+
+
+def test_verdicts_reach_the_supervised_cuts_when_the_feed_would_have_brought_them():
+    """Decision 0064: the supervised cuts are placed once, from the first labelled examples.
+    Verdicts (alerts answered within hours) learned as they come fill that buffer with alerted
+    frauds and few legitimate examples, and the amount cut lands below the fraud threshold;
+    a verdict carrying its feed time reaches the cuts only then, so they are the feed's, while
+    the model itself still learns the verdict at once."""
+    feed, feed_learned = _cuts_after("none")
+    carried, carried_learned = _cuts_after("feed_ts")
+    plain, _ = _cuts_after("plain")
+    assert feed["amount"] and 218.0 < feed["amount"][-1] < 220.01, feed  # just under the threshold
+    assert carried == feed
+    assert plain["amount"] != feed["amount"], plain  # what verdicts did to the cuts before
+    assert carried_learned[0] > feed_learned[0]  # the model learned the verdicts early
+
+
+def test_examples_waiting_for_the_labels_hook_survive_a_snapshot():
+    shard = make_shard(verdict_warmup_days=0.0)
+    shard.on_transaction(tx(1, D0), features(500.0))
+    shard.on_example("t-1", D0 + 4 * 3600, True, pack(features(500.0)), feed_ts=D0 + 7 * DAY)
+    assert [h[0] for h in shard.learner.hook_held] == [D0 + 7 * DAY]
+    assert shard.learner.held[0][0] == D0 + 4 * 3600 and shard.learner.held[0][4] is False  # the model: now
+    restored = ModelShard(shard.config, shard.snapshot())
+    assert restored.learner.hook_held == shard.learner.hook_held and restored.learner.held == shard.learner.held
+    older = pickle.loads(shard.snapshot())
+    del older["learner"]["hook_held"]  # a snapshot written before decision 0064
+    assert ModelShard(shard.config, pickle.dumps(older)).learner.hook_held == []
