@@ -287,7 +287,8 @@ class PolicySettings(_Section):
     threshold: float = model_setting("threshold", "alert when the fraud probability reaches this",
                                      _between(0.0, 1.0))
     coldstart_alert_rate: float = model_setting("coldstart_alert_rate",
-        "cold start (before warmup_frauds): alert on this share of transactions, the most anomalous",
+        "cold start (before warmup_frauds; none in the first day of event time): alert on this share of "
+        "transactions, the most anomalous",
         _between(0.0001, 0.5))
     alert_budget_per_day: float = model_setting("alert_budget_per_day",
         "analysts' capacity: alert on about this many transactions a day, the riskiest (0: use threshold)",

@@ -25,6 +25,10 @@ class ColdStart:
     the other arguments than ``alert_rate`` are a :meth:`snapshot`'s fields."""
 
     MIN_SEEN = 1000  # no cold-start alerts before the detector has learned this many
+    # ... nor in the shard's first day of event time: every card is new then, and the anomaly
+    # features (daily counts and amounts among them) rise through the day, so what looks
+    # anomalous is how far into its first day a card is (decision 0065)
+    MIN_HISTORY_S = 86_400.0
 
     def __init__(self, alert_rate: float, detector: Any, quantile: Optional[stats.Quantile] = None,
                  unlearned: Optional[list[tuple[float, str, bytes, float]]] = None) -> None:

@@ -344,7 +344,8 @@ class ModelShard:
             x = {name: x[name] for name in ANOMALY_FEATURES}
             score = model.score_one(x)
             threshold, name, scorer = version.anomaly_threshold, "coldstart-hst", model.score_one
-            candidate = self.counts["detector_learned"] >= ColdStart.MIN_SEEN and score >= threshold
+            candidate = (score >= threshold and self.counts["detector_learned"] >= ColdStart.MIN_SEEN
+                         and event_ts >= self.first_ts + ColdStart.MIN_HISTORY_S)
         reasons = None
         if candidate:
             means = dict(zip(FEATURE_NAMES, self.means))

@@ -347,3 +347,21 @@ def test_examples_waiting_for_the_labels_hook_survive_a_snapshot():
     older = pickle.loads(shard.snapshot())
     del older["learner"]["hook_held"]  # a snapshot written before decision 0064
     assert ModelShard(shard.config, pickle.dumps(older)).learner.hook_held == []
+
+
+def test_no_cold_start_alert_in_the_shards_first_day():
+    """Decision 0065: the cold-start detector alerts neither before it has learned
+    ``MIN_SEEN`` transactions nor in the first day of the shard's event time."""
+    shard = ModelShard(ModelConfig(allowed_lateness_s=L, coldstart_alert_rate=0.05))
+    rng = random.Random(5)
+    first_day, later = [], []
+    for i in range(2 * 2880):  # two days, a transaction every 30 s
+        ts = D0 + i * 30
+        amount = rng.uniform(5, 50) * (20 if i % 97 == 0 else 1)
+        learned = shard.counts["detector_learned"]
+        s = shard.on_transaction(tx(i, ts, amount), features(amount))
+        (first_day if ts < D0 + DAY else later).append((learned, s))
+    # day one, the detector past MIN_SEEN, a score above its threshold: still no alert
+    blocked = [s for learned, s in first_day if learned >= 1000 and s.score >= s.threshold]
+    assert blocked and not any(s.candidate for _, s in first_day)
+    assert any(s.candidate for _, s in later)
