@@ -52,7 +52,7 @@ from learners.models import ANOMALY_FEATURES, build_anomaly_detector, build_clas
 from learners.pending import pack, unpack
 from learners.quality import OnlineQuality
 from learners.threshold import AlertThreshold
-from learners.versions import Version, VersionedLearner
+from learners.versions import HOOK_ONLY, MODEL_ONLY, Version, VersionedLearner
 
 __all__ = ["ModelConfig", "ModelShard", "Scored"]
 
@@ -286,12 +286,12 @@ class ModelShard:
         # frauds meet the few legitimate examples learned so far (decision 0064).
         hook = not (feed_ts > label_ts and learner.hooks is not None and learner.hooks.wants_labels)
         if not hook:
-            learner.hold_for_hook(feed_ts, tx_id, is_fraud, packed)
+            learner.hold(feed_ts, tx_id, is_fraud, packed, HOOK_ONLY)
         if label_ts < learner.built_to:
             self.counts["late_labels"] += 1
             self._learn_example(is_fraud, packed, hook)
         else:
-            learner.hold(label_ts, tx_id, is_fraud, packed, hook)
+            learner.hold(label_ts, tx_id, is_fraud, packed, 0 if hook else MODEL_ONLY)
 
     def on_unsampled(self, received: int, implicit: int) -> None:
         """``received`` labels of this shard found outside the negative sample upstream (the

@@ -17,7 +17,11 @@ from typing import Any, Iterator, Optional
 
 from learners.models import LearningHooks, learning_hooks
 
-__all__ = ["Version", "VersionedLearner"]
+__all__ = ["HOOK_ONLY", "MODEL_ONLY", "Version", "VersionedLearner"]
+
+# A held example learned by one of the two only (decision 0064): a verdict is learned by the
+# model at its ts, and by the model's labels hook when the label feed would have brought it.
+MODEL_ONLY, HOOK_ONLY = 1, 2
 
 
 class Version:
@@ -46,17 +50,14 @@ class VersionedLearner:
     def __init__(self, step: float, model: Any, built_to: float = -math.inf,
                  previous: Optional[list[tuple[float, bytes]]] = None,
                  held: Optional[list[tuple]] = None,
-                 clocks: Optional[dict[int, float]] = None,
-                 hook_held: Optional[list[tuple[float, str, bool, bytes]]] = None) -> None:
+                 clocks: Optional[dict[int, float]] = None) -> None:
         self.step = step
         self.model = model
         self.built_to = built_to  # labels before this are in self.model
         self.previous = [] if previous is None else previous  # older versions (newest last), for stragglers
-        # examples to learn: a heap of (label_ts, tx_id, is_fraud, packed[, hook]); hook False:
-        # the labels hook gets this example later, from hook_held (decision 0064)
+        # examples to learn: a heap of (time, tx_id, is_fraud, packed[, only]); ``only`` MODEL_ONLY
+        # or HOOK_ONLY: one of the two learns the example at this time (decision 0064)
         self.held = [] if held is None else held
-        # examples for the labels hook only, at the time the label feed would have brought them
-        self.hook_held = [] if hook_held is None else hook_held
         self.clocks = {} if clocks is None else clocks  # source partition -> latest transaction time
         self.now = time.monotonic()  # wall clock of the current batch (set by the shard)
         self._heard: dict[int, float] = {}  # source partition -> wall clock it last sent a transaction
@@ -64,7 +65,7 @@ class VersionedLearner:
 
     def snapshot(self) -> dict[str, Any]:
         return {"model": self.model, "built_to": self.built_to, "previous": self.previous, "held": self.held,
-                "clocks": self.clocks, "hook_held": self.hook_held}
+                "clocks": self.clocks}
 
     @property
     def model(self) -> Any:
@@ -104,30 +105,20 @@ class VersionedLearner:
         return (math.floor(wm / step) - 1) * step if step > 0 else wm
 
     # -- examples and versions -------------------------------------------------------------
-    def hold(self, label_ts: float, tx_id: str, is_fraud: bool, packed: bytes, hook: bool = True) -> None:
-        heapq.heappush(self.held, (label_ts, tx_id, is_fraud, packed) if hook else
-                       (label_ts, tx_id, is_fraud, packed, False))
-
-    def hold_for_hook(self, ts: float, tx_id: str, is_fraud: bool, packed: bytes) -> None:
-        """An example the labels hook gets at ``ts`` (the model learns it at its own label time)."""
-        heapq.heappush(self.hook_held, (ts, tx_id, is_fraud, packed))
+    def hold(self, label_ts: float, tx_id: str, is_fraud: bool, packed: bytes, only: int = 0) -> None:
+        """An example to learn at ``label_ts``: by the model and its labels hook, or ``only`` one
+        of them (:data:`MODEL_ONLY`, :data:`HOOK_ONLY`)."""
+        heapq.heappush(self.held, (label_ts, tx_id, is_fraud, packed, only) if only else
+                       (label_ts, tx_id, is_fraud, packed))
 
     def due(self, boundary: float) -> Iterator[tuple[Optional[bool], bytes, bool, bool]]:
-        """The held examples before ``boundary``, taken out, in (time, tx_id) order over both
-        heaps: ``(is_fraud, packed, hook, model)``, i.e. whether the labels hook and the model
-        learn it (an entry of ``hook_held`` is for the hook only)."""
-        held, later = self.held, self.hook_held
-        while True:
-            first = held[0] if held and held[0][0] < boundary else None
-            other = later[0] if later and later[0][0] < boundary else None
-            if first is None and other is None:
-                return
-            if other is None or (first is not None and first[:2] <= other[:2]):
-                entry = heapq.heappop(held)
-                yield entry[2], entry[3], len(entry) < 5 or entry[4], True
-            else:
-                _, _, is_fraud, packed = heapq.heappop(later)
-                yield is_fraud, packed, True, False
+        """The held examples before ``boundary``, in (time, tx_id) order, taken out:
+        ``(is_fraud, packed, hook, model)``, whether the labels hook and the model learn it."""
+        held = self.held
+        while held and held[0][0] < boundary:
+            entry = heapq.heappop(held)
+            only = entry[4] if len(entry) > 4 else 0
+            yield entry[2], entry[3], only != MODEL_ONLY, only != HOOK_ONLY
 
     def learn(self, x: dict, is_fraud: bool, hook: bool = True) -> None:
         """One labelled example: the model, then (``hook``) its first step's label hook."""
@@ -136,13 +127,10 @@ class VersionedLearner:
             self.learn_label(x, is_fraud)
 
     def learn_label(self, x: dict, is_fraud: bool) -> None:
-        """The first step's label hook only, while it wants labels; once it does not, nothing
-        waits for it any more."""
+        """The first step's label hook only, while it wants labels."""
         hooks = self.hooks
         if hooks is not None and hooks.wants_labels:
             hooks.learn_label(x, is_fraud)
-        elif self.hook_held:
-            self.hook_held = []
 
     def keep(self, detector: Any, anomaly_threshold: float, supervised: bool) -> None:
         """Keep the live version (before a build): its model with what cold start scored by."""

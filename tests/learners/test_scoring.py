@@ -10,7 +10,7 @@ from learners.features import FEATURE_NAMES
 from learners.messages import FeaturedTransaction, LabelledExample, UnsampledCount
 from learners.pending import PendingBucket, pack
 from learners.scoring import ModelConfig, ModelShard
-from learners.versions import VersionedLearner
+from learners.versions import HOOK_ONLY, MODEL_ONLY, VersionedLearner
 
 D0 = 1522540800.0  # a multiple of the one-hour step used here
 DAY = 86_400.0
@@ -340,13 +340,13 @@ def test_examples_waiting_for_the_labels_hook_survive_a_snapshot():
     shard = make_shard(verdict_warmup_days=0.0)
     shard.on_transaction(tx(1, D0), features(500.0))
     shard.on_example("t-1", D0 + 4 * 3600, True, pack(features(500.0)), feed_ts=D0 + 7 * DAY)
-    assert [h[0] for h in shard.learner.hook_held] == [D0 + 7 * DAY]
-    assert shard.learner.held[0][0] == D0 + 4 * 3600 and shard.learner.held[0][4] is False  # the model: now
+    held = sorted(shard.learner.held)
+    assert [(h[0], h[4]) for h in held] == [(D0 + 4 * 3600, MODEL_ONLY), (D0 + 7 * DAY, HOOK_ONLY)]  # the model: now
     restored = ModelShard(shard.config, shard.snapshot())
-    assert restored.learner.hook_held == shard.learner.hook_held and restored.learner.held == shard.learner.held
+    assert restored.learner.held == shard.learner.held
     older = pickle.loads(shard.snapshot())
-    del older["learner"]["hook_held"]  # a snapshot written before decision 0064
-    assert ModelShard(shard.config, pickle.dumps(older)).learner.hook_held == []
+    older["learner"]["held"] = [h[:4] for h in older["learner"]["held"]]  # entries written before decision 0064
+    assert [d[2:] for d in ModelShard(shard.config, pickle.dumps(older)).learner.due(D0 + 8 * DAY)] == [(True, True)] * 2
 
 
 def test_no_cold_start_alert_in_the_shards_first_day():
