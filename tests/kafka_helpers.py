@@ -108,8 +108,9 @@ def approx_count(bootstrap: str, topic: str) -> int:
 
 
 def read_topic(bootstrap: str, topic: str, expect: Optional[int] = None, quiet_s: float = 3.0,
-               timeout_s: float = 120.0) -> list[dict]:
-    """Every message of ``topic`` as JSON: until ``expect`` are read, or nothing new for ``quiet_s``."""
+               timeout_s: float = 120.0, skip_unparsed: bool = False) -> list[dict]:
+    """Every message of ``topic`` as JSON (``_at``: its partition and offset): until ``expect``
+    are read, or nothing new for ``quiet_s``; ``skip_unparsed``: leave out what is not JSON."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=500)
     parts = None
     deadline = time.monotonic() + timeout_s
@@ -123,7 +124,12 @@ def read_topic(bootstrap: str, topic: str, expect: Optional[int] = None, quiet_s
     while time.monotonic() < deadline:
         got = False
         for msg in consumer:
-            doc = json.loads(msg.value)
+            try:
+                doc = json.loads(msg.value)
+            except ValueError:
+                if skip_unparsed:
+                    continue
+                raise
             doc["_at"] = (msg.partition, msg.offset)
             out.append(doc)
             got = True
@@ -200,22 +206,9 @@ class FlowCluster:
 
 
 def tx_offsets(bootstrap: str, topic: str) -> dict[str, int]:
-    """Offset of every transaction in partition 0 of ``topic`` (malformed records skipped)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000)
-    part = TopicPartition(topic, 0)
-    consumer.assign([part])
-    consumer.seek_to_beginning(part)
-    end = consumer.end_offsets([part])[part]
-    out: dict[str, int] = {}
-    deadline = time.monotonic() + 120
-    while consumer.position(part) < end and time.monotonic() < deadline:
-        for msg in consumer:
-            try:
-                out[json.loads(msg.value)["tx_id"]] = msg.offset
-            except (ValueError, KeyError, TypeError):
-                pass
-    consumer.close()
-    return out
+    """Offset of every transaction in partition 0 of ``topic`` (records that are not JSON skipped)."""
+    return {doc["tx_id"]: doc["_at"][1] for doc in read_topic(bootstrap, topic, quiet_s=1.0, skip_unparsed=True)
+            if "tx_id" in doc and doc["_at"][0] == 0}
 
 
 def init_recovery(path: Path, partitions: int) -> Path:
