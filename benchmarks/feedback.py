@@ -9,8 +9,9 @@ process each:
 * ``analysts``: the same feed plus simulated analysts inside the loop, as ``fraudflow replay
   --analysts`` has them (:class:`learners.analysts.AnalystDesk` over
   :class:`connectors.sources.EventListSource`): the flow's alerts are investigated, at most
-  ``--capacity`` cards a day, and answered with the truth ``--delay-hours`` after the alert;
-  the verdicts are learned as labels at their ts (decision 0050).
+  ``--capacity`` cards a day, and answered with the truth ``--delay-hours`` after the alert,
+  together with the card's other transactions of the ``--review-days`` before it (decision
+  0066); the verdicts are learned as labels at their ts (decision 0050).
 
 Both are evaluated on the handbook's test week (2018-08-08 to 08-14) with its protocol
 (``learners.evaluation.evaluate``; the cards it leaves out as already known compromised are
@@ -19,7 +20,8 @@ the alert precision per day (share of the cards alerted that day alerted on a fr
 ``learners.report.alert_precision_by_day``) over the whole stream and the test week.
 Results go to ``benchmarks/results/feedback.json``.
 
-    python -m benchmarks.feedback [--seeds 0 1 2] [--modes labels analysts] [--capacity 100] [--delay-hours 4] [--jobs 1]
+    python -m benchmarks.feedback [--seeds 0 1 2] [--modes labels analysts] [--capacity 100] [--delay-hours 4]
+                                  [--review-days 3] [--jobs 1]
     python -m benchmarks.feedback --combine NAME... [--out feedback]   # runs split over invocations
 """
 
@@ -32,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.common import DEFAULT_MODEL, in_subprocess, save
 from benchmarks.quality import METRICS
+from dataflows.cli.common import REVIEW_DAYS
 
 MODES = ("labels", "analysts")
 TEST_START, TEST_DAYS = "2018-08-08", 7
@@ -39,7 +42,8 @@ WEEKLY_FROM = "2018-05-02"  # a month in: the model has learned from three weeks
 
 
 def one_run(seed: str, mode: str, capacity: str = "100", delay_hours: str = "4", days: str = "183",
-            customers: str = "5000", terminals: str = "10000", verdict_warmup_days: str = "") -> dict:
+            customers: str = "5000", terminals: str = "10000", verdict_warmup_days: str = "",
+            review_days: str = "0") -> dict:
     """Simulate, run the dataflow with or without analysts, evaluate; in a fresh process."""
     from bytewax.testing import TestingSink, run_main
 
@@ -58,7 +62,8 @@ def one_run(seed: str, mode: str, capacity: str = "100", delay_hours: str = "4",
     truth: dict = {}
     events = list(simulate(cfg, truth=truth))
     frauds = frozenset(tx_id for tx_id, t in truth.items() if t.is_fraud)
-    desk = AnalystDesk(AnalystConfig(int(capacity), float(delay_hours) * 3600.0), frauds) if mode == "analysts" else None
+    desk = (AnalystDesk(AnalystConfig(int(capacity), float(delay_hours) * 3600.0, float(review_days) * 86_400.0), frauds)
+            if mode == "analysts" else None)
     values = {"model_kind": DEFAULT_MODEL, "progress": False, "snapshot_dir": "off"}
     if verdict_warmup_days:
         values["verdict_warmup_days"] = float(verdict_warmup_days)
@@ -90,7 +95,8 @@ def one_run(seed: str, mode: str, capacity: str = "100", delay_hours: str = "4",
            "feedback": counts["feedback"], "seconds": round(elapsed, 1)}
     if desk is not None:
         run["desk"] = {**desk.counts, "summary": desk.summary(),
-                       "capacity": int(capacity), "delay_hours": float(delay_hours)}
+                       "capacity": int(capacity), "delay_hours": float(delay_hours),
+                       "review_days": float(review_days)}
     return run
 
 
@@ -185,6 +191,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--capacity", type=int, default=100, help="analysts: cards a day (default %(default)s)")
     parser.add_argument("--delay-hours", type=float, default=4.0, help="analysts: alert to verdict (default %(default)s)")
+    parser.add_argument("--review-days", type=float, default=REVIEW_DAYS,
+                        help="analysts: days of the card's transactions before the alert a case answers too, "
+                             "as replay --analysts (default %(default)s; 0: the alerted one only)")
     parser.add_argument("--days", type=int, default=183, help="simulated days (default %(default)s; the test week "
                                                                 "needs >= 136)")
     parser.add_argument("--customers", type=int, default=5000)
@@ -210,14 +219,15 @@ def main(argv=None) -> dict:
         r = in_subprocess("benchmarks.feedback", "one_run", str(job[0]), job[1], str(args.capacity),
                           str(args.delay_hours), str(args.days), str(args.customers), str(args.terminals),
                           "" if args.verdict_warmup_days is None else str(args.verdict_warmup_days),
-                          timeout=3 * 3600)
+                          str(args.review_days), timeout=3 * 3600)
         print(json.dumps({k: v for k, v in r.items() if k not in ("alert_precision_per_day", "weekly")}), flush=True)
         return r
 
     with ThreadPoolExecutor(args.jobs) as pool:  # runs are deterministic: only their seconds feel the sharing
         runs = list(pool.map(run, jobs))
     paired = compare(runs)
-    result = {"model": DEFAULT_MODEL, "capacity": args.capacity, "delay_hours": args.delay_hours, "days": args.days,
+    result = {"model": DEFAULT_MODEL, "capacity": args.capacity, "delay_hours": args.delay_hours,
+              "review_days": args.review_days, "days": args.days,
               "customers": args.customers, "terminals": args.terminals, "test_start": TEST_START,
               "verdict_warmup_days": args.verdict_warmup_days if args.verdict_warmup_days is not None
               else _default_warmup(),

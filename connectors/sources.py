@@ -12,7 +12,7 @@ from typing import Any, Container, Hashable, Iterator, Optional, Sequence
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.events import Transaction
+from connectors.events import Label, Transaction
 
 __all__ = ["MAX_BATCH_SPAN_S", "batch_span_for", "AnalystGate", "AnalystLoop", "EventListSource", "EventTimeBatcher",
            "EventTimePacer", "LeadGuard",
@@ -368,6 +368,8 @@ class AnalystLoop:
             next(self.merged)
             if type(event) is Transaction:
                 self.emitted += 1
+            elif type(event) is Label:
+                self.desk.on_label(event)
         return event
 
     @property

@@ -10,7 +10,14 @@ flow's alerts:
 * **one case per card**: a card already under investigation (taken, not answered yet) or
   taken earlier the same day is not taken again;
 * **delay**: a case is answered ``delay_s`` after its alert's ``ts``, with the truth
-  (``frauds``: the tx_ids the simulator's labels file marks fraud).
+  (``frauds``: the tx_ids the simulator's labels file marks fraud);
+* **the card, not only the alert** (``review_s`` > 0): the analyst goes over the card's
+  transactions in the ``review_s`` before the alert, as a case-management tool shows them and
+  as the cardholder is asked about them, and answers each one not answered before, all at the
+  case's verdict time (decision 0066), except one whose label (a chargeback) came first: the
+  case tool shows it settled. The desk learns the card's transactions from
+  :meth:`AnalystDesk.on_scored` (the replay loop) or :meth:`AnalystDesk.record` (``fraudflow
+  investigate --transactions``), and their labels from :meth:`AnalystDesk.on_label`.
 
 Alerts are decided in rounds: :meth:`AnalystDesk.decide` takes every alert before an event
 time the caller vouches is complete (every alert up to it handed over). The replay loop
@@ -32,6 +39,7 @@ import heapq
 import logging
 import math
 import threading
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Collection, Iterable, NamedTuple, Optional
@@ -48,16 +56,20 @@ DAY = 86_400.0
 @dataclass(frozen=True)
 class AnalystConfig:
     """``capacity``: cards a day the team investigates; ``delay_s``: from alert to verdict
-    (event time, > 0: the replay loop needs it to make progress)."""
+    (event time, > 0: the replay loop needs it to make progress); ``review_s``: how far back
+    before the alert the case goes over the card's transactions (0: the alerted one only)."""
 
     capacity: int = 100
     delay_s: float = 4 * 3600.0
+    review_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.capacity < 0:
             raise ValueError(f"capacity must be >= 0, got {self.capacity}")
         if not self.delay_s > 0:
             raise ValueError(f"delay must be > 0, got {self.delay_s} s")
+        if not 0 <= self.review_s < math.inf:
+            raise ValueError(f"review window must be >= 0, got {self.review_s} s")
 
 
 class AlertCase(NamedTuple):
@@ -113,13 +125,20 @@ class AnalystDesk:
         self.frauds = frauds
         self._lock = threading.Lock()
         self._undecided: list[AlertCase] = []
-        self._due: list[tuple[float, str, Verdict]] = []  # heap: (verdict ts, alert_id, verdict)
+        self._due: list[tuple[float, str, str, Verdict, bool]] = []  # heap: (ts, alert_id, tx_id, verdict, reviewed)
         self._taken: dict[int, int] = {}  # day -> cards taken
         self._open_until: dict[str, float] = {}  # card -> when its case is answered
         self._last_day: dict[str, int] = {}  # card -> day it was last taken
+        # review_s > 0: the card's recent transactions (ts, tx_id), the labels seen of them, and
+        # the transactions already answered
+        self._recent: dict[str, deque[tuple[float, str]]] = {}
+        self._label_ts: dict[str, float] = {}
+        self._answered_tx: set[str] = set()
+        self._verdicts = 0
         self.processed = 0  # transactions through the alert step (the replay loop's drain count)
-        self.answered: list[Verdict] = []  # every verdict decided, in the order decided
-        self.counts = {"alerts": 0, "taken": 0, "over_capacity": 0, "card_busy": 0, "fraud": 0}
+        self.answered: list[Verdict] = []  # every verdict handed out (pop_due), in (ts, alert_id, tx_id) order
+        self.counts = {"alerts": 0, "taken": 0, "over_capacity": 0, "card_busy": 0, "fraud": 0,
+                       "reviewed": 0, "reviewed_fraud": 0, "reviewed_settled": 0}
 
     @property
     def delay_s(self) -> float:
@@ -142,9 +161,39 @@ class AnalystDesk:
 
     def on_scored(self, scored: Any) -> None:
         """A scored transaction; one that is no alert candidate has left the alert step."""
-        if not scored.candidate:
+        if self.config.review_s > 0:
+            tx = scored.tx
+            with self._lock:
+                self._remember(tx.account_id, tx.event_ts, tx.tx_id)
+                self.processed += not scored.candidate
+        elif not scored.candidate:
             with self._lock:
                 self.processed += 1
+
+    def record(self, account_id: str, ts: float, tx_id: str) -> None:
+        """A transaction of the card, for the case reviews (``fraudflow investigate
+        --transactions``); in event-time order per card, give or take a day."""
+        if self.config.review_s > 0:
+            with self._lock:
+                self._remember(account_id, ts, tx_id)
+
+    def _remember(self, account_id: str, ts: float, tx_id: str) -> None:
+        recent = self._recent.get(account_id)
+        if recent is None:
+            recent = self._recent[account_id] = deque()
+        recent.append((ts, tx_id))
+        horizon = ts - self.config.review_s - DAY  # a day's slack for disorder between the workers
+        while recent[0][0] < horizon:
+            self._label_ts.pop(recent.popleft()[1], None)
+
+    def on_label(self, label: Any) -> None:
+        """A label (:class:`connectors.events.Label`) the flow is given: a card's transaction
+        whose label comes before its case's verdict is not answered again."""
+        if self.config.review_s > 0:
+            with self._lock:
+                recent = self._recent.get(label.account_id)
+                if recent and any(tx_id == label.tx_id for _, tx_id in recent):
+                    self._label_ts[label.tx_id] = label.event_ts
 
     @property
     def undecided(self) -> int:
@@ -154,7 +203,8 @@ class AnalystDesk:
     # -- cases ---------------------------------------------------------------------------
     def decide(self, before: float) -> list[Verdict]:
         """Take or leave every alert handed over with ``ts < before``, in ``(ts, alert_id)``
-        order; the verdicts of the cases taken (also queued for :meth:`pop_due`)."""
+        order; the verdicts of the cases taken, queued for :meth:`pop_due` (which still leaves
+        out a reviewed transaction whose label comes before the verdict)."""
         with self._lock:
             ready = sorted(c for c in self._undecided if c.ts < before)
             if not ready:
@@ -177,21 +227,51 @@ class AnalystDesk:
                 is_fraud = case.tx_id in self.frauds
                 self.counts["taken"] += 1
                 self.counts["fraud"] += is_fraud
-                verdict = Verdict(case.alert_id, case.tx_id, case.account_id, answered, is_fraud,
-                                  Origin("analysts", self.counts["taken"]))
-                heapq.heappush(self._due, (answered, case.alert_id, verdict))
-                out.append(verdict)
-            self.answered.extend(out)
+                out.append(self._answer(case, case.tx_id, answered, False))
+                out.extend(self._answer(case, tx_id, answered, True) for tx_id in self._reviewed(case))
             return out
 
+    def _answer(self, case: AlertCase, tx_id: str, answered: float, reviewed: bool) -> Verdict:
+        self._answered_tx.add(tx_id)
+        self._verdicts += 1
+        verdict = Verdict(case.alert_id, tx_id, case.account_id, answered, tx_id in self.frauds,
+                          Origin("analysts", self._verdicts))
+        heapq.heappush(self._due, (answered, case.alert_id, tx_id, verdict, reviewed))
+        return verdict
+
+    def _reviewed(self, case: AlertCase) -> list[str]:
+        """The card's other transactions in the review window up to the alert, not answered
+        before, in (ts, tx_id) order."""
+        if self.config.review_s <= 0:
+            return []
+        start = case.ts - self.config.review_s
+        answered = self._answered_tx
+        return [tx_id for ts, tx_id in sorted(self._recent.get(case.account_id, ()))
+                if start <= ts <= case.ts and tx_id not in answered]
+
     def peek_due(self) -> Optional[Verdict]:
-        """The next verdict in ``(ts, alert_id)`` order, or None."""
+        """The next verdict in ``(ts, alert_id, tx_id)`` order, or None."""
         with self._lock:
-            return self._due[0][2] if self._due else None
+            return self._next_due()
 
     def pop_due(self) -> Verdict:
         with self._lock:
-            return heapq.heappop(self._due)[2]
+            self._next_due()
+            _, _, tx_id, verdict, reviewed = heapq.heappop(self._due)
+            if reviewed:
+                self.counts["reviewed"] += 1
+                self.counts["reviewed_fraud"] += verdict.is_fraud
+            self.answered.append(verdict)
+            return verdict
+
+    def _next_due(self) -> Optional[Verdict]:
+        """The head of the due verdicts, dropping reviewed ones whose label came first (by
+        then the replay loop has handed :meth:`on_label` every label before the verdict)."""
+        due = self._due
+        while due and due[0][4] and self._label_ts.get(due[0][2], math.inf) <= due[0][0]:
+            heapq.heappop(due)
+            self.counts["reviewed_settled"] += 1
+        return due[0][3] if due else None
 
     def drained(self, emitted: int) -> bool:
         """Have all ``emitted`` transactions left the alert step?"""
@@ -209,6 +289,8 @@ class AnalystDesk:
         days = self.cards_per_day()
         per_day = c["taken"] / len(days) if days else 0.0
         share = c["fraud"] / c["taken"] if c["taken"] else 0.0
-        return (f"{c['taken']:,} verdicts on {c['alerts']:,} alerts ({share:.1%} fraud), {per_day:.1f} cards/day over "
-                f"{len(days)} days (capacity {self.config.capacity}); left: {c['over_capacity']:,} over capacity, "
-                f"{c['card_busy']:,} on a card already taken that day or under investigation")
+        reviewed = (f", and {c['reviewed']:,} on the cards' other transactions of the {self.config.review_s / DAY:g} "
+                    f"days before ({c['reviewed_fraud']:,} fraud)" if self.config.review_s > 0 else "")
+        return (f"{c['taken']:,} verdicts on {c['alerts']:,} alerts ({share:.1%} fraud){reviewed}, {per_day:.1f} "
+                f"cards/day over {len(days)} days (capacity {self.config.capacity}); left: {c['over_capacity']:,} "
+                f"over capacity, {c['card_busy']:,} on a card already taken that day or under investigation")

@@ -148,9 +148,12 @@ class AccountProfile:
     RECENT_TERMINALS = 24
     MAX_PENDING = 256
     # Analysts' verdicts remembered (4 bytes each: the tx_id's hash, its low bit the verdict), so
-    # a later chargeback for the same transaction is not learned twice (decision 0050). A card
-    # has at most one alert a day under the default cool-down: 32 cover a month of them.
-    MAX_VERDICTS = 32
+    # a later chargeback for the same transaction is not learned twice (decision 0050). An
+    # analyst reviewing the card answers its transactions of the days before the alert too
+    # (decision 0066): up to the card's transactions of the review window plus a label delay,
+    # at most 88 in the published simulator (14 days); 128 is at most 512 bytes, and only
+    # cards analysts answered have any.
+    MAX_VERDICTS = 128
     # The last hour's transactions, (event_ts, amount) each, for the rules' velocity fields
     # (:meth:`last_hour`; decision 0063): at most this many, the latest by event time, so a
     # card with more in an hour counts this many (the count saturates).

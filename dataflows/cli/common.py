@@ -6,7 +6,11 @@ import argparse
 from datetime import date
 from pathlib import Path
 
-__all__ = ["existing_file", "iso_date", "positive_hours", "positive_int"]
+__all__ = ["REVIEW_DAYS", "existing_file", "iso_date", "non_negative_days", "positive_hours", "positive_int"]
+
+# the simulated analysts' case review (``--review-days`` of replay --analysts and investigate;
+# decision 0066): a case answers the card's transactions of this many days before the alert
+REVIEW_DAYS = 3.0
 
 
 def existing_file(path: str) -> str:
@@ -41,4 +45,15 @@ def positive_hours(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of hours, got {text!r}") from None
     if not 0 < value < 24 * 366:
         raise argparse.ArgumentTypeError(f"must be more than 0 and under a year, got {text}")
+    return value
+
+
+def non_negative_days(text: str) -> float:
+    """A number of days, 0 or more and under a year (``--review-days``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days, got {text!r}") from None
+    if not 0 <= value < 366:
+        raise argparse.ArgumentTypeError(f"must be 0 or more and under a year, got {text}")
     return value

@@ -2,14 +2,17 @@
 
 Reads alerts (a JSONL file, or the alerts topic to its end with ``--kafka``), takes up to
 ``--capacity`` cards a day and answers each ``--delay-hours`` after its alert with the truth of
-the simulator's labels file; writes the verdicts (contract ``feedback``) in event-time order
-to ``--out`` or the feedback topic. The team is :class:`learners.analysts.AnalystDesk`, the
+the simulator's labels file, for the alerted transaction and the card's others of the
+``--review-days`` before it (read from ``--transactions``, or the transactions topic with
+``--kafka``); writes the verdicts (contract ``feedback``) in event-time order to ``--out`` or
+the feedback topic. The team is :class:`learners.analysts.AnalystDesk`, the
 same one ``fraudflow replay --analysts`` puts inside the loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import logging
 import math
@@ -17,7 +20,7 @@ import sys
 import time
 from typing import Any, Iterator
 
-from dataflows.cli.common import existing_file, positive_hours
+from dataflows.cli.common import REVIEW_DAYS, existing_file, non_negative_days, positive_hours
 from dataflows.errors import FraudflowError
 
 __all__ = ["register"]
@@ -45,6 +48,62 @@ def _kafka_alerts(args: argparse.Namespace, settings: Any) -> Iterator[tuple[int
         yield n, msg.value() or b""
 
 
+def _kafka_transactions(args: argparse.Namespace, settings: Any) -> Iterator[tuple[int, bytes]]:
+    from dataflows.cli.kafka import ClientLog, client_config, read_to_end
+
+    config = client_config(settings, args.brokers, ClientLog())
+    messages = read_to_end(config, settings.topic_transactions, "FRAUDFLOW_KAFKA_TOPIC_TRANSACTIONS",
+                           "fraudflow-investigate", args.connect_timeout)
+    for n, msg in enumerate(messages, 1):
+        yield n, msg.value() or b""
+
+
+def _record_history(desk: Any, cases: list, transactions: Iterator[tuple[int, bytes]], labels_path: str) -> int:
+    """Hand the desk what its cases will go over: a card's transactions in the review window
+    before one of its alerts (the rest is not kept) and their labels (a transaction charged
+    back before the verdict is not answered). The number of transactions recorded."""
+    from connectors.events import Label, Transaction
+
+    review_s = desk.config.review_s
+    alert_times: dict[str, list[float]] = {}
+    for case in cases:
+        alert_times.setdefault(case.account_id, []).append(case.ts)
+    for times in alert_times.values():
+        times.sort()
+    recorded = 0
+    for tx in _events_of_cards(transactions, alert_times, "transaction"):
+        if type(tx) is Transaction:
+            times = alert_times[tx.account_id]
+            i = bisect.bisect_left(times, tx.event_ts)  # the first alert at or after it
+            if i < len(times) and times[i] - tx.event_ts <= review_s:
+                desk.record(tx.account_id, tx.event_ts, tx.tx_id)
+                recorded += 1
+    for label in _events_of_cards(_alert_lines(labels_path), alert_times, "label"):
+        if type(label) is Label:
+            desk.on_label(label)
+    return recorded
+
+
+def _events_of_cards(lines: Iterator[tuple[int, bytes]], cards: Any, kind: str) -> Iterator[Any]:
+    """The events of ``kind`` (or dead letters) of the lines whose account_id is one of
+    ``cards``; the others are only glanced at (most lines are on cards without an alert)."""
+    import msgspec
+
+    from connectors.events import Origin, parse_record
+
+    class _Account(msgspec.Struct):
+        account_id: Any = None
+
+    accounts = msgspec.json.Decoder(_Account)
+    for n, line in lines:
+        try:
+            if accounts.decode(line).account_id not in cards:
+                continue
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
+            continue
+        yield parse_record(line, Origin("investigate", n), kind)
+
+
 def _produce(args: argparse.Namespace, settings: Any, verdicts: list) -> str:
     from connectors.events import encode, verdict_to_json
     from dataflows.cli.kafka import LINGER_MS, ClientLog, client_config, send_all
@@ -64,7 +123,7 @@ def cmd_investigate(args: argparse.Namespace) -> int:
 
     from connectors.events import verdict_to_json
     from connectors.files import write_jsonl
-    from learners.analysts import AnalystConfig, AnalystDesk, alert_of, read_frauds
+    from learners.analysts import DAY, AnalystConfig, AnalystDesk, alert_of, read_frauds
 
     if args.capacity < 0:
         raise FraudflowError(f"--capacity: must be >= 0, got {args.capacity}")
@@ -78,22 +137,33 @@ def cmd_investigate(args: argparse.Namespace) -> int:
         from dataflows.cli.kafka import _settings
 
         settings = _settings()
-    desk = AnalystDesk(AnalystConfig(args.capacity, args.delay_hours * 3600.0), read_frauds(args.labels))
+    review = args.review_days > 0 and bool(args.kafka or args.transactions)
+    if args.review_days > 0 and not review:
+        log.warning("no --transactions: the cases answer the alerted transaction only, not the card's others of the "
+                    "%g days before", args.review_days)
+    desk = AnalystDesk(AnalystConfig(args.capacity, args.delay_hours * 3600.0, args.review_days * DAY if review else 0.0),
+                       read_frauds(args.labels))
     source = _kafka_alerts(args, settings) if args.kafka else _alert_lines(args.alerts)
     where = settings.topic_alerts if args.kafka else args.alerts
     dec = msgspec.json.Decoder()
     bad = 0
+    cases = []
     next_report = time.monotonic() + _PROGRESS_EVERY_S
     for n, line in source:
         try:
-            desk.receive([alert_of(dec.decode(line))])
+            cases.append(alert_of(dec.decode(line)))
         except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             bad += 1
             if bad <= 3:
                 log.warning("%s: record %d is not an alert (%s): skipped", where, n, exc)
         if not args.quiet and time.monotonic() >= next_report:
             next_report = time.monotonic() + _PROGRESS_EVERY_S
-            print(f"investigate: {desk.counts['alerts']:,} alerts read", file=sys.stderr, flush=True)
+            print(f"investigate: {len(cases):,} alerts read", file=sys.stderr, flush=True)
+    if review:
+        history = _kafka_transactions(args, settings) if args.kafka else _alert_lines(args.transactions)
+        recorded = _record_history(desk, cases, history, args.labels)
+        log.info("%s transactions of the alerted cards' review windows read", f"{recorded:,}")
+    desk.receive(cases)
     desk.decide(math.inf)
     verdicts = []
     while desk.peek_due() is not None:
@@ -117,7 +187,8 @@ def register(sub: Any) -> None:
                        description="Read alerts (a JSONL file, or the alerts topic to its end with --kafka), take up "
                                    "to --capacity cards a day (event-time day of the alert, first come first served; "
                                    "a card already taken that day or under investigation is left), answer each "
-                                   "--delay-hours later with the truth of the simulator's labels file, and write the "
+                                   "--delay-hours later with the truth of the simulator's labels file (the alerted "
+                                   "transaction and the card's others of the --review-days before it), and write the "
                                    "verdicts (contract feedback) to --out, the feedback topic (--kafka), or both.")
     p.add_argument("alerts", nargs="?", type=existing_file, help="alerts JSONL (from replay --alerts)")
     p.add_argument("--labels", required=True, type=existing_file,
@@ -129,6 +200,12 @@ def register(sub: Any) -> None:
     p.add_argument("--capacity", type=int, default=100, help="cards a day (default %(default)s)")
     p.add_argument("--delay-hours", type=positive_hours, default=4.0,
                    help="hours from alert to verdict, event time (default %(default)s)")
+    p.add_argument("--review-days", type=non_negative_days, default=REVIEW_DAYS, metavar="D",
+                   help="a case also answers the card's other transactions of the D days before the alert, each "
+                        "once (default %(default)g; 0: the alerted transaction only). Needs the transactions: "
+                        "--transactions, or the transactions topic with --kafka")
+    p.add_argument("--transactions", type=existing_file, metavar="FILE",
+                   help="transactions JSONL (from simulate): the cards' history the cases go over")
     p.add_argument("--json", action="store_true", help="also print the counts as JSON on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.add_argument("--brokers", help="--kafka: bootstrap servers (default FRAUDFLOW_KAFKA_BROKERS)")

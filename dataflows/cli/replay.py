@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any
 
-from dataflows.cli.common import existing_file, positive_hours, positive_int
+from dataflows.cli.common import REVIEW_DAYS, existing_file, non_negative_days, positive_hours, positive_int
 from dataflows.errors import FraudflowError
 
 __all__ = ["register"]
@@ -28,9 +28,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise FraudflowError(f"--capacity: must be >= 0, got {args.capacity}")
     desk = None
     if args.analysts:
-        from learners.analysts import AnalystConfig, AnalystDesk, read_frauds
+        from learners.analysts import DAY, AnalystConfig, AnalystDesk, read_frauds
 
-        desk = AnalystDesk(AnalystConfig(args.capacity, args.delay_hours * 3600.0), read_frauds(args.labels))
+        desk = AnalystDesk(AnalystConfig(args.capacity, args.delay_hours * 3600.0, args.review_days * DAY),
+                           read_frauds(args.labels))
     try:
         settings = Settings.from_env().replace(
             source="files", transactions_file=args.transactions, labels_file=args.labels,
@@ -83,6 +84,9 @@ def register(sub: Any) -> None:
     p.add_argument("--capacity", type=int, default=100, help="--analysts: cards a day (default %(default)s)")
     p.add_argument("--delay-hours", type=positive_hours, default=4.0,
                    help="--analysts: hours from alert to verdict, event time (default %(default)s)")
+    p.add_argument("--review-days", type=non_negative_days, default=REVIEW_DAYS, metavar="D",
+                   help="--analysts: a case also answers the card's other transactions of the D days before the "
+                        "alert, each once (default %(default)g; 0: the alerted transaction only)")
     p.add_argument("--verdicts", metavar="FILE", help="--analysts: also write the verdicts here")
     p.add_argument("--rules", type=existing_file, metavar="FILE",
                    help="rules (YAML or JSON) every model shard applies from the first event (FRAUDFLOW_RULES_FILE)")

@@ -212,11 +212,34 @@ def test_investigate_answers_within_capacity_after_the_delay_with_the_truth(reco
     assert max(per_day.values()) == 3 and len(verdicts) < len(alerts)
     assert [v["ts"] for v in verdicts] == sorted(v["ts"] for v in verdicts)
     assert json.loads(proc.stdout)["verdicts"] == len(verdicts)
-    # the verdicts file goes back into a replay (--feedback) and is learned
-    proc = fraudflow("replay", "s.transactions.jsonl", "s.labels.jsonl", "--feedback", "v.jsonl", "--alerts",
+    assert "no --transactions: the cases answer the alerted transaction only" in proc.stderr
+    # with the transactions, a case also answers the card's others of the review window (decision 0066)
+    proc = fraudflow("investigate", "p.alerts.jsonl", "--labels", "s.labels.jsonl", "--out", "vr.jsonl",
+                     "--capacity", "3", "--delay-hours", "6", "--transactions", "s.transactions.jsonl",
+                     "--review-days", "2", cwd=out)
+    assert proc.returncode == 0, proc.stderr
+    reviewed = _lines(out / "vr.jsonl")
+    txs = {t["tx_id"]: t for t in _lines(out / "s.transactions.jsonl")}
+    on_alert = [v for v in reviewed if v["tx_id"] == alerts[v["alert_id"]]["tx_id"]]
+    assert on_alert == verdicts  # the same cases
+    others = [v for v in reviewed if v["tx_id"] != alerts[v["alert_id"]]["tx_id"]]
+    assert len(others) > len(verdicts) and len({v["tx_id"] for v in reviewed}) == len(reviewed)
+    for v in others:
+        alert, tx = alerts[v["alert_id"]], txs[v["tx_id"]]
+        assert tx["account_id"] == alert["account_id"] == v["account_id"]
+        assert 0 <= _ts(alert["ts"]) - _ts(tx["ts"]) <= 2 * 86_400
+        assert _ts(v["ts"]) == _ts(alert["ts"]) + 6 * 3600 and (v["verdict"] == "fraud") == (v["tx_id"] in frauds)
+    assert f"and {len(others):,} on the cards' other transactions of the 2 days before" in proc.stderr
+    label_ts = {d["tx_id"]: _ts(d["ts"]) for d in _lines(out / "s.labels.jsonl")}
+    assert all(label_ts[v["tx_id"]] > _ts(v["ts"]) for v in others)  # none charged back before the case answered
+    assert any(0 <= label_ts[t] - _ts(alerts[v["alert_id"]]["ts"]) <= 6 * 3600 for v in on_alert for t in txs
+               if txs[t]["account_id"] == v["account_id"]
+               and 0 <= _ts(alerts[v["alert_id"]]["ts"]) - _ts(txs[t]["ts"]) <= 2 * 86_400)  # there were such
+    # the verdicts file goes back into a replay (--feedback) and is learned, none a dead letter
+    proc = fraudflow("replay", "s.transactions.jsonl", "s.labels.jsonl", "--feedback", "vr.jsonl", "--alerts",
                      "fb.alerts.jsonl", "--dlq", "fb.dlq.jsonl", cwd=out, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert f"analysts' verdicts    {len(verdicts):>12,}" in proc.stderr
+    assert f"analysts' verdicts    {len(reviewed):>12,}" in proc.stderr
     assert (out / "fb.dlq.jsonl").read_text() == ""
 
 
@@ -224,6 +247,7 @@ def test_replay_with_analysts_in_the_loop_is_deterministic_and_learns(recorded, 
     """``replay --analysts`` (a subprocess), the same loop in this process, and the loop over
     the stream as a list (``EventListSource`` with a desk: what ``benchmarks.feedback`` runs)
     give the same scores and verdicts, and the loop learns more than the plain replay."""
+    from dataflows.cli.common import REVIEW_DAYS
     from dataflows.cli.replay import _write_verdicts
     from learners.analysts import AnalystConfig, AnalystDesk, read_frauds
 
@@ -233,13 +257,14 @@ def test_replay_with_analysts_in_the_loop_is_deterministic_and_learns(recorded, 
                      "--delay-hours", "4", "--scores", "a.scores.jsonl", "--alerts", "a.alerts.jsonl",
                      "--dlq", "a.dlq.jsonl", "--verdicts", "a.verdicts.jsonl", cwd=out, env=env)
     assert proc.returncode == 0, proc.stderr
-    desk = AnalystDesk(AnalystConfig(10, 4 * 3600.0), read_frauds(str(out / "s.labels.jsonl")))
+    review = REVIEW_DAYS * 86_400.0  # the command's default
+    desk = AnalystDesk(AnalystConfig(10, 4 * 3600.0, review), read_frauds(str(out / "s.labels.jsonl")))
     again = _replay_in_process(out, "b", desk)
     _write_verdicts(str(out / "b.verdicts.jsonl"), desk)
     assert sorted((out / "a.scores.jsonl").read_bytes().splitlines()) == \
         sorted((out / "b.scores.jsonl").read_bytes().splitlines())
     assert (out / "a.verdicts.jsonl").read_bytes() == (out / "b.verdicts.jsonl").read_bytes()
-    listed = AnalystDesk(AnalystConfig(10, 4 * 3600.0), read_frauds(str(out / "s.labels.jsonl")))
+    listed = AnalystDesk(AnalystConfig(10, 4 * 3600.0, review), read_frauds(str(out / "s.labels.jsonl")))
     scores: list = []
     parts = build_flow(Settings().replace(progress=False, snapshot_dir="off", verdict_warmup_days=0.0),
                        source=EventListSource(small_stream[0], desk=listed),

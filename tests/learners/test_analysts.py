@@ -99,6 +99,42 @@ def test_desk_decides_in_rounds_only_what_is_complete():
     assert [v.tx_id for v in desk.decide(math.inf)] == ["t-0002"]
 
 
+def test_a_case_goes_over_the_cards_transactions_of_the_review_window_each_once():
+    """Decision 0066: the alerted transaction and the card's others of the review_s before the
+    alert, each answered once (also by a later case on the card), all at the verdict time;
+    other cards' transactions, the card's later ones and ones whose label came before the
+    verdict are not answered."""
+    desk = AnalystDesk(AnalystConfig(capacity=10, delay_s=4 * H, review_s=2 * DAY), frauds={"x-2", "x-4", "a-2"})
+
+    class _Scored:  # what on_scored reads of the flow's Scored
+        def __init__(self, tx_id, account, ts):
+            self.tx, self.candidate = Transaction(tx_id, account, ts, 10.0, "m-1"), False
+
+    history = [("x-0", "c-1", D0), ("x-1", "c-1", D0 + 1.5 * DAY), ("x-2", "c-1", D0 + 2.5 * DAY),
+               ("y-1", "c-2", D0 + 2.6 * DAY), ("x-3", "c-1", D0 + 3 * DAY), ("x-4", "c-1", D0 + 3.2 * DAY),
+               ("x-5", "c-1", D0 + 3.3 * DAY)]
+    for tx_id, account, ts in history:
+        desk.on_scored(_Scored(tx_id, account, ts))
+    assert desk.processed == len(history)  # still the replay loop's drain count
+    assert desk.decide(D0 + 3.1 * DAY) == []  # no alert yet
+    desk.receive([AlertCase(D0 + 3 * DAY, "a-1", "x-3", "c-1")])
+    first = desk.decide(D0 + 3.1 * DAY)
+    # x-0 is older than 2 days before the alert, y-1 is another card's, x-4 comes after the alert
+    assert [(v.tx_id, v.is_fraud) for v in first] == [("x-3", False), ("x-1", False), ("x-2", True)]
+    assert {v.event_ts for v in first} == {D0 + 3 * DAY + 4 * H} and {v.alert_id for v in first} == {"a-1"}
+    assert [desk.pop_due().tx_id for _ in range(3)] == ["x-1", "x-2", "x-3"]  # (ts, alert, tx) order
+    assert desk.counts["taken"] == 1 and desk.counts["reviewed"] == 2 and desk.counts["reviewed_fraud"] == 1
+    desk.on_scored(_Scored("a-2", "c-1", D0 + 4.5 * DAY))
+    desk.receive([AlertCase(D0 + 4.5 * DAY, "a-2", "a-2", "c-1")])
+    second = desk.decide(math.inf)  # a later case on the card: x-4 and x-5 are new, x-1..x-3 were answered
+    assert [v.tx_id for v in second] == ["a-2", "x-4", "x-5"]
+    desk.on_label(Label("x-5", "c-1", D0 + 4.5 * DAY + 4 * H, False))  # its chargeback feed beat the case: settled
+    desk.on_label(Label("x-4", "c-1", D0 + 4.5 * DAY + 5 * H, True))  # after the verdict: answered
+    assert [desk.pop_due().tx_id for _ in range(2)] == ["a-2", "x-4"] and desk.peek_due() is None
+    assert desk.counts["reviewed_settled"] == 1 and [v.tx_id for v in desk.answered] == ["x-1", "x-2", "x-3", "a-2", "x-4"]
+    assert "and 3 on the cards' other transactions of the 2 days before (2 fraud)" in desk.summary()
+
+
 # -- the account stage: no double counting -------------------------------------------------
 def _tx(i: int, ts: float) -> Transaction:
     return Transaction(f"t-{i}", "c-1", ts, 20.0 + i, "m-1")
@@ -137,6 +173,21 @@ def test_a_chargeback_after_a_verdict_is_not_learned_again_nor_a_dead_letter():
     assert later == []  # dropped quietly: no example, no dead letter
     assert stats.kinds == {"verdicts": 1, "labels_duplicate": 1}
     stage.on_batch([(0, _tx(3, D0 + 8 * DAY))])
+    assert stage.on_eof() == []  # nothing left as an orphan
+
+
+def test_a_busy_card_reviewed_by_analysts_has_every_chargeback_settled():
+    # decision 0066: a case answers the card's recent transactions too, so a busy compromised
+    # card gets scores of verdicts before the first chargeback arrives (the published simulator:
+    # up to 88 transactions of a card in 14 days); none of them may become a dead letter
+    stage, stats, _ = _account()
+    n = 90
+    stage.on_batch([(0, _tx(i, D0 + i * 2 * H)) for i in range(n)])
+    verdicts = [(0, Verdict(f"a-{i}", f"t-{i}", "c-1", D0 + i * 2 * H + 4 * H, True)) for i in range(n)]
+    assert len(_joined(stage.on_batch(verdicts))) == n
+    later = stage.on_batch([(0, Label(f"t-{i}", "c-1", D0 + i * 2 * H + 7 * DAY, True)) for i in range(n)])
+    assert later == [] and stats.kinds == {"verdicts": n, "labels_duplicate": n}
+    stage.on_batch([(0, _tx(n, D0 + 30 * DAY))])
     assert stage.on_eof() == []  # nothing left as an orphan
 
 
@@ -194,12 +245,12 @@ def test_account_state_with_verdicts_stays_small_and_older_snapshots_load():
     acct = AccountProfile()
     for i in range(200):
         acct.observe(_tx(i, D0 + i * 3 * H))
-    for i in range(100):
+    for i in range(200):
         acct.join_label(f"t-{i}", D0 + i * 3 * H + H, i % 2 == 0, "c-1", verdict=True)
     assert len(acct.verdicts) == AccountProfile.MAX_VERDICTS
     restored = AccountProfile(pickle.loads(pickle.dumps(acct.snapshot())))
-    assert restored.snapshot() == acct.snapshot() and restored.verdict_for("t-99") is False
-    assert restored.verdict_for("t-98") is True and restored.verdict_for("t-0") is None  # the oldest fell out
+    assert restored.snapshot() == acct.snapshot() and restored.verdict_for("t-199") is False
+    assert restored.verdict_for("t-198") is True and restored.verdict_for("t-0") is None  # the oldest fell out
     verdict_bytes = len(pickle.dumps(acct.snapshot()[:12])) - len(pickle.dumps(acct.snapshot()[:11]))
     assert verdict_bytes <= 4 * AccountProfile.MAX_VERDICTS + 8
     old = acct.snapshot()[:11]  # saved before the verdicts
