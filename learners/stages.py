@@ -331,7 +331,8 @@ class AccountStage(Stage):
         if tx is not None:
             return DeadLetter(raw, _before_reason(label_ts, tx.event_ts), where, step="account_profile",
                               category="bad_timestamp")
-        return DeadLetter(raw, f"label for a transaction this flow never saw ({why})", where,
+        return DeadLetter(raw, f"label for a transaction this flow never saw, or had learned a label for already "
+                               f"({why})", where,
                           step="account_profile", category="unknown_transaction")
 
     def _label(self, event: Any, out: list) -> None:
