@@ -196,7 +196,8 @@ def register(sub: Any) -> None:
     p.add_argument("--out", metavar="FILE",
                    help="write the verdicts here (JSONL); with --kafka too, a copy of what went to the topic")
     p.add_argument("--kafka", action="store_true",
-                   help="read the alerts topic, write to the feedback topic (FRAUDFLOW_KAFKA_* settings)")
+                   help="read the alerts topic (and, for --review-days, the transactions topic), write to the "
+                        "feedback topic (FRAUDFLOW_KAFKA_* settings)")
     p.add_argument("--capacity", type=int, default=100, help="cards a day (default %(default)s)")
     p.add_argument("--delay-hours", type=positive_hours, default=4.0,
                    help="hours from alert to verdict, event time (default %(default)s)")
