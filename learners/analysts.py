@@ -132,6 +132,7 @@ class AnalystDesk:
         # review_s > 0: the card's recent transactions (ts, tx_id), the labels seen of them, and
         # the transactions already answered
         self._recent: dict[str, deque[tuple[float, str]]] = {}
+        self._remembered: set[str] = set()  # the tx_ids in ``_recent``
         self._label_ts: dict[str, float] = {}
         self._answered_tx: set[str] = set()
         self._verdicts = 0
@@ -172,27 +173,33 @@ class AnalystDesk:
 
     def record(self, account_id: str, ts: float, tx_id: str) -> None:
         """A transaction of the card, for the case reviews (``fraudflow investigate
-        --transactions``); in event-time order per card, give or take a day."""
+        --transactions``): kept, since every alert is decided after all of them are recorded
+        (the caller records only those in some alert's review window)."""
         if self.config.review_s > 0:
             with self._lock:
-                self._remember(account_id, ts, tx_id)
+                self._remember(account_id, ts, tx_id, trim=False)
 
-    def _remember(self, account_id: str, ts: float, tx_id: str) -> None:
+    def _remember(self, account_id: str, ts: float, tx_id: str, trim: bool = True) -> None:
+        """``trim``: forget the card's transactions too old for a case decided from now on
+        (the replay loop decides in rounds as the stream goes)."""
         recent = self._recent.get(account_id)
         if recent is None:
             recent = self._recent[account_id] = deque()
         recent.append((ts, tx_id))
-        horizon = ts - self.config.review_s - DAY  # a day's slack for disorder between the workers
-        while recent[0][0] < horizon:
-            self._label_ts.pop(recent.popleft()[1], None)
+        self._remembered.add(tx_id)
+        if trim:
+            horizon = ts - self.config.review_s - DAY  # a day's slack for disorder between the workers
+            while recent[0][0] < horizon:
+                old = recent.popleft()[1]
+                self._remembered.discard(old)
+                self._label_ts.pop(old, None)
 
     def on_label(self, label: Any) -> None:
         """A label (:class:`connectors.events.Label`) the flow is given: a card's transaction
         whose label comes before its case's verdict is not answered again."""
         if self.config.review_s > 0:
             with self._lock:
-                recent = self._recent.get(label.account_id)
-                if recent and any(tx_id == label.tx_id for _, tx_id in recent):
+                if label.tx_id in self._remembered:
                     self._label_ts[label.tx_id] = label.event_ts
 
     @property

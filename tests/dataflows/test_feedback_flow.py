@@ -235,6 +235,13 @@ def test_investigate_answers_within_capacity_after_the_delay_with_the_truth(reco
     assert any(0 <= label_ts[t] - _ts(alerts[v["alert_id"]]["ts"]) <= 6 * 3600 for v in on_alert for t in txs
                if txs[t]["account_id"] == v["account_id"]
                and 0 <= _ts(alerts[v["alert_id"]]["ts"]) - _ts(txs[t]["ts"]) <= 2 * 86_400)  # there were such
+    # and every transaction of a case's window is answered, unless charged back before the verdict
+    answered = {v["tx_id"] for v in reviewed}
+    for v in on_alert:
+        alert_ts = _ts(alerts[v["alert_id"]]["ts"])
+        window = [t for t, tx in txs.items()
+                  if tx["account_id"] == v["account_id"] and 0 <= alert_ts - _ts(tx["ts"]) <= 2 * 86_400]
+        assert all(t in answered or label_ts[t] <= _ts(v["ts"]) for t in window), v
     # the verdicts file goes back into a replay (--feedback) and is learned, none a dead letter
     proc = fraudflow("replay", "s.transactions.jsonl", "s.labels.jsonl", "--feedback", "vr.jsonl", "--alerts",
                      "fb.alerts.jsonl", "--dlq", "fb.dlq.jsonl", cwd=out, env=env)
