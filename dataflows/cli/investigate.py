@@ -30,29 +30,20 @@ log = logging.getLogger("fraudflow")
 _PROGRESS_EVERY_S = 5.0
 
 
-def _alert_lines(path: str) -> Iterator[tuple[int, bytes]]:
+def _jsonl_lines(path: str) -> Iterator[tuple[int, bytes]]:
     with open(path, "rb") as fh:
         for lineno, line in enumerate(fh, 1):
             if line.strip():
                 yield lineno, line
 
 
-def _kafka_alerts(args: argparse.Namespace, settings: Any) -> Iterator[tuple[int, bytes]]:
-    """The alerts topic from the beginning to its end (partition EOF on every partition)."""
+def _kafka_lines(args: argparse.Namespace, settings: Any, kind: str) -> Iterator[tuple[int, bytes]]:
+    """The ``kind`` topic (alerts, transactions) from the beginning to its end (partition EOF
+    on every partition)."""
     from dataflows.cli.kafka import ClientLog, client_config, read_to_end
 
     config = client_config(settings, args.brokers, ClientLog())
-    messages = read_to_end(config, settings.topic_alerts, "FRAUDFLOW_KAFKA_TOPIC_ALERTS", "fraudflow-investigate",
-                           args.connect_timeout)
-    for n, msg in enumerate(messages, 1):
-        yield n, msg.value() or b""
-
-
-def _kafka_transactions(args: argparse.Namespace, settings: Any) -> Iterator[tuple[int, bytes]]:
-    from dataflows.cli.kafka import ClientLog, client_config, read_to_end
-
-    config = client_config(settings, args.brokers, ClientLog())
-    messages = read_to_end(config, settings.topic_transactions, "FRAUDFLOW_KAFKA_TOPIC_TRANSACTIONS",
+    messages = read_to_end(config, getattr(settings, f"topic_{kind}"), f"FRAUDFLOW_KAFKA_TOPIC_{kind.upper()}",
                            "fraudflow-investigate", args.connect_timeout)
     for n, msg in enumerate(messages, 1):
         yield n, msg.value() or b""
@@ -78,7 +69,7 @@ def _record_history(desk: Any, cases: list, transactions: Iterator[tuple[int, by
             if i < len(times) and times[i] - tx.event_ts <= review_s:
                 desk.record(tx.account_id, tx.event_ts, tx.tx_id)
                 recorded += 1
-    for label in _events_of_cards(_alert_lines(labels_path), alert_times, "label"):
+    for label in _events_of_cards(_jsonl_lines(labels_path), alert_times, "label"):
         if type(label) is Label:
             desk.on_label(label)
     return recorded
@@ -143,7 +134,7 @@ def cmd_investigate(args: argparse.Namespace) -> int:
                     "%g days before", args.review_days)
     desk = AnalystDesk(AnalystConfig(args.capacity, args.delay_hours * 3600.0, args.review_days * DAY if review else 0.0),
                        read_frauds(args.labels))
-    source = _kafka_alerts(args, settings) if args.kafka else _alert_lines(args.alerts)
+    source = _kafka_lines(args, settings, "alerts") if args.kafka else _jsonl_lines(args.alerts)
     where = settings.topic_alerts if args.kafka else args.alerts
     dec = msgspec.json.Decoder()
     bad = 0
@@ -160,7 +151,7 @@ def cmd_investigate(args: argparse.Namespace) -> int:
             next_report = time.monotonic() + _PROGRESS_EVERY_S
             print(f"investigate: {len(cases):,} alerts read", file=sys.stderr, flush=True)
     if review:
-        history = _kafka_transactions(args, settings) if args.kafka else _alert_lines(args.transactions)
+        history = _kafka_lines(args, settings, "transactions") if args.kafka else _jsonl_lines(args.transactions)
         recorded = _record_history(desk, cases, history, args.labels)
         log.info("%s transactions of the alerted cards' review windows read", f"{recorded:,}")
     desk.receive(cases)
