@@ -10,8 +10,8 @@ process each:
   --analysts`` has them (:class:`learners.analysts.AnalystDesk` over
   :class:`connectors.sources.EventListSource`): the flow's alerts are investigated, at most
   ``--capacity`` cards a day, and answered with the truth ``--delay-hours`` after the alert,
-  together with the card's other transactions of the ``--review-days`` before it (decision
-  0066); the verdicts are learned as labels at their ts (decision 0050).
+  together with the card's other transactions from ``--review-days`` before it up to the
+  verdict (decisions 0066, 0067); the verdicts are learned as labels at their ts (decision 0050).
 
 Both are evaluated on the handbook's test week (2018-08-08 to 08-14) with its protocol
 (``learners.evaluation.evaluate``; the cards it leaves out as already known compromised are
@@ -192,8 +192,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--capacity", type=int, default=100, help="analysts: cards a day (default %(default)s)")
     parser.add_argument("--delay-hours", type=float, default=4.0, help="analysts: alert to verdict (default %(default)s)")
     parser.add_argument("--review-days", type=float, default=REVIEW_DAYS,
-                        help="analysts: days of the card's transactions before the alert a case answers too, "
-                             "as replay --analysts (default %(default)s; 0: the alerted one only)")
+                        help="analysts: a case also answers the card's transactions from this many days before "
+                             "the alert up to the verdict, as replay --analysts (default %(default)s; 0: the "
+                             "alerted one only)")
     parser.add_argument("--days", type=int, default=183, help="simulated days (default %(default)s; the test week "
                                                                 "needs >= 136)")
     parser.add_argument("--customers", type=int, default=5000)

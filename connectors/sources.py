@@ -318,7 +318,9 @@ class AnalystLoop:
     next round starts from the next transaction, wherever it is). If the flow stops counting
     (a step failed on a transaction, which then never reaches the alert step) the loop goes on
     after ``STALL_S`` of wall clock with a warning. One process only: the desk is an object in
-    this process, fed by this process's alert policy.
+    this process, fed by this process's alert policy. The desk is handed each transaction and
+    label as it is emitted (for the case reviews, decision 0066), and a verdict is popped only
+    when no event before it is left.
 
     ``merged``: the source's events in event-time order, offering ``peek()``, ``next()`` and
     ``next_transaction_ts()`` (the recorded files, :class:`connectors.files.FileEventsSource`,
@@ -368,6 +370,7 @@ class AnalystLoop:
             next(self.merged)
             if type(event) is Transaction:
                 self.emitted += 1
+                self.desk.on_transaction(event)
             elif type(event) is Label:
                 self.desk.on_label(event)
         return event

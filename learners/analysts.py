@@ -12,12 +12,15 @@ flow's alerts:
 * **delay**: a case is answered ``delay_s`` after its alert's ``ts``, with the truth
   (``frauds``: the tx_ids the simulator's labels file marks fraud);
 * **the card, not only the alert** (``review_s`` > 0): the analyst goes over the card's
-  transactions in the ``review_s`` before the alert, as a case-management tool shows them and
-  as the cardholder is asked about them, and answers each one not answered before, all at the
-  case's verdict time (decision 0066), except one whose label (a chargeback) came first: the
-  case tool shows it settled. The desk learns the card's transactions from
-  :meth:`AnalystDesk.on_scored` (the replay loop) or :meth:`AnalystDesk.record` (``fraudflow
-  investigate --transactions``), and their labels from :meth:`AnalystDesk.on_label`.
+  transactions from ``review_s`` before the alert up to the verdict, as a case-management tool
+  shows the card when the case is worked and as the cardholder is asked about them, and answers
+  each one not answered before, all at the case's verdict time (decisions 0066, 0067), except
+  one whose label (a chargeback) came first: the case tool shows it settled. The window is
+  read when the verdict is handed out (:meth:`AnalystDesk.pop_due`), since the transactions
+  between the alert and the verdict are only known then. The desk learns the card's
+  transactions from :meth:`AnalystDesk.on_transaction` (the replay loop, as it emits them) or
+  :meth:`AnalystDesk.record` (``fraudflow investigate --transactions``), and their labels from
+  :meth:`AnalystDesk.on_label`.
 
 Alerts are decided in rounds: :meth:`AnalystDesk.decide` takes every alert before an event
 time the caller vouches is complete (every alert up to it handed over). The replay loop
@@ -57,7 +60,8 @@ DAY = 86_400.0
 class AnalystConfig:
     """``capacity``: cards a day the team investigates; ``delay_s``: from alert to verdict
     (event time, > 0: the replay loop needs it to make progress); ``review_s``: how far back
-    before the alert the case goes over the card's transactions (0: the alerted one only)."""
+    before the alert the case goes over the card's transactions, up to the verdict (0: the
+    alerted one only)."""
 
     capacity: int = 100
     delay_s: float = 4 * 3600.0
@@ -125,7 +129,9 @@ class AnalystDesk:
         self.frauds = frauds
         self._lock = threading.Lock()
         self._undecided: list[AlertCase] = []
-        self._due: list[tuple[float, str, str, Verdict, bool]] = []  # heap: (ts, alert_id, tx_id, verdict, reviewed)
+        # heap: (ts, alert_id, tx_id, verdict, what): what is True for a reviewed transaction, the
+        # case for its alerted one when the case reviews the card (read at pop_due), else False
+        self._due: list[tuple[float, str, str, Verdict, Any]] = []
         self._taken: dict[int, int] = {}  # day -> cards taken
         self._open_until: dict[str, float] = {}  # card -> when its case is answered
         self._last_day: dict[str, int] = {}  # card -> day it was last taken
@@ -162,14 +168,15 @@ class AnalystDesk:
 
     def on_scored(self, scored: Any) -> None:
         """A scored transaction; one that is no alert candidate has left the alert step."""
-        if self.config.review_s > 0:
-            tx = scored.tx
-            with self._lock:
-                self._remember(tx.account_id, tx.event_ts, tx.tx_id)
-                self.processed += not scored.candidate
-        elif not scored.candidate:
+        if not scored.candidate:
             with self._lock:
                 self.processed += 1
+
+    def on_transaction(self, tx: Any) -> None:
+        """A transaction the replay loop emits (in event-time order), for the case reviews."""
+        if self.config.review_s > 0:
+            with self._lock:
+                self._remember(tx.account_id, tx.event_ts, tx.tx_id)
 
     def record(self, account_id: str, ts: float, tx_id: str) -> None:
         """A transaction of the card, for the case reviews (``fraudflow investigate
@@ -180,15 +187,15 @@ class AnalystDesk:
                 self._remember(account_id, ts, tx_id, trim=False)
 
     def _remember(self, account_id: str, ts: float, tx_id: str, trim: bool = True) -> None:
-        """``trim``: forget the card's transactions too old for a case decided from now on
-        (the replay loop decides in rounds as the stream goes)."""
+        """``trim``: forget the card's transactions too old for a case answered from now on
+        (the replay loop decides in rounds as the stream goes, and answers ``delay_s`` later)."""
         recent = self._recent.get(account_id)
         if recent is None:
             recent = self._recent[account_id] = deque()
         recent.append((ts, tx_id))
         self._remembered.add(tx_id)
         if trim:
-            horizon = ts - self.config.review_s - DAY  # a day's slack for disorder between the workers
+            horizon = ts - self.config.review_s - self.config.delay_s - DAY  # and a day's slack
             while recent[0][0] < horizon:
                 old = recent.popleft()[1]
                 self._remembered.discard(old)
@@ -210,8 +217,8 @@ class AnalystDesk:
     # -- cases ---------------------------------------------------------------------------
     def decide(self, before: float) -> list[Verdict]:
         """Take or leave every alert handed over with ``ts < before``, in ``(ts, alert_id)``
-        order; the verdicts of the cases taken, queued for :meth:`pop_due` (which still leaves
-        out a reviewed transaction whose label comes before the verdict)."""
+        order; the verdicts on the alerted transactions of the cases taken, queued for
+        :meth:`pop_due` (which adds those of the card's review window)."""
         with self._lock:
             ready = sorted(c for c in self._undecided if c.ts < before)
             if not ready:
@@ -234,27 +241,25 @@ class AnalystDesk:
                 is_fraud = case.tx_id in self.frauds
                 self.counts["taken"] += 1
                 self.counts["fraud"] += is_fraud
-                out.append(self._answer(case, case.tx_id, answered, False))
-                out.extend(self._answer(case, tx_id, answered, True) for tx_id in self._reviewed(case))
+                out.append(self._answer(case, case.tx_id, answered, case if self.config.review_s > 0 else False))
             return out
 
-    def _answer(self, case: AlertCase, tx_id: str, answered: float, reviewed: bool) -> Verdict:
+    def _answer(self, case: AlertCase, tx_id: str, answered: float, what: Any) -> Verdict:
         self._answered_tx.add(tx_id)
         self._verdicts += 1
         verdict = Verdict(case.alert_id, tx_id, case.account_id, answered, tx_id in self.frauds,
                           Origin("analysts", self._verdicts))
-        heapq.heappush(self._due, (answered, case.alert_id, tx_id, verdict, reviewed))
+        heapq.heappush(self._due, (answered, case.alert_id, tx_id, verdict, what))
         return verdict
 
-    def _reviewed(self, case: AlertCase) -> list[str]:
-        """The card's other transactions in the review window up to the alert, not answered
+    def _reviewed(self, case: AlertCase, answered_ts: float) -> list[str]:
+        """The card's other transactions from the review window's start to the verdict (the
+        ones before ``answered_ts``: every one the replay loop emitted by then), not answered
         before, in (ts, tx_id) order."""
-        if self.config.review_s <= 0:
-            return []
         start = case.ts - self.config.review_s
         answered = self._answered_tx
         return [tx_id for ts, tx_id in sorted(self._recent.get(case.account_id, ()))
-                if start <= ts <= case.ts and tx_id not in answered]
+                if start <= ts < answered_ts and tx_id not in answered]
 
     def peek_due(self) -> Optional[Verdict]:
         """The next verdict in ``(ts, alert_id, tx_id)`` order, or None."""
@@ -262,12 +267,18 @@ class AnalystDesk:
             return self._next_due()
 
     def pop_due(self) -> Verdict:
+        """The next verdict; on a case's alerted transaction, queue those of the card's review
+        window (due at the same ts, so next): the caller vouches that every transaction before
+        it has been handed over (the replay loop pops it only when no event before it is left)."""
         with self._lock:
             self._next_due()
-            _, _, tx_id, verdict, reviewed = heapq.heappop(self._due)
-            if reviewed:
+            answered_ts, _, tx_id, verdict, what = heapq.heappop(self._due)
+            if what is True:
                 self.counts["reviewed"] += 1
                 self.counts["reviewed_fraud"] += verdict.is_fraud
+            elif what:
+                for other in self._reviewed(what, answered_ts):
+                    self._answer(what, other, answered_ts, True)
             self.answered.append(verdict)
             return verdict
 
@@ -275,7 +286,7 @@ class AnalystDesk:
         """The head of the due verdicts, dropping reviewed ones whose label came first (by
         then the replay loop has handed :meth:`on_label` every label before the verdict)."""
         due = self._due
-        while due and due[0][4] and self._label_ts.get(due[0][2], math.inf) <= due[0][0]:
+        while due and due[0][4] is True and self._label_ts.get(due[0][2], math.inf) <= due[0][0]:
             heapq.heappop(due)
             self.counts["reviewed_settled"] += 1
         return due[0][3] if due else None
@@ -296,8 +307,9 @@ class AnalystDesk:
         days = self.cards_per_day()
         per_day = c["taken"] / len(days) if days else 0.0
         share = c["fraud"] / c["taken"] if c["taken"] else 0.0
-        reviewed = (f", and {c['reviewed']:,} on the cards' other transactions of the {self.config.review_s / DAY:g} "
-                    f"days before ({c['reviewed_fraud']:,} fraud)" if self.config.review_s > 0 else "")
+        reviewed = (f", and {c['reviewed']:,} on the cards' other transactions from {self.config.review_s / DAY:g} "
+                    f"days before the alert to the verdict ({c['reviewed_fraud']:,} fraud)"
+                    if self.config.review_s > 0 else "")
         return (f"{c['taken']:,} verdicts on {c['alerts']:,} alerts ({share:.1%} fraud){reviewed}, {per_day:.1f} "
                 f"cards/day over {len(days)} days (capacity {self.config.capacity}); left: {c['over_capacity']:,} "
                 f"over capacity, {c['card_busy']:,} on a card already taken that day or under investigation")

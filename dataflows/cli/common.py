@@ -9,7 +9,8 @@ from pathlib import Path
 __all__ = ["REVIEW_DAYS", "existing_file", "iso_date", "non_negative_days", "positive_hours", "positive_int"]
 
 # the simulated analysts' case review (``--review-days`` of replay --analysts and investigate;
-# decision 0066): a case answers the card's transactions of this many days before the alert
+# decisions 0066, 0067): a case answers the card's transactions from this many days before the
+# alert up to the verdict
 REVIEW_DAYS = 3.0
 
 

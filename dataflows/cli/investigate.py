@@ -2,9 +2,9 @@
 
 Reads alerts (a JSONL file, or the alerts topic to its end with ``--kafka``), takes up to
 ``--capacity`` cards a day and answers each ``--delay-hours`` after its alert with the truth of
-the simulator's labels file, for the alerted transaction and the card's others of the
-``--review-days`` before it (read from ``--transactions``, or the transactions topic with
-``--kafka``); writes the verdicts (contract ``feedback``) in event-time order to ``--out`` or
+the simulator's labels file, for the alerted transaction and the card's others from
+``--review-days`` before it up to the verdict (read from ``--transactions``, or the
+transactions topic with ``--kafka``); writes the verdicts (contract ``feedback``) in event-time order to ``--out`` or
 the feedback topic. The team is :class:`learners.analysts.AnalystDesk`, the
 same one ``fraudflow replay --analysts`` puts inside the loop.
 """
@@ -51,11 +51,12 @@ def _kafka_lines(args: argparse.Namespace, settings: Any, kind: str) -> Iterator
 
 def _record_history(desk: Any, cases: list, transactions: Iterator[tuple[int, bytes]], labels_path: str) -> int:
     """Hand the desk what its cases will go over: a card's transactions in the review window
-    before one of its alerts (the rest is not kept) and their labels (a transaction charged
-    back before the verdict is not answered). The number of transactions recorded."""
+    of one of its alerts, from ``review_s`` before it to its verdict (the rest is not kept), and
+    their labels (a transaction charged back before the verdict is not answered). The number of
+    transactions recorded."""
     from connectors.events import Label, Transaction
 
-    review_s = desk.config.review_s
+    review_s, delay_s = desk.config.review_s, desk.config.delay_s
     alert_times: dict[str, list[float]] = {}
     for case in cases:
         alert_times.setdefault(case.account_id, []).append(case.ts)
@@ -65,7 +66,7 @@ def _record_history(desk: Any, cases: list, transactions: Iterator[tuple[int, by
     for tx in _events_of_cards(transactions, alert_times, "transaction"):
         if type(tx) is Transaction:
             times = alert_times[tx.account_id]
-            i = bisect.bisect_left(times, tx.event_ts)  # the first alert at or after it
+            i = bisect.bisect_right(times, tx.event_ts - delay_s)  # the first alert whose verdict comes after it
             if i < len(times) and times[i] - tx.event_ts <= review_s:
                 desk.record(tx.account_id, tx.event_ts, tx.tx_id)
                 recorded += 1
@@ -130,8 +131,8 @@ def cmd_investigate(args: argparse.Namespace) -> int:
         settings = _settings()
     review = args.review_days > 0 and bool(args.kafka or args.transactions)
     if args.review_days > 0 and not review:
-        log.warning("no --transactions: the cases answer the alerted transaction only, not the card's others of the "
-                    "%g days before", args.review_days)
+        log.warning("no --transactions: the cases answer the alerted transaction only, not the card's others from "
+                    "%g days before it", args.review_days)
     desk = AnalystDesk(AnalystConfig(args.capacity, args.delay_hours * 3600.0, args.review_days * DAY if review else 0.0),
                        read_frauds(args.labels))
     source = _kafka_lines(args, settings, "alerts") if args.kafka else _jsonl_lines(args.alerts)
@@ -179,8 +180,9 @@ def register(sub: Any) -> None:
                                    "to --capacity cards a day (event-time day of the alert, first come first served; "
                                    "a card already taken that day or under investigation is left), answer each "
                                    "--delay-hours later with the truth of the simulator's labels file (the alerted "
-                                   "transaction and the card's others of the --review-days before it), and write the "
-                                   "verdicts (contract feedback) to --out, the feedback topic (--kafka), or both.")
+                                   "transaction and the card's others from --review-days before it up to the "
+                                   "verdict), and write the verdicts (contract feedback) to --out, the feedback topic "
+                                   "(--kafka), or both.")
     p.add_argument("alerts", nargs="?", type=existing_file, help="alerts JSONL (from replay --alerts)")
     p.add_argument("--labels", required=True, type=existing_file,
                    help="the simulator's labels JSONL: the truth the analysts find")
@@ -193,9 +195,9 @@ def register(sub: Any) -> None:
     p.add_argument("--delay-hours", type=positive_hours, default=4.0,
                    help="hours from alert to verdict, event time (default %(default)s)")
     p.add_argument("--review-days", type=non_negative_days, default=REVIEW_DAYS, metavar="D",
-                   help="a case also answers the card's other transactions of the D days before the alert, each "
-                        "once (default %(default)g; 0: the alerted transaction only). Needs the transactions: "
-                        "--transactions, or the transactions topic with --kafka")
+                   help="a case also answers the card's other transactions from D days before the alert up to "
+                        "the verdict, each once (default %(default)g; 0: the alerted transaction only). Needs the "
+                        "transactions: --transactions, or the transactions topic with --kafka")
     p.add_argument("--transactions", type=existing_file, metavar="FILE",
                    help="transactions JSONL (from simulate): the cards' history the cases go over")
     p.add_argument("--json", action="store_true", help="also print the counts as JSON on stdout")

@@ -85,8 +85,8 @@ def register(sub: Any) -> None:
     p.add_argument("--delay-hours", type=positive_hours, default=4.0,
                    help="--analysts: hours from alert to verdict, event time (default %(default)s)")
     p.add_argument("--review-days", type=non_negative_days, default=REVIEW_DAYS, metavar="D",
-                   help="--analysts: a case also answers the card's other transactions of the D days before the "
-                        "alert, each once (default %(default)g; 0: the alerted transaction only)")
+                   help="--analysts: a case also answers the card's other transactions from D days before the "
+                        "alert up to the verdict, each once (default %(default)g; 0: the alerted transaction only)")
     p.add_argument("--verdicts", metavar="FILE", help="--analysts: also write the verdicts here")
     p.add_argument("--rules", type=existing_file, metavar="FILE",
                    help="rules (YAML or JSON) every model shard applies from the first event (FRAUDFLOW_RULES_FILE)")

@@ -213,7 +213,8 @@ def test_investigate_answers_within_capacity_after_the_delay_with_the_truth(reco
     assert [v["ts"] for v in verdicts] == sorted(v["ts"] for v in verdicts)
     assert json.loads(proc.stdout)["verdicts"] == len(verdicts)
     assert "no --transactions: the cases answer the alerted transaction only" in proc.stderr
-    # with the transactions, a case also answers the card's others of the review window (decision 0066)
+    # with the transactions, a case also answers the card's others of the review window: from 2
+    # days before the alert up to the verdict (decisions 0066, 0067)
     proc = fraudflow("investigate", "p.alerts.jsonl", "--labels", "s.labels.jsonl", "--out", "vr.jsonl",
                      "--capacity", "3", "--delay-hours", "6", "--transactions", "s.transactions.jsonl",
                      "--review-days", "2", cwd=out)
@@ -224,23 +225,25 @@ def test_investigate_answers_within_capacity_after_the_delay_with_the_truth(reco
     assert on_alert == verdicts  # the same cases
     others = [v for v in reviewed if v["tx_id"] != alerts[v["alert_id"]]["tx_id"]]
     assert len(others) > len(verdicts) and len({v["tx_id"] for v in reviewed}) == len(reviewed)
+    def in_window(tx: dict, v: dict) -> bool:
+        return tx["account_id"] == v["account_id"] and \
+            _ts(tx["ts"]) < _ts(v["ts"]) and _ts(alerts[v["alert_id"]]["ts"]) - _ts(tx["ts"]) <= 2 * 86_400
+
     for v in others:
         alert, tx = alerts[v["alert_id"]], txs[v["tx_id"]]
-        assert tx["account_id"] == alert["account_id"] == v["account_id"]
-        assert 0 <= _ts(alert["ts"]) - _ts(tx["ts"]) <= 2 * 86_400
+        assert tx["account_id"] == alert["account_id"] == v["account_id"] and in_window(tx, v)
         assert _ts(v["ts"]) == _ts(alert["ts"]) + 6 * 3600 and (v["verdict"] == "fraud") == (v["tx_id"] in frauds)
-    assert f"and {len(others):,} on the cards' other transactions of the 2 days before" in proc.stderr
+    assert any(_ts(txs[v["tx_id"]]["ts"]) > _ts(alerts[v["alert_id"]]["ts"]) for v in others)  # after the alert too
+    assert f"and {len(others):,} on the cards' other transactions from 2 days before the alert to the verdict" \
+        in proc.stderr
     label_ts = {d["tx_id"]: _ts(d["ts"]) for d in _lines(out / "s.labels.jsonl")}
     assert all(label_ts[v["tx_id"]] > _ts(v["ts"]) for v in others)  # none charged back before the case answered
     assert any(0 <= label_ts[t] - _ts(alerts[v["alert_id"]]["ts"]) <= 6 * 3600 for v in on_alert for t in txs
-               if txs[t]["account_id"] == v["account_id"]
-               and 0 <= _ts(alerts[v["alert_id"]]["ts"]) - _ts(txs[t]["ts"]) <= 2 * 86_400)  # there were such
+               if in_window(txs[t], v))  # there were such
     # and every transaction of a case's window is answered, unless charged back before the verdict
     answered = {v["tx_id"] for v in reviewed}
     for v in on_alert:
-        alert_ts = _ts(alerts[v["alert_id"]]["ts"])
-        window = [t for t, tx in txs.items()
-                  if tx["account_id"] == v["account_id"] and 0 <= alert_ts - _ts(tx["ts"]) <= 2 * 86_400]
+        window = [t for t, tx in txs.items() if in_window(tx, v)]
         assert all(t in answered or label_ts[t] <= _ts(v["ts"]) for t in window), v
     # the verdicts file goes back into a replay (--feedback) and is learned, none a dead letter
     proc = fraudflow("replay", "s.transactions.jsonl", "s.labels.jsonl", "--feedback", "vr.jsonl", "--alerts",

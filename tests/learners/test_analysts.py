@@ -7,7 +7,7 @@ import math
 import pickle
 import random
 
-from connectors.events import Label, Origin, Transaction, Verdict, parse_record
+from connectors.events import Label, Origin, Transaction, Verdict, format_ts, parse_record
 from learners.analysts import AlertCase, AnalystConfig, AnalystDesk
 from learners.config import ModelConfig
 from learners.features import AccountProfile
@@ -100,10 +100,10 @@ def test_desk_decides_in_rounds_only_what_is_complete():
 
 
 def test_a_case_goes_over_the_cards_transactions_of_the_review_window_each_once():
-    """Decision 0066: the alerted transaction and the card's others of the review_s before the
-    alert, each answered once (also by a later case on the card), all at the verdict time;
-    other cards' transactions, the card's later ones and ones whose label came before the
-    verdict are not answered."""
+    """Decisions 0066 and 0067: the alerted transaction and the card's others from review_s
+    before the alert up to the verdict, each answered once (also by a later case on the card),
+    all at the verdict time; other cards' transactions, the card's ones from the verdict on and
+    ones whose label came before the verdict are not answered."""
     desk = AnalystDesk(AnalystConfig(capacity=10, delay_s=4 * H, review_s=2 * DAY), frauds={"x-2", "x-4", "a-2"})
 
     class _Scored:  # what on_scored reads of the flow's Scored
@@ -111,28 +111,77 @@ def test_a_case_goes_over_the_cards_transactions_of_the_review_window_each_once(
             self.tx, self.candidate = Transaction(tx_id, account, ts, 10.0, "m-1"), False
 
     history = [("x-0", "c-1", D0), ("x-1", "c-1", D0 + 1.5 * DAY), ("x-2", "c-1", D0 + 2.5 * DAY),
-               ("y-1", "c-2", D0 + 2.6 * DAY), ("x-3", "c-1", D0 + 3 * DAY), ("x-4", "c-1", D0 + 3.2 * DAY),
-               ("x-5", "c-1", D0 + 3.3 * DAY)]
-    for tx_id, account, ts in history:
+               ("y-1", "c-2", D0 + 2.6 * DAY), ("x-3", "c-1", D0 + 3 * DAY), ("x-3b", "c-1", D0 + 3 * DAY + 2 * H),
+               ("x-4", "c-1", D0 + 3 * DAY + 4 * H), ("x-5", "c-1", D0 + 3.3 * DAY)]
+    for tx_id, account, ts in history:  # as the replay loop emits them; the flow counts them when scored
+        desk.on_transaction(Transaction(tx_id, account, ts, 10.0, "m-1"))
         desk.on_scored(_Scored(tx_id, account, ts))
-    assert desk.processed == len(history)  # still the replay loop's drain count
+    assert desk.processed == len(history)  # the replay loop's drain count
     assert desk.decide(D0 + 3.1 * DAY) == []  # no alert yet
     desk.receive([AlertCase(D0 + 3 * DAY, "a-1", "x-3", "c-1")])
     first = desk.decide(D0 + 3.1 * DAY)
-    # x-0 is older than 2 days before the alert, y-1 is another card's, x-4 comes after the alert
-    assert [(v.tx_id, v.is_fraud) for v in first] == [("x-3", False), ("x-1", False), ("x-2", True)]
-    assert {v.event_ts for v in first} == {D0 + 3 * DAY + 4 * H} and {v.alert_id for v in first} == {"a-1"}
-    assert [desk.pop_due().tx_id for _ in range(3)] == ["x-1", "x-2", "x-3"]  # (ts, alert, tx) order
-    assert desk.counts["taken"] == 1 and desk.counts["reviewed"] == 2 and desk.counts["reviewed_fraud"] == 1
-    desk.on_scored(_Scored("a-2", "c-1", D0 + 4.5 * DAY))
+    assert [(v.tx_id, v.is_fraud, v.event_ts) for v in first] == [("x-3", False, D0 + 3 * DAY + 4 * H)]
+    # the window is read when the verdict is handed out: x-0 is older than 2 days before the
+    # alert, y-1 is another card's, x-3b came between the alert and the verdict, x-4 with it
+    assert [desk.pop_due().tx_id for _ in range(4)] == ["x-3", "x-1", "x-2", "x-3b"]
+    assert {v.event_ts for v in desk.answered} == {D0 + 3 * DAY + 4 * H} and {v.alert_id for v in desk.answered} == {"a-1"}
+    assert desk.peek_due() is None
+    assert desk.counts["taken"] == 1 and desk.counts["reviewed"] == 3 and desk.counts["reviewed_fraud"] == 1
+    desk.on_transaction(Transaction("a-2", "c-1", D0 + 4.5 * DAY, 10.0, "m-1"))
     desk.receive([AlertCase(D0 + 4.5 * DAY, "a-2", "a-2", "c-1")])
-    second = desk.decide(math.inf)  # a later case on the card: x-4 and x-5 are new, x-1..x-3 were answered
-    assert [v.tx_id for v in second] == ["a-2", "x-4", "x-5"]
+    assert [v.tx_id for v in desk.decide(math.inf)] == ["a-2"]
+    # a later case on the card: x-4 and x-5 are new, x-1..x-3b were answered
     desk.on_label(Label("x-5", "c-1", D0 + 4.5 * DAY + 4 * H, False))  # its chargeback feed beat the case: settled
     desk.on_label(Label("x-4", "c-1", D0 + 4.5 * DAY + 5 * H, True))  # after the verdict: answered
     assert [desk.pop_due().tx_id for _ in range(2)] == ["a-2", "x-4"] and desk.peek_due() is None
-    assert desk.counts["reviewed_settled"] == 1 and [v.tx_id for v in desk.answered] == ["x-1", "x-2", "x-3", "a-2", "x-4"]
-    assert "and 3 on the cards' other transactions of the 2 days before (2 fraud)" in desk.summary()
+    assert desk.counts["reviewed_settled"] == 1
+    assert [v.tx_id for v in desk.answered] == ["x-3", "x-1", "x-2", "x-3b", "a-2", "x-4"]
+    assert "and 4 on the cards' other transactions from 2 days before the alert to the verdict (2 fraud)" in desk.summary()
+
+
+def test_the_replay_loop_pops_a_case_only_after_the_transactions_before_its_verdict():
+    """Decision 0067: the loop hands the desk every transaction before a verdict's ts before it
+    pops the verdict, so the case's window includes the card's transactions up to the verdict."""
+    from connectors.sources import AnalystLoop
+
+    desk = AnalystDesk(AnalystConfig(capacity=10, delay_s=4 * H, review_s=DAY), frauds={"t-2"})
+    # rounds: the first emits t-0 and t-1 (alerted) up to D0 + 4 h; the second decides the alert
+    # (verdict at D0 + 7 h) and then emits t-2, which the case must still go over
+    events = [Transaction("t-0", "c-1", D0, 10.0, "m-1"), Transaction("t-1", "c-1", D0 + 3 * H, 10.0, "m-1"),
+              Transaction("t-2", "c-1", D0 + 5 * H, 10.0, "m-1"), Transaction("t-3", "c-1", D0 + 7 * H, 10.0, "m-1")]
+
+    class _Merged:
+        def __init__(self, items):
+            self.items = list(items)
+
+        def peek(self):
+            return self.items[0] if self.items else None
+
+        def __next__(self):
+            return self.items.pop(0)
+
+        def next_transaction_ts(self):
+            return self.items[0].event_ts if self.items else math.inf
+
+    loop = AnalystLoop(_Merged(events), desk)
+    out = []
+    while not loop.finished:
+        if not loop.advance():
+            continue
+        while loop.peek() is not None:
+            event = next(loop)
+            out.append(event.tx_id)
+            if type(event) is Transaction:  # the flow scores it
+                if event.tx_id == "t-1":  # the alert policy's hand-off
+                    desk.on_alerts([{"alert_id": "a-1", "tx_id": "t-1", "account_id": "c-1",
+                                     "ts": format_ts(D0 + 3 * H)}], 1)
+                else:
+                    desk.on_scored(type("S", (), {"candidate": False, "tx": event})())
+    # t-0 (before the alert) and t-2 (between it and the verdict) are answered at the verdict;
+    # t-3 (at it) comes after
+    assert out == ["t-0", "t-1", "t-2", "t-1", "t-0", "t-2", "t-3"]
+    assert [(v.tx_id, v.is_fraud, v.event_ts) for v in desk.answered] == [
+        ("t-1", False, D0 + 7 * H), ("t-0", False, D0 + 7 * H), ("t-2", True, D0 + 7 * H)]
 
 
 # -- the account stage: no double counting -------------------------------------------------
