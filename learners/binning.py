@@ -198,6 +198,7 @@ DAY_COUNT_FEATURES = (
     "term_days_since_first_known_fraud",
     "term_days_since_last_known_fraud",
     "term_known_fraud_days",
+    "acct_days_since_known_fraud",
 )
 
 

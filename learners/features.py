@@ -64,6 +64,7 @@ ACCOUNT_FEATURES = (
     "acct_history_days",
     "acct_nb_unusual_7d",
     "acct_amount_new_high",
+    "acct_days_since_known_fraud",
 )
 TERMINAL_FEATURES = (
     *(f"term_nb_tx_{w}d" for w in WINDOWS),
@@ -116,6 +117,9 @@ def _term_hash(terminal_id: str) -> int:
 PendingTx = tuple[str, float, str, bool]  # (tx_id, event_ts, terminal_id, unexplained by its card)
 
 ORDINARY_Z = 3.0  # robust z-score under which an amount is within the card's habit
+# acct_days_since_known_fraud: days since the card's latest known fraud (a chargeback or an
+# analyst's fraud verdict), counted while it is this recent (decision 0068)
+KNOWN_FRAUD_DAYS = 30
 UNUSUAL_DAYS = 7  # acct_nb_unusual_7d: the card's purchases of an unusual amount over this many days (a window)
 
 
@@ -142,7 +146,7 @@ class AccountProfile:
     """
 
     __slots__ = ("day", "counts", "sums", "unusual", "amounts", "n_seen", "first_ts", "last_ts", "terms", "pending",
-                 "orphans", "verdicts", "hourly")
+                 "orphans", "verdicts", "hourly", "known_frauds", "step")
 
     RECENT_AMOUNTS = 16
     RECENT_TERMINALS = 24
@@ -158,8 +162,14 @@ class AccountProfile:
     # (:meth:`last_hour`; decision 0063): at most this many, the latest by event time, so a
     # card with more in an hour counts this many (the count saturates).
     MAX_LAST_HOUR = 32
+    # The card's latest known frauds, (day of the fraud, label event_ts) each, for
+    # acct_days_since_known_fraud: a few, since the feature needs the latest one known
+    MAX_KNOWN_FRAUDS = 8
 
-    def __init__(self, state: Optional[tuple] = None) -> None:
+    def __init__(self, state: Optional[tuple] = None, label_step_s: float = 0.0) -> None:
+        """``label_step_s``: a known fraud counts for a transaction once its label is older
+        than two learning steps before it, as for the terminal (:class:`TerminalProfile`)."""
+        self.step = label_step_s
         if state is None:
             self.day = -1
             self.counts = array("H", bytes(2 * _HORIZON))
@@ -175,15 +185,18 @@ class AccountProfile:
             self.orphans: list[tuple] = []
             self.verdicts = array("I")
             self.hourly = array("d")  # event_ts, amount, event_ts, amount, ... in event-time order
+            self.known_frauds: list[tuple[int, float]] = []  # (fraud day, label event_ts), in order
         else:
             (self.day, counts, sums, amounts, self.n_seen, self.first_ts, self.last_ts, terms, pending,
              orphans, *newer) = state
             # saved before the unusual-amount counts (10 values): none counted; before the
             # analysts' verdicts (11 values): none remembered; before the last hour's
-            # transactions (12 values): none kept (the velocity fields count from the restart)
+            # transactions (12 values): none kept (the velocity fields count from the restart);
+            # before the known frauds (13 values): none known
             self.unusual = array("H", newer[0] if newer else bytes(2 * _HORIZON))
             self.verdicts = array("I", newer[1] if len(newer) > 1 else b"")
             self.hourly = array("d", newer[2] if len(newer) > 2 else b"")
+            self.known_frauds = [tuple(f) for f in newer[3]] if len(newer) > 3 else []
             self.amounts = array("f", amounts)
             self.counts = array("H", counts)
             self.sums = array("f", sums)
@@ -195,18 +208,21 @@ class AccountProfile:
     def snapshot(self) -> tuple:
         return (self.day, self.counts.tobytes(), self.sums.tobytes(), self.amounts.tobytes(), self.n_seen,
                 self.first_ts, self.last_ts, self.terms.tobytes(), tuple(self.pending), tuple(self.orphans),
-                self.unusual.tobytes(), self.verdicts.tobytes(), self.hourly.tobytes())
+                self.unusual.tobytes(), self.verdicts.tobytes(), self.hourly.tobytes(), tuple(self.known_frauds))
 
     @staticmethod
     def is_snapshot(value: Any) -> bool:
         """Has ``value`` (plain data read back from a store) the layout of :meth:`snapshot`, this
-        version's (13 values), the one before the last hour's transactions (12), the one before
-        the analysts' verdicts (11) or the one before the per-day unusual-amount counts (10)?"""
-        if not isinstance(value, tuple) or len(value) not in (10, 11, 12, 13):
+        version's (14 values), the one before the known frauds (13), the one before the last
+        hour's transactions (12), the one before the analysts' verdicts (11) or the one before
+        the per-day unusual-amount counts (10)?"""
+        if not isinstance(value, tuple) or len(value) not in (10, 11, 12, 13, 14):
             return False
         day, counts, sums, amounts, n_seen, first_ts, last_ts, terms, pending, orphans, *newer = value
-        unusual, verdicts, hourly = newer[:1], newer[1:2], newer[2:]
-        return (isinstance(day, int) and all(isinstance(b, bytes) for b in (counts, sums, amounts, terms, *newer))
+        unusual, verdicts, hourly, known = newer[:1], newer[1:2], newer[2:3], newer[3:]
+        return (isinstance(day, int)
+                and all(isinstance(b, bytes) for b in (counts, sums, amounts, terms, *unusual, *verdicts, *hourly))
+                and all(isinstance(k, (tuple, list)) for k in known)
                 and all(len(b) == 2 * _HORIZON for b in unusual) and all(len(b) % 4 == 0 for b in verdicts)
                 and all(len(b) % 16 == 0 for b in hourly)
                 and isinstance(n_seen, int) and isinstance(first_ts, (int, float))
@@ -222,9 +238,11 @@ class AccountProfile:
         and the habit the features take from them (``median``, ``mad``, ``robust_scale``: None
         under 3 amounts); ``recent_terminals``: how many are kept; ``pending``: transactions
         awaiting a label ``(tx_id, event_ts, terminal_id, unexplained)``; ``orphans``: labels
-        that came before their transaction ``(tx_id, label_ts, is_fraud)``; ``last_hour``: the
-        ``(event_ts, amount)`` kept for the velocity fields (:meth:`last_hour`). Times are POSIX
-        seconds (None before the first transaction), days count from 1970-01-01.
+        that came before their transaction ``(tx_id, label_ts, is_fraud, account_id, origin[,
+        verdict])``; ``last_hour``: the ``(event_ts, amount)`` kept for the velocity fields
+        (:meth:`last_hour`); ``known_frauds``: the card's latest known frauds ``(day,
+        label_ts)`` (``acct_days_since_known_fraud``). Times are POSIX seconds (None before the
+        first transaction), days count from 1970-01-01.
 
         >>> from connectors.events import Transaction
         >>> acct = AccountProfile()
@@ -257,6 +275,7 @@ class AccountProfile:
             "orphans": list(self.orphans),
             "verdicts_remembered": len(self.verdicts),
             "last_hour": [(self.hourly[i], self.hourly[i + 1]) for i in range(0, len(self.hourly), 2)],
+            "known_frauds": list(self.known_frauds),
         }
 
     def _advance(self, day: int) -> None:
@@ -310,8 +329,39 @@ class AccountProfile:
         since_prev = math.log1p(max(0.0, tx.event_ts - self.last_ts)) if self.n_seen else -1.0
         new_terminal = 0.0 if _term_hash(tx.terminal_id) in self.terms else 1.0
         history_days = min(30.0, (tx.event_ts - self.first_ts) / DAY) if self.n_seen else 0.0
+        since_fraud = self._days_since_known_fraud(tx.event_ts, day) if self.known_frauds else -1.0
         return (*out_n, *out_avg, ratio, median_ratio, robust_z, since_prev, new_terminal, history_days,
-                float(unusual), new_high)
+                float(unusual), new_high, since_fraud)
+
+    def _days_since_known_fraud(self, event_ts: float, day: int) -> float:
+        """Days from the card's latest fraud known at ``event_ts`` to ``day``; -1: none in the
+        last ``KNOWN_FRAUD_DAYS``. Known: its label is older than two learning steps before
+        ``event_ts`` (so labels still in flight between workers cannot change it)."""
+        step = self.step
+        cutoff = (math.floor(event_ts / step) - 2) * step if step > 0 else event_ts
+        for fraud_day, label_ts in reversed(self.known_frauds):  # the latest day first
+            if label_ts <= cutoff and fraud_day <= day:
+                return float(day - fraud_day) if day - fraud_day <= KNOWN_FRAUD_DAYS else -1.0
+        return -1.0
+
+    def add_known_fraud(self, tx_ts: float, label_ts: float) -> None:
+        """A fraud label joined to one of the card's transactions (a chargeback, or an analyst's
+        fraud verdict): known to the card's later transactions (``acct_days_since_known_fraud``).
+
+        >>> from connectors.events import Transaction
+        >>> acct = AccountProfile(label_step_s=3600.0)
+        >>> d0 = 1522540800.0
+        >>> acct.add_known_fraud(d0, d0 + 4 * 3600)  # an analyst's verdict 4 h after the fraud
+        >>> since = ACCOUNT_FEATURES.index("acct_days_since_known_fraud")
+        >>> [acct.features(Transaction("t", "c-1", d0 + h * 3600, 10.0, "m-1"))[since] for h in (5, 6, 6 + 48)]
+        [-1.0, 0.0, 2.0]
+        """
+        known = self.known_frauds
+        known.append((_day(tx_ts), label_ts))
+        known.sort()
+        latest = known[-1][0]
+        while known and (known[0][0] < latest - KNOWN_FRAUD_DAYS or len(known) > self.MAX_KNOWN_FRAUDS):
+            del known[0]
 
     def last_hour(self, event_ts: float) -> tuple[float, float]:
         """The card's transactions and their amount in the hour before ``event_ts`` (event

@@ -36,7 +36,7 @@ VECTOR_BYTES = _PACK.size  # a packed feature vector of this version
 
 
 def pack(features: tuple[float, ...]) -> bytes:
-    """Feature vector as float32 bytes (4 per feature: 116 bytes for 29 features)."""
+    """Feature vector as float32 bytes (4 per feature: 120 bytes for 30 features)."""
     return _PACK.pack(*features)
 
 

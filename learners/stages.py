@@ -22,11 +22,11 @@ not stop, and does not stop again on every restart.
 >>> account = AccountStage(PipelineConfig())
 >>> out = account.on_batch([(0, Transaction("t-1", "c-1", 1522541276.0, 50.0, "m-1"))])
 >>> [type(m).__name__ for m in out], len(out[0].features)
-(['FeaturedTransaction'], 14)
+(['FeaturedTransaction'], 15)
 >>> terminal = TerminalStage(PipelineConfig())
 >>> [m] = terminal.on_batch(out)
 >>> len(m.features)
-29
+30
 """
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ class AccountStage(Stage):
 
     def __init__(self, config: PipelineConfig, state: Optional[tuple] = None, stats: StageStats = NO_STATS,
                  event_time: Callable[[], float] = _never) -> None:
-        self.profile = AccountProfile(state)
+        self.profile = AccountProfile(state, label_step_s=config.model.allowed_lateness_s)
         self.config = config
         self.stats = stats
         self.event_time = event_time
@@ -320,6 +320,7 @@ class AccountStage(Stage):
             return
         out.append(joined)
         if joined.is_fraud:
+            self.profile.add_known_fraud(joined.tx_ts, joined.label_ts)
             self.stats.confirm(joined.tx_id)
 
     @staticmethod

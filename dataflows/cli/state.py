@@ -42,8 +42,8 @@ def account_view(snapshot: AccountSnapshot) -> dict:
     Daily counts and amounts of the last 30 days up to the account's latest day (from its
     first transaction if that is later), the
     1/7/30-day windows the features use, the amount habit (median and MAD of the last
-    amounts), recent terminals, the last transaction, transactions awaiting a label and
-    labels that arrived before their transaction.
+    amounts), recent terminals, the last transaction, transactions awaiting a label,
+    labels that arrived before their transaction and the card's known frauds.
     """
     base = {"account_id": snapshot.account_id, "step_id": snapshot.step_id, "epoch": snapshot.epoch,
             "partition": snapshot.partition.name, "committed": snapshot.committed}
@@ -74,8 +74,10 @@ def account_view(snapshot: AccountSnapshot) -> dict:
         "recent_terminals": held["recent_terminals"],
         "awaiting_label": [{"tx_id": p[0], "ts": _iso(p[1]), "terminal_id": p[2]}
                            for p in sorted(held["pending"], key=lambda p: (p[1], p[0]))],
-        "early_labels": [{"tx_id": tx_id, "label_ts": _iso(ts), "is_fraud": bool(is_fraud)}
-                         for tx_id, ts, is_fraud in held["orphans"]],
+        "early_labels": [{"tx_id": o[0], "label_ts": _iso(o[1]), "is_fraud": bool(o[2]),
+                          "verdict": len(o) > 5 and bool(o[5])} for o in held["orphans"]],
+        "known_frauds": [{"date": _date(day).isoformat(), "known_at": _iso(label_ts)}
+                         for day, label_ts in held["known_frauds"]],
     }
 
 
@@ -119,7 +121,12 @@ def render_view(view: dict) -> str:
     lines += [f"  {p['tx_id']:<14} {p['ts']}  {p['terminal_id']}" for p in pending]
     early = view["early_labels"]
     lines += ["", f"labels that arrived before their transaction: {len(early)}"]
-    lines += [f"  {e['tx_id']:<14} {e['label_ts']}  {'fraud' if e['is_fraud'] else 'legitimate'}" for e in early]
+    lines += [f"  {e['tx_id']:<14} {e['label_ts']}  {'fraud' if e['is_fraud'] else 'legitimate'}"
+              f"{'  (analyst verdict)' if e['verdict'] else ''}" for e in early]
+    known = view["known_frauds"]
+    lines += ["", f"known frauds on the card (chargebacks, analysts' fraud verdicts; what acct_days_since_known_fraud "
+                  f"sees): {len(known)}"]
+    lines += [f"  fraud on {k['date']}, known at {k['known_at']}" for k in known]
     return "\n".join(lines) + "\n"
 
 

@@ -212,3 +212,25 @@ def test_state_of_another_layout_is_a_one_line_error(recovered, tmp_path):
     refused = _cli(account, "--recovery-dir", str(copy))
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert "does not have the layout of this fraudflow version" in refused.stderr
+
+
+def test_account_view_shows_early_labels_and_known_frauds():
+    """An account holding a label that came before its transaction (a chargeback or an
+    analyst's verdict: 5- and 6-tuples) and a known fraud renders, and says which is which."""
+    d0 = 1522540800.0
+    acct = AccountProfile()
+    acct.observe(Transaction("t-1", "c-1", d0, 20.0, "m-1"))
+    acct.join_label("t-8", d0 + 60, True, "c-1", ("labels", 3))
+    acct.join_label("t-9", d0 + 90, False, "c-1", ("feedback", 4), verdict=True)
+    acct.add_known_fraud(d0 - 86_400.0, d0 + 30)
+    snapshot = recovery_store.AccountSnapshot("c-1", "fraud.account_profile", 3, Path("part-0.sqlite3"), True,
+                                              pickle.loads(pickle.dumps(acct.snapshot())))
+    view = state_cli.account_view(snapshot)
+    assert view["early_labels"] == [
+        {"tx_id": "t-8", "label_ts": format_ts(d0 + 60), "is_fraud": True, "verdict": False},
+        {"tx_id": "t-9", "label_ts": format_ts(d0 + 90), "is_fraud": False, "verdict": True}]
+    assert view["known_frauds"] == [{"date": "2018-03-31", "known_at": format_ts(d0 + 30)}]
+    page = state_cli.render_view(view)
+    assert "t-9" in page and "legitimate  (analyst verdict)" in page
+    assert "fraud on 2018-03-31, known at 2018-04-01T00:00:30Z" in page
+    json.dumps(view)  # the --json output

@@ -10,8 +10,8 @@ import random
 from connectors.events import Label, Origin, Transaction, Verdict, format_ts, parse_record
 from learners.analysts import AlertCase, AnalystConfig, AnalystDesk
 from learners.config import ModelConfig
-from learners.features import AccountProfile
-from learners.messages import JoinedLabel
+from learners.features import ACCOUNT_FEATURES, AccountProfile
+from learners.messages import FeaturedTransaction, JoinedLabel
 from learners.stages import AccountStage, PendingStage, PipelineConfig, learn_at
 
 D0 = 1522540800.0  # 2018-04-01T00:00:00Z
@@ -223,6 +223,24 @@ def test_a_chargeback_after_a_verdict_is_not_learned_again_nor_a_dead_letter():
     assert stats.kinds == {"verdicts": 1, "labels_duplicate": 1}
     stage.on_batch([(0, _tx(3, D0 + 8 * DAY))])
     assert stage.on_eof() == []  # nothing left as an orphan
+
+
+def test_an_analysts_fraud_verdict_is_known_to_the_cards_later_transactions_only():
+    """Decision 0068: a fraud verdict (or chargeback) is a known fraud of the card for its
+    transactions two learning steps (1 h) after the verdict's ts, never before; a legitimate
+    verdict is not, and the chargeback that repeats the fraud verdict adds nothing."""
+    since = ACCOUNT_FEATURES.index("acct_days_since_known_fraud")
+    stage, _, _ = _account()
+
+    def feature(*events):
+        return [m.features[since] for m in stage.on_batch([(0, e) for e in events]) if type(m) is FeaturedTransaction]
+
+    assert feature(_tx(1, D0), _tx(2, D0 + H)) == [-1.0, -1.0]
+    stage.on_batch([(0, Verdict("a-1", "t-1", "c-1", D0 + 4 * H, True)),
+                    (0, Verdict("a-1", "t-2", "c-1", D0 + 4 * H, False))])
+    assert feature(_tx(3, D0 + 5 * H), _tx(4, D0 + 6 * H), _tx(5, D0 + 2 * DAY)) == [-1.0, 0.0, 2.0]
+    stage.on_batch([(0, Label("t-1", "c-1", D0 + 7 * DAY, True))])  # the chargeback, a duplicate
+    assert stage.profile.known_frauds == [(int(D0 // DAY), D0 + 4 * H)]
 
 
 def test_a_busy_card_reviewed_by_analysts_has_every_chargeback_settled():

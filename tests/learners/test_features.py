@@ -313,7 +313,7 @@ def test_last_hour_survives_a_snapshot_and_older_snapshots_restore():
     for i, dt in enumerate([0.0, 1200.0, 2400.0]):
         hour_then_learn(acct, tx(i, D0 + dt, 10.0 * (i + 1)))
     restored = AccountProfile(pickle.loads(pickle.dumps(acct.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)))
-    assert restored.snapshot() == acct.snapshot() and len(acct.snapshot()) == 13
+    assert restored.snapshot() == acct.snapshot() and len(acct.snapshot()) == 14
     assert restored.last_hour(D0 + 3000) == acct.last_hour(D0 + 3000) == (3.0, 60.0)
     for n in (10, 11, 12):  # before the unusual-amount counts, the verdicts, the last hour
         old = acct.snapshot()[:n]
@@ -322,5 +322,36 @@ def test_last_hour_survives_a_snapshot_and_older_snapshots_restore():
         assert profile.last_hour(D0 + 3000) == (0.0, 0.0)  # none kept: counted from the restart on
         assert profile.features(tx(9, D0 + 3000, 5.0)) == acct.features(tx(9, D0 + 3000, 5.0))
         assert hour_then_learn(profile, tx(9, D0 + 3000, 5.0)) == (0.0, 0.0)
-        assert profile.last_hour(D0 + 3100) == (1.0, 5.0) and len(profile.snapshot()) == 13
+        assert profile.last_hour(D0 + 3100) == (1.0, 5.0) and len(profile.snapshot()) == 14
     assert not AccountProfile.is_snapshot(acct.snapshot()[:12] + (b"\x00" * 15,))  # not (ts, amount) pairs
+
+
+def test_a_cards_known_fraud_counts_for_its_later_transactions_once_known():
+    """Decision 0068: acct_days_since_known_fraud is the days from the card's latest fraud whose
+    label is older than two learning steps before the transaction; -1 without one in 30 days.
+    It survives a snapshot, and an older snapshot (13 values) knows none."""
+    since = ACCOUNT_FEATURES.index("acct_days_since_known_fraud")
+    acct = AccountProfile(label_step_s=H)
+    hour_then_learn(acct, tx(0, D0, 20.0))
+    assert acct.features(tx(1, D0 + DAY, 20.0))[since] == -1.0
+    acct.add_known_fraud(D0 + 2 * DAY, D0 + 9 * DAY)  # a chargeback 7 days after the fraud
+    acct.add_known_fraud(D0, D0 + 3 * DAY + 4 * H)  # an older fraud, answered by an analyst
+
+    def at(ts: float) -> float:
+        return acct.features(tx(9, ts, 20.0))[since]
+
+    assert at(D0 + 3 * DAY + 5 * H) == -1.0  # the verdict is not two steps old yet
+    assert at(D0 + 3 * DAY + 6 * H) == 3.0  # then its fraud (day 0) is known
+    assert at(D0 + 9 * DAY + 6 * H) == 7.0  # the later fraud (day 2), once its chargeback is known
+    assert at(D0 + 32 * DAY + 6 * H) == 30.0 and at(D0 + 33 * DAY + 6 * H) == -1.0  # 30 days, then forgotten
+    snap = acct.snapshot()
+    restored = AccountProfile(pickle.loads(pickle.dumps(snap)), label_step_s=H)
+    assert restored.snapshot() == snap and AccountProfile.is_snapshot(snap)
+    assert restored.features(tx(9, D0 + 9 * DAY + 6 * H, 20.0))[since] == 7.0
+    older = AccountProfile(snap[:13], label_step_s=H)
+    assert older.features(tx(9, D0 + 9 * DAY + 6 * H, 20.0))[since] == -1.0 and older.known_frauds == []
+    assert not AccountProfile.is_snapshot(snap[:13] + (b"x",))
+    for i in range(3 * AccountProfile.MAX_KNOWN_FRAUDS):  # a card's state stays small
+        acct.add_known_fraud(D0 + 40 * DAY + i * H, D0 + 41 * DAY)
+    assert len(acct.known_frauds) == AccountProfile.MAX_KNOWN_FRAUDS
+    assert acct.describe()["known_frauds"] == acct.known_frauds
