@@ -162,9 +162,10 @@ class AccountProfile:
     # (:meth:`last_hour`; decision 0063): at most this many, the latest by event time, so a
     # card with more in an hour counts this many (the count saturates).
     MAX_LAST_HOUR = 32
-    # The card's latest known frauds, (day of the fraud, label event_ts) each, for
-    # acct_days_since_known_fraud: a few, since the feature needs the latest one known
-    MAX_KNOWN_FRAUDS = 8
+    # The card's known frauds, (day of the fraud, label event_ts) each, for
+    # acct_days_since_known_fraud: only those that can still be the latest one known (see
+    # add_known_fraud), at most this many (a card with more in a month keeps its latest)
+    MAX_KNOWN_FRAUDS = 32
 
     def __init__(self, state: Optional[tuple] = None, label_step_s: float = 0.0) -> None:
         """``label_step_s``: a known fraud counts for a transaction once its label is older
@@ -356,12 +357,19 @@ class AccountProfile:
         >>> [acct.features(Transaction("t", "c-1", d0 + h * 3600, 10.0, "m-1"))[since] for h in (5, 6, 6 + 48)]
         [-1.0, 0.0, 2.0]
         """
+        # Kept: what can still be the latest fraud known to a transaction, whatever order the
+        # labels come in (labels may come before their transaction, or long after). Not kept: a
+        # fraud another one as recent, known no later, outdoes; one older than KNOWN_FRAUD_DAYS
+        # before any transaction still to come (a day's slack for a late one).
+        day = _day(tx_ts)
         known = self.known_frauds
-        known.append((_day(tx_ts), label_ts))
+        if any(d >= day and ts <= label_ts for d, ts in known):
+            return
+        horizon = self.day - KNOWN_FRAUD_DAYS - 1
+        known = [(d, ts) for d, ts in known if not (d <= day and ts >= label_ts) and d >= horizon]
+        known.append((day, label_ts))
         known.sort()
-        latest = known[-1][0]
-        while known and (known[0][0] < latest - KNOWN_FRAUD_DAYS or len(known) > self.MAX_KNOWN_FRAUDS):
-            del known[0]
+        self.known_frauds = known[-self.MAX_KNOWN_FRAUDS:]
 
     def last_hour(self, event_ts: float) -> tuple[float, float]:
         """The card's transactions and their amount in the hour before ``event_ts`` (event

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import random
 
 import pytest
 
@@ -351,7 +352,39 @@ def test_a_cards_known_fraud_counts_for_its_later_transactions_once_known():
     older = AccountProfile(snap[:13], label_step_s=H)
     assert older.features(tx(9, D0 + 9 * DAY + 6 * H, 20.0))[since] == -1.0 and older.known_frauds == []
     assert not AccountProfile.is_snapshot(snap[:13] + (b"x",))
-    for i in range(3 * AccountProfile.MAX_KNOWN_FRAUDS):  # a card's state stays small
+    for i in range(10):  # one verdict answering ten frauds: the latest one is all that counts
         acct.add_known_fraud(D0 + 40 * DAY + i * H, D0 + 41 * DAY)
-    assert len(acct.known_frauds) == AccountProfile.MAX_KNOWN_FRAUDS
+    acct.add_known_fraud(D0 + 39 * DAY, D0 + 46 * DAY)  # older and known later: never the latest known
+    assert acct.known_frauds[-1] == (int((D0 + 40 * DAY) // DAY), D0 + 41 * DAY) and len(acct.known_frauds) == 3
     assert acct.describe()["known_frauds"] == acct.known_frauds
+
+
+def test_known_frauds_give_the_same_feature_whatever_order_their_labels_come_in():
+    """The flow may join a fraud label when it comes (a chargeback days later) or as soon as its
+    transaction does (a label that came first): the feature is the same either way, and a
+    card's state stays within a month of known frauds."""
+    since = ACCOUNT_FEATURES.index("acct_days_since_known_fraud")
+    rng = random.Random(7)
+    frauds = []
+    for _ in range(120):
+        fraud_ts = D0 + rng.uniform(0, 70) * DAY
+        frauds.append((fraud_ts, fraud_ts + rng.choice([4 * H, 7 * DAY, rng.uniform(0.1, 12) * DAY])))
+    probes = sorted(D0 + rng.uniform(0, 90) * DAY for _ in range(400))
+
+    def run(when: int) -> tuple[list[float], int]:
+        acct = AccountProfile(label_step_s=H)
+        events = sorted([(f[when], 0, f) for f in frauds] + [(t, 1, None) for t in probes])
+        out, most = [], 0
+        for i, (ts, kind, fraud) in enumerate(events):
+            if kind == 0:
+                acct.add_known_fraud(*fraud)
+                most = max(most, len(acct.known_frauds))
+            else:
+                out.append(acct.features(tx(i, ts, 20.0))[since])
+                acct.update(tx(i, ts, 20.0), acct.features(tx(i, ts, 20.0)))
+        return out, most
+
+    as_they_come, most = run(1)
+    first, _ = run(0)
+    assert as_they_come == first and any(v >= 0 for v in first) and any(v == -1 for v in first)
+    assert most <= 32
