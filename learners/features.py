@@ -44,6 +44,7 @@ __all__ = [
     "JoinedLabel",
     "PendingTx",
     "TerminalProfile",
+    "step_boundary",
     "transaction_features",
 ]
 
@@ -83,6 +84,18 @@ _NEW_HIGH = ACCOUNT_FEATURES.index("acct_amount_new_high")
 
 def _day(event_ts: float) -> int:
     return int(event_ts // DAY)
+
+
+def step_boundary(event_ts: float, step: float) -> float:
+    """The newest label time a transaction at ``event_ts`` may see: ``(floor(t / step) - 2) *
+    step``, two learning steps back, so a label still in flight between workers cannot change
+    what it sees (the model version it is scored by, its terminal's and card's known frauds);
+    with a step of 0, ``event_ts`` itself.
+
+    >>> step_boundary(20_000.0, 3600.0), step_boundary(20_000.0, 0.0)  # 05:33 with 1 h steps: 03:00
+    (10800.0, 20000.0)
+    """
+    return (math.floor(event_ts / step) - 2) * step if step > 0 else event_ts
 
 
 def transaction_features(amount: float, event_ts: float) -> tuple[float, ...]:
@@ -338,8 +351,7 @@ class AccountProfile:
         """Days from the card's latest fraud known at ``event_ts`` to ``day``; -1: none in the
         last ``KNOWN_FRAUD_DAYS``. Known: its label is older than two learning steps before
         ``event_ts`` (so labels still in flight between workers cannot change it)."""
-        step = self.step
-        cutoff = (math.floor(event_ts / step) - 2) * step if step > 0 else event_ts
+        cutoff = step_boundary(event_ts, self.step)
         for fraud_day, label_ts in reversed(self.known_frauds):  # the latest day first
             if label_ts <= cutoff and fraud_day <= day:
                 return float(day - fraud_day) if day - fraud_day <= KNOWN_FRAUD_DAYS else -1.0
@@ -670,8 +682,7 @@ class TerminalProfile:
         end = day - self.delay
         n_out: list[float] = []
         risk_out: list[float] = []
-        step = self.step
-        cutoff = (math.floor(event_ts / step) - 2) * step if step > 0 else event_ts
+        cutoff = step_boundary(event_ts, self.step)
         known = [fr for fr in self.frauds if fr[1] <= cutoff]  # (tx day, label time, unexplained)
         for w in WINDOWS:
             n = self._count(end - w + 1, end)

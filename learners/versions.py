@@ -15,6 +15,7 @@ import pickle
 import time
 from typing import Any, Iterator, Optional
 
+from learners.features import step_boundary
 from learners.models import LearningHooks, learning_hooks
 
 __all__ = ["HOOK_ONLY", "MODEL_ONLY", "Version", "VersionedLearner"]
@@ -95,8 +96,7 @@ class VersionedLearner:
 
     def boundary(self, event_ts: float) -> float:
         """The version a transaction at ``event_ts`` is scored by."""
-        step = self.step
-        return (math.floor(event_ts / step) - 2) * step if step > 0 else event_ts
+        return step_boundary(event_ts, self.step)
 
     def final_boundary(self) -> float:
         """The newest version all labels have arrived for (watermark minus lateness)."""

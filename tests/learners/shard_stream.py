@@ -22,11 +22,11 @@ _INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 # drawn no random number, so the stream is the one the fixture's shard saw (a model knows nothing
 # of a feature it never saw: a constant standardises to 0, and its pickled StepFeatures has no
 # indicator for it)
-_LATER = {"acct_days_since_known_fraud": -1.0}
+LATER_FEATURES = {"acct_days_since_known_fraud": -1.0}
 
 
 def _features(rng: random.Random, fraud: bool) -> tuple[float, ...]:
-    f = [_LATER[name] if name in _LATER else rng.random() for name in FEATURE_NAMES]
+    f = [LATER_FEATURES[name] if name in LATER_FEATURES else rng.random() for name in FEATURE_NAMES]
     amount = rng.uniform(200, 900) if fraud else rng.uniform(1, 120)
     f[_INDEX["amount"]] = amount
     f[_INDEX["log_amount"]] = amount / 100

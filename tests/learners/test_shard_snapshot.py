@@ -20,7 +20,7 @@ import pytest
 from learners.features import FEATURE_NAMES
 from learners.pending import pack
 from learners.scoring import SNAPSHOT_VERSION, ModelShard
-from tests.learners.shard_stream import _LATER, CONFIG, drive
+from tests.learners.shard_stream import CONFIG, LATER_FEATURES, drive
 
 FIXTURE = Path(__file__).parent / "data" / "shard-snapshot-v1.pickle.xz"
 
@@ -32,18 +32,18 @@ def _with_later_features(case: dict) -> dict:
     features added since at their "none" value, as the stream gives them."""
     import struct
 
-    old = [name for name in FEATURE_NAMES if name not in _LATER]
+    old = [name for name in FEATURE_NAMES if name not in LATER_FEATURES]
     unpack_old = struct.Struct(f"<{len(old)}f").unpack
 
     def repacked(packed: bytes) -> bytes:
         values = dict(zip(old, unpack_old(packed)))
-        return pack(tuple(values[name] if name in values else _LATER[name] for name in FEATURE_NAMES))
+        return pack(tuple(values[name] if name in values else LATER_FEATURES[name] for name in FEATURE_NAMES))
 
     state = pickle.loads(case["state"])
     state["held"] = [(*h[:3], repacked(h[3]), *h[4:]) for h in state["held"]]
     state["unlearned"] = [(u[0], u[1], repacked(u[2]), *u[3:]) for u in state["unlearned"]]
     means = dict(zip(old, state["means"]))
-    state["means"] = [means[name] if name in means else _LATER[name] for name in FEATURE_NAMES]
+    state["means"] = [means[name] if name in means else LATER_FEATURES[name] for name in FEATURE_NAMES]
     return {**case, "state": pickle.dumps(state)}
 
 
