@@ -37,13 +37,16 @@ def iso_date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
 
 
+def _number_of(text: str, unit: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of {unit}, got {text!r}") from None
+
 
 def positive_hours(text: str) -> float:
     """A positive number of hours (``--delay-hours``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of hours, got {text!r}") from None
+    value = _number_of(text, "hours")
     if not 0 < value < 24 * 366:
         raise argparse.ArgumentTypeError(f"must be more than 0 and under a year, got {text}")
     return value
@@ -51,10 +54,7 @@ def positive_hours(text: str) -> float:
 
 def non_negative_days(text: str) -> float:
     """A number of days, 0 or more and under a year (``--review-days``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of days, got {text!r}") from None
+    value = _number_of(text, "days")
     if not 0 <= value < 366:
         raise argparse.ArgumentTypeError(f"must be 0 or more and under a year, got {text}")
     return value
