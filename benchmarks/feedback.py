@@ -62,8 +62,10 @@ def one_run(seed: str, mode: str, capacity: str = "100", delay_hours: str = "4",
     truth: dict = {}
     events = list(simulate(cfg, truth=truth))
     frauds = frozenset(tx_id for tx_id, t in truth.items() if t.is_fraud)
-    desk = (AnalystDesk(AnalystConfig(int(capacity), float(delay_hours) * 3600.0, float(review_days) * 86_400.0), frauds)
-            if mode == "analysts" else None)
+    desk = None
+    if mode == "analysts":
+        desk = AnalystDesk(AnalystConfig(int(capacity), float(delay_hours) * 3600.0, float(review_days) * 86_400.0),
+                           frauds)
     values = {"model_kind": DEFAULT_MODEL, "progress": False, "snapshot_dir": "off"}
     if verdict_warmup_days:
         values["verdict_warmup_days"] = float(verdict_warmup_days)

@@ -4,9 +4,10 @@ Reads alerts (a JSONL file, or the alerts topic to its end with ``--kafka``), ta
 ``--capacity`` cards a day and answers each ``--delay-hours`` after its alert with the truth of
 the simulator's labels file, for the alerted transaction and the card's others from
 ``--review-days`` before it up to the verdict (read from ``--transactions``, or the
-transactions topic with ``--kafka``); writes the verdicts (contract ``feedback``) in event-time order to ``--out`` or
-the feedback topic. The team is :class:`learners.analysts.AnalystDesk`, the
-same one ``fraudflow replay --analysts`` puts inside the loop.
+transactions topic with ``--kafka``); writes the verdicts (contract ``feedback``) in
+event-time order to ``--out`` or the feedback topic. The team is
+:class:`learners.analysts.AnalystDesk`, the same one ``fraudflow replay --analysts`` puts
+inside the loop.
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ def cmd_investigate(args: argparse.Namespace) -> int:
     if args.review_days > 0 and not review:
         log.warning("no --transactions: the cases answer the alerted transaction only, not the card's others from "
                     "%g days before it", args.review_days)
-    desk = AnalystDesk(AnalystConfig(args.capacity, args.delay_hours * 3600.0, args.review_days * DAY if review else 0.0),
-                       read_frauds(args.labels))
+    config = AnalystConfig(args.capacity, args.delay_hours * 3600.0, args.review_days * DAY if review else 0.0)
+    desk = AnalystDesk(config, read_frauds(args.labels))
     source = _kafka_lines(args, settings, "alerts") if args.kafka else _jsonl_lines(args.alerts)
     where = settings.topic_alerts if args.kafka else args.alerts
     dec = msgspec.json.Decoder()

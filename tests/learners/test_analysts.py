@@ -124,7 +124,8 @@ def test_a_case_goes_over_the_cards_transactions_of_the_review_window_each_once(
     # the window is read when the verdict is handed out: x-0 is older than 2 days before the
     # alert, y-1 is another card's, x-3b came between the alert and the verdict, x-4 with it
     assert [desk.pop_due().tx_id for _ in range(4)] == ["x-3", "x-1", "x-2", "x-3b"]
-    assert {v.event_ts for v in desk.answered} == {D0 + 3 * DAY + 4 * H} and {v.alert_id for v in desk.answered} == {"a-1"}
+    assert {v.event_ts for v in desk.answered} == {D0 + 3 * DAY + 4 * H}
+    assert {v.alert_id for v in desk.answered} == {"a-1"}
     assert desk.peek_due() is None
     assert desk.counts["taken"] == 1 and desk.counts["reviewed"] == 3 and desk.counts["reviewed_fraud"] == 1
     desk.on_transaction(Transaction("a-2", "c-1", D0 + 4.5 * DAY, 10.0, "m-1"))
@@ -136,7 +137,8 @@ def test_a_case_goes_over_the_cards_transactions_of_the_review_window_each_once(
     assert [desk.pop_due().tx_id for _ in range(2)] == ["a-2", "x-4"] and desk.peek_due() is None
     assert desk.counts["reviewed_settled"] == 1
     assert [v.tx_id for v in desk.answered] == ["x-3", "x-1", "x-2", "x-3b", "a-2", "x-4"]
-    assert "and 4 on the cards' other transactions from 2 days before the alert to the verdict (2 fraud)" in desk.summary()
+    assert "and 4 on the cards' other transactions from 2 days before the alert to the verdict (2 fraud)" \
+        in desk.summary()
 
 
 def test_the_replay_loop_pops_a_case_only_after_the_transactions_before_its_verdict():
